@@ -1,0 +1,67 @@
+// Linear layers and GEMMs on the CPU: y = x·Wᵀ with W [out, in] stored as F32, BF16 or FP8 e4m3
+// with 128×128 block scales (DeepSeek-V3 release layout). Accumulation is always FP32.
+//
+// Compute::F32  every product is FP32 arithmetic on the effective weight (bf16 widened, fp8
+//               dequantized): matches a float32 reference to rounding.
+// Compute::BF16 large-M products round the activations to BF16 and run a BF16 GEMM (FP32
+//               accumulation), as production inference does; small-M products (decode) are
+//               memory-bound and stay FP32 arithmetic on the stored weight.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "core/dtype.hpp"
+
+namespace dsv3::cpu {
+
+enum class Compute { F32, BF16 };
+
+// A weight as stored (not owned): [rows=out, cols=in], row-major.
+struct WeightView {
+  DType dtype = DType::F32;  // F32, BF16 or F8_E4M3
+  int64_t rows = 0, cols = 0;
+  const void* data = nullptr;
+  const float* scale_inv = nullptr;  // F8_E4M3 only: [ceil(rows/128), ceil(cols/128)]
+};
+
+// A weight prepared for fast products (packed / converted copies where needed). Immutable after
+// construction, so one instance is shared by all threads.
+class LinearWeight {
+ public:
+  LinearWeight() = default;
+  LinearWeight(const WeightView& w, Compute c);
+  ~LinearWeight();
+  LinearWeight(LinearWeight&&) noexcept;
+  LinearWeight& operator=(LinearWeight&&) noexcept;
+
+  int64_t out() const { return view_.rows; }
+  int64_t in() const { return view_.cols; }
+  const WeightView& view() const { return view_; }
+  Compute compute() const { return compute_; }
+  // Bytes read per full pass over the stored weight (for bandwidth accounting).
+  size_t stored_bytes() const;
+
+  struct Impl;
+  Impl* impl() const { return impl_.get(); }
+
+ private:
+  WeightView view_;
+  Compute compute_ = Compute::F32;
+  std::unique_ptr<Impl> impl_;
+};
+
+// y[M, out] = x[M, in] · Wᵀ (+ y if accumulate). x, y FP32 row-major with leading dims in / out.
+void linear_forward(float* y, const float* x, int64_t M, const LinearWeight& w,
+                    bool accumulate = false);
+
+// Row-major FP32 GEMM: C[M,N] = alpha · op(A)[M,K] · op(B)[K,N] + beta · C.
+// op(X) = Xᵀ when trans_x. Leading dimensions are the row strides of the stored matrices.
+void gemm_f32(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
+              const float* A, int64_t lda, const float* B, int64_t ldb, float beta, float* C,
+              int64_t ldc);
+
+// Effective FP32 weight [rows, cols] (bf16 widened, fp8 block-dequantized).
+std::vector<float> dequantize(const WeightView& w);
+
+}  // namespace dsv3::cpu
