@@ -17,6 +17,7 @@ LinearWeight::LinearWeight(const WeightView& w, Compute c) : view_(w), compute_(
   impl_ = std::make_unique<Impl>();
   impl_->f32 = dequantize(w);
 }
+LinearWeight::LinearWeight() = default;
 LinearWeight::~LinearWeight() = default;
 LinearWeight::LinearWeight(LinearWeight&&) noexcept = default;
 LinearWeight& LinearWeight::operator=(LinearWeight&&) noexcept = default;

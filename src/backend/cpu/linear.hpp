@@ -29,7 +29,7 @@ struct WeightView {
 // construction, so one instance is shared by all threads.
 class LinearWeight {
  public:
-  LinearWeight() = default;
+  LinearWeight();
   LinearWeight(const WeightView& w, Compute c);
   ~LinearWeight();
   LinearWeight(LinearWeight&&) noexcept;
