@@ -1,0 +1,147 @@
+// DeepSeekMoE forward; see moe.hpp. The router follows DeepSeek's reference Gate (model.py):
+// it renormalizes exactly when scoring is sigmoid and always applies routed_scaling_factor.
+// Tokens are grouped by expert (a counting sort) so each expert runs one GEMM over its tokens.
+#include "model/moe.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+
+#include "backend/cpu/ops.hpp"
+#include "core/parallel.hpp"
+
+namespace dsv3::model {
+
+namespace {
+template <typename T>
+T* grow(std::vector<T>& v, size_t n) {
+  if (v.size() < n) v.resize(n);
+  return v.data();
+}
+}  // namespace
+
+void mlp_forward(float* out, const float* x, int64_t N, const MlpWeights& w, MoeScratch& s,
+                 bool accumulate) {
+  const int64_t F = w.gate.out();
+  float* h1 = grow(s.h1, size_t(N * F));
+  float* h2 = grow(s.h2, size_t(N * F));
+  cpu::linear_forward(h1, x, N, w.gate);
+  cpu::linear_forward(h2, x, N, w.up);
+  cpu::swiglu_forward(h1, h1, h2, N, F);
+  cpu::linear_forward(out, h1, N, w.down, accumulate);
+}
+
+void moe_gate_forward(Routing& r, const float* x, int64_t N, const MoeWeights& w,
+                      const ModelConfig& c, MoeScratch& s) {
+  const int64_t E = c.n_routed_experts, K = c.num_experts_per_tok, D = c.hidden_size;
+  const int64_t G = c.n_group, per = E / G;
+  r.indices.resize(size_t(N * K));
+  r.weights.resize(size_t(N * K));
+  r.scores.resize(size_t(N * E));
+  float* sc = r.scores.data();
+  cpu::gemm_f32(false, true, N, E, D, 1.0f, x, D, w.router.data(), D, 0.0f, sc, E);
+  const bool sigmoid = c.scoring_func == ScoringFunc::Sigmoid;
+  const bool use_bias = !w.bias.empty();
+  const bool grouped = G > 1 && c.topk_method != TopkMethod::Greedy;
+  parallel_for(
+      N,
+      [&](int64_t b, int64_t e) {
+        std::vector<float> biased(E), gscore(G);
+        std::vector<int32_t> order(E), gorder(G);
+        for (int64_t n = b; n < e; ++n) {
+          float* p = sc + n * E;
+          if (sigmoid) {
+            for (int64_t i = 0; i < E; ++i) p[i] = 1.0f / (1.0f + std::exp(-p[i]));
+          } else {
+            cpu::softmax_rows(p, 1, E);
+          }
+          for (int64_t i = 0; i < E; ++i) biased[i] = p[i] + (use_bias ? w.bias[i] : 0.0f);
+          if (grouped) {
+            for (int64_t g = 0; g < G; ++g) {
+              const float* q = biased.data() + g * per;
+              if (use_bias) {  // sum of the two largest
+                float m1 = -INFINITY, m2 = -INFINITY;
+                for (int64_t i = 0; i < per; ++i) {
+                  if (q[i] > m1) {
+                    m2 = m1;
+                    m1 = q[i];
+                  } else if (q[i] > m2) {
+                    m2 = q[i];
+                  }
+                }
+                gscore[g] = m1 + m2;
+              } else {
+                gscore[g] = *std::max_element(q, q + per);
+              }
+            }
+            std::iota(gorder.begin(), gorder.end(), 0);
+            std::stable_sort(gorder.begin(), gorder.end(),
+                             [&](int32_t a, int32_t b2) { return gscore[a] > gscore[b2]; });
+            for (int64_t gi = c.topk_group; gi < G; ++gi)
+              std::fill_n(biased.begin() + gorder[gi] * per, per, -INFINITY);
+          }
+          std::iota(order.begin(), order.end(), 0);
+          std::partial_sort(order.begin(), order.begin() + K, order.end(),
+                            [&](int32_t a, int32_t b2) {
+                              return biased[a] > biased[b2] || (biased[a] == biased[b2] && a < b2);
+                            });
+          int32_t* idx = r.indices.data() + n * K;
+          float* wt = r.weights.data() + n * K;
+          float sum = 0;
+          for (int64_t k = 0; k < K; ++k) {
+            idx[k] = order[k];
+            wt[k] = p[order[k]];
+            sum += wt[k];
+          }
+          const float scale = float(c.routed_scaling_factor);
+          for (int64_t k = 0; k < K; ++k) wt[k] = (sigmoid ? wt[k] / sum : wt[k]) * scale;
+        }
+      },
+      8);
+}
+
+void moe_forward(float* out, const float* x, int64_t N, const MoeWeights& w, const ModelConfig& c,
+                 Routing& r, MoeScratch& s) {
+  const int64_t E = c.n_routed_experts, K = c.num_experts_per_tok, D = c.hidden_size;
+  moe_gate_forward(r, x, N, w, c, s);
+  // Group the N*K (token, expert) pairs by expert: offsets[e]..offsets[e+1] in `order`.
+  int32_t* offsets = grow(s.offsets, size_t(E + 1));
+  std::fill_n(offsets, E + 1, 0);
+  for (int64_t i = 0; i < N * K; ++i) offsets[r.indices[i] + 1]++;
+  for (int64_t e = 0; e < E; ++e) offsets[e + 1] += offsets[e];
+  int32_t* order = grow(s.order, size_t(N * K));
+  {
+    std::vector<int32_t> fill(offsets, offsets + E);
+    for (int64_t i = 0; i < N * K; ++i) order[fill[r.indices[i]]++] = int32_t(i);
+  }
+  // Shared experts first (always active), then each routed expert's weighted contribution.
+  if (c.n_shared_experts > 0)
+    mlp_forward(out, x, N, w.shared, s);
+  else
+    std::fill_n(out, N * D, 0.0f);
+  float* xg = grow(s.gathered, size_t(N * K * D));
+  float* y = grow(s.y, size_t(N * K * D));
+  for (int64_t e = 0; e < E; ++e) {
+    const int64_t b = offsets[e], m = offsets[e + 1] - b;
+    if (m == 0) continue;
+    for (int64_t j = 0; j < m; ++j) {
+      const int64_t tok = order[b + j] / K;
+      std::copy(x + tok * D, x + (tok + 1) * D, xg + (b + j) * D);
+    }
+    mlp_forward(y + b * D, xg + b * D, m, w.experts[size_t(e)], s);
+  }
+  // Combine in token order so the sum over experts is deterministic.
+  std::vector<int32_t> slot(size_t(N * K));
+  for (int64_t i = 0; i < N * K; ++i) slot[size_t(order[i])] = int32_t(i);
+  parallel_for(N, [&](int64_t tb, int64_t te) {
+    for (int64_t t = tb; t < te; ++t)
+      for (int64_t k = 0; k < K; ++k) {
+        const float g = r.weights[t * K + k];
+        const float* src = y + int64_t(slot[size_t(t * K + k)]) * D;
+        float* dst = out + t * D;
+        for (int64_t d = 0; d < D; ++d) dst[d] += g * src[d];
+      }
+  });
+}
+
+}  // namespace dsv3::model
