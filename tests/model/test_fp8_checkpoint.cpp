@@ -1,0 +1,140 @@
+// FP8 checkpoints as the DeepSeek-V3 release stores them: quantize the tiny-v3 reference model
+// with our 128×128 block quantizer, reload it natively, check the dequantized weights and that its
+// logits equal those of an FP32 checkpoint holding the same effective weights. Also sharded
+// checkpoints (model.safetensors.index.json) load and give the same logits.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <filesystem>
+
+#include "core/quant.hpp"
+#include "io/safetensors.hpp"
+#include "model/export.hpp"
+#include "model/model.hpp"
+
+using namespace dsv3;
+using namespace dsv3::model;
+namespace fs = std::filesystem;
+
+namespace {
+
+std::string tmp_dir(const std::string& tag) {
+  fs::path p = fs::temp_directory_path() / ("dsv3_test_" + tag + "_" + std::to_string(::getpid()));
+  fs::remove_all(p);
+  return p.string();
+}
+
+std::vector<float> run_logits(const std::string& dir, const std::vector<int32_t>& tokens, int64_t B,
+                              int64_t T) {
+  auto m = Model::load(dir);
+  KVCache cache(m->config(), B, T, false);
+  std::vector<float> logits(size_t(B * T * m->config().vocab_size));
+  m->forward(tokens.data(), B, T, 0, cache, logits.data());
+  return logits;
+}
+
+float max_abs_diff(const std::vector<float>& a, const std::vector<float>& b) {
+  float m = 0;
+  for (size_t i = 0; i < a.size(); ++i) m = std::max(m, std::fabs(a[i] - b[i]));
+  return m;
+}
+
+TEST(Fp8Checkpoint, QuantizeReloadAndCompare) {
+  const std::string src = std::string(DSV3_TEST_DATA) + "/tiny-v3";
+  ModelConfig c = load_config(src);
+  auto store = io::TensorStore::open_dir(src);
+  auto original = [&](const ParamSpec& s, float* dst) {
+    auto v = io::read_f32(store.get(s.name, s.shape));
+    std::copy(v.begin(), v.end(), dst);
+  };
+  const std::string fp8_dir = tmp_dir("fp8");
+  ExportOptions o8;
+  o8.dtype = DType::F8_E4M3;
+  save_hf_checkpoint(fp8_dir, c, original, o8);
+
+  // Every decoder *_proj weight is stored as e4m3 with a [ceil(r/128), ceil(c/128)] scale; the
+  // effective weight is float(e4m3) * scale_inv, close to the original.
+  auto q = io::TensorStore::open_dir(fp8_dir);
+  int n_fp8 = 0;
+  for (const auto& s : param_table(c)) {
+    const auto& t = q.get(s.name, s.shape);
+    if (!s.fp8) {
+      EXPECT_NE(t.dtype, DType::F8_E4M3) << s.name;
+      continue;
+    }
+    ++n_fp8;
+    ASSERT_EQ(t.dtype, DType::F8_E4M3) << s.name;
+    const auto& sc =
+        q.get(s.name + "_scale_inv", {(s.shape[0] + 127) / 128, (s.shape[1] + 127) / 128});
+    auto scale = io::read_f32(sc);
+    auto codes = reinterpret_cast<const uint8_t*>(t.data);
+    auto orig = io::read_f32(store.get(s.name));
+    const int64_t cols = s.shape[1], sc_cols = sc.shape[1];
+    for (int64_t i = 0; i < t.numel(); ++i) {
+      const int64_t r = i / cols, col = i % cols;
+      const float sinv = scale[size_t((r / 128) * sc_cols + col / 128)];
+      const float deq = fp8_e4m3_to_f32(codes[i]) * sinv;
+      // e4m3 keeps 3 mantissa bits: relative error <= 2^-4, plus subnormal spacing 2^-9 * scale.
+      ASSERT_LE(std::fabs(deq - orig[size_t(i)]),
+                std::fabs(orig[size_t(i)]) * 0.0625f + sinv * 0x1p-10f)
+          << s.name << " element " << i;
+    }
+  }
+  EXPECT_GT(n_fp8, 100);
+
+  // The same effective weights as FP32: logits must agree (only summation order differs).
+  auto dequantized = [&](const ParamSpec& s, float* dst) {
+    const auto& t = q.get(s.name);
+    if (t.dtype != DType::F8_E4M3) {
+      auto v = io::read_f32(t);
+      std::copy(v.begin(), v.end(), dst);
+      return;
+    }
+    auto scale = io::read_f32(q.get(s.name + "_scale_inv"));
+    fp8_block_dequantize(dst, reinterpret_cast<const uint8_t*>(t.data), scale.data(), s.shape[0],
+                         s.shape[1]);
+  };
+  const std::string f32_dir = tmp_dir("fp8_as_f32");
+  ExportOptions o32;
+  o32.dtype = DType::F32;
+  save_hf_checkpoint(f32_dir, c, dequantized, o32);
+
+  auto ref = io::TensorStore::open_file(src + "/reference.safetensors");
+  auto tokens = io::read_i32(ref.get("tokens"));
+  const int64_t B = 2, T = 80;
+  auto l8 = run_logits(fp8_dir, tokens, B, T);
+  auto l32 = run_logits(f32_dir, tokens, B, T);
+  float d = max_abs_diff(l8, l32);
+  std::printf("fp8 checkpoint vs f32 of the same weights: max|d| = %.3g\n", d);
+  EXPECT_LE(d, 1e-4f);
+  auto want = io::read_f32(ref.get("prefill.logits"));
+  std::printf("fp8 checkpoint vs reference (bf16 weights): max|d| = %.3g\n",
+              max_abs_diff(l8, want));
+  fs::remove_all(fp8_dir);
+  fs::remove_all(f32_dir);
+}
+
+TEST(Fp8Checkpoint, ShardedExportLoads) {
+  const std::string src = std::string(DSV3_TEST_DATA) + "/tiny-v2lite";
+  ModelConfig c = load_config(src);
+  auto store = io::TensorStore::open_dir(src);
+  auto original = [&](const ParamSpec& s, float* dst) {
+    auto v = io::read_f32(store.get(s.name, s.shape));
+    std::copy(v.begin(), v.end(), dst);
+  };
+  const std::string dir = tmp_dir("sharded");
+  ExportOptions o;
+  o.dtype = DType::F32;
+  o.max_shard_bytes = 2 << 20;
+  save_hf_checkpoint(dir, c, original, o);
+  EXPECT_TRUE(fs::exists(fs::path(dir) / "model.safetensors.index.json"));
+  EXPECT_FALSE(fs::exists(fs::path(dir) / "model.safetensors"));
+  auto ref = io::TensorStore::open_file(src + "/reference.safetensors");
+  auto tokens = io::read_i32(ref.get("tokens"));
+  auto got = run_logits(dir, tokens, 2, 80);
+  auto want = io::read_f32(ref.get("prefill.logits"));
+  EXPECT_LE(max_abs_diff(got, want), 1e-4f);
+  fs::remove_all(dir);
+}
+
+}  // namespace

@@ -1,0 +1,95 @@
+// `dsv3 generate --model DIR (--prompt TEXT | --prompt-ids 1,2,3) [-n N] [sampling flags]`:
+// streams tokens as they are made and ends with prefill and decode speed.
+#include <cstdio>
+#include <sstream>
+
+#include "command.hpp"
+#include "model/model.hpp"
+#include "options.hpp"
+#include "serve/generate.hpp"
+
+namespace {
+struct GenerateArgs {
+  std::string model, prompt, prompt_ids;
+  int64_t n = 64, batch = 1;
+  float temperature = 0.8f, top_p = 0.95f;
+  int64_t top_k = 0;
+  uint64_t seed = 0;
+  bool no_stop = false;
+  dsv3::cli::RunFlags run;
+};
+
+std::vector<int32_t> parse_ids(const std::string& s) {
+  std::vector<int32_t> ids;
+  std::stringstream ss(s);
+  std::string item;
+  while (std::getline(ss, item, ',')) {
+    try {
+      size_t used = 0;
+      long v = std::stol(item, &used);
+      DSV3_CHECK(used == item.size(), "--prompt-ids: '{}' is not an integer", item);
+      ids.push_back(int32_t(v));
+    } catch (const std::logic_error&) {
+      DSV3_FAIL("--prompt-ids: '{}' is not an integer", item);
+    }
+  }
+  DSV3_CHECK(!ids.empty(), "--prompt-ids is empty");
+  return ids;
+}
+
+void run_generate(const GenerateArgs& a) {
+  using namespace dsv3;
+  a.run.apply();
+  DSV3_CHECK(!a.prompt_ids.empty() || !a.prompt.empty(), "give --prompt or --prompt-ids");
+  DSV3_CHECK(a.prompt.empty(),
+             "--prompt needs a tokenizer; use --prompt-ids until one is available");
+  std::vector<int32_t> ids = parse_ids(a.prompt_ids);
+  model::LoadOptions lo;
+  lo.compute = a.run.compute();
+  lo.load_mtp = false;
+  auto m = model::Model::load(a.model, lo);
+  for (int32_t id : ids)
+    DSV3_CHECK(id >= 0 && id < m->config().vocab_size,
+               "--prompt-ids: {} is outside the vocabulary [0, {})", id, m->config().vocab_size);
+  serve::GenerateOptions go;
+  go.max_new_tokens = a.n;
+  go.sampling = {a.temperature, a.top_k, a.top_p, a.seed};
+  go.stop_at_eos = !a.no_stop;
+  std::vector<std::vector<int32_t>> prompts(size_t(a.batch), ids);
+  serve::GenerateStats st;
+  std::printf("seed %llu\n", (unsigned long long)a.seed);
+  serve::generate(
+      *m, prompts, go,
+      [&](int64_t b, int32_t tok) {
+        if (b == 0) {
+          std::printf("%d ", tok);
+          std::fflush(stdout);
+        }
+      },
+      &st);
+  std::printf("\n");
+  std::fprintf(
+      stderr,
+      "prefill: %lld tokens in %.3f s (%.1f tok/s); decode: %lld tokens in %.3f s (%.2f tok/s)\n",
+      (long long)st.prompt_tokens, st.prefill_seconds, st.prefill_tokens_per_s(),
+      (long long)st.generated_tokens, st.decode_seconds, st.decode_tokens_per_s());
+}
+
+void setup(CLI::App& app) {
+  auto a = std::make_shared<GenerateArgs>();
+  auto* sub = app.add_subcommand("generate", "Generate text from a checkpoint");
+  sub->add_option("--model", a->model, "checkpoint directory (HF layout)")->required();
+  sub->add_option("--prompt", a->prompt, "prompt text");
+  sub->add_option("--prompt-ids", a->prompt_ids, "prompt as comma-separated token ids");
+  sub->add_option("-n,--max-new-tokens", a->n, "tokens to generate")->capture_default_str();
+  sub->add_option("--batch", a->batch, "sequences generated together")->capture_default_str();
+  sub->add_option("--temperature", a->temperature, "0 = greedy")->capture_default_str();
+  sub->add_option("--top-k", a->top_k, "0 = off")->capture_default_str();
+  sub->add_option("--top-p", a->top_p, "1 = off")->capture_default_str();
+  sub->add_option("--seed", a->seed, "sampling seed")->capture_default_str();
+  sub->add_flag("--no-stop", a->no_stop, "do not stop at the end-of-sequence token");
+  a->run.add(sub, "bf16");
+  sub->callback([a] { run_generate(*a); });
+}
+}  // namespace
+DSV3_COMMAND(setup);
