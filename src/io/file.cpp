@@ -17,6 +17,8 @@
 namespace dsv3::io {
 
 std::string read_file(const std::string& path) {
+  // An ifstream opens a directory and then reads nothing; say what is wrong instead.
+  DSV3_CHECK(!std::filesystem::is_directory(path), "cannot read {}: it is a directory", path);
   std::ifstream f(path, std::ios::binary);
   DSV3_CHECK(f.good(), "cannot open {}: {}", path, std::strerror(errno));
   std::ostringstream ss;
@@ -75,6 +77,10 @@ std::shared_ptr<MappedFile> MappedFile::open(const std::string& path) {
   if (::fstat(fd, &st) != 0) {
     ::close(fd);
     DSV3_FAIL("cannot stat {}: {}", path, std::strerror(errno));
+  }
+  if (!S_ISREG(st.st_mode)) {
+    ::close(fd);
+    DSV3_FAIL("cannot map {}: not a regular file", path);
   }
   std::shared_ptr<MappedFile> m(new MappedFile());
   m->path_ = path;

@@ -3,6 +3,7 @@
 #include "io/safetensors.hpp"
 
 #include <algorithm>
+#include <cstring>
 #include <filesystem>
 #include <nlohmann/json.hpp>
 
@@ -42,6 +43,10 @@ std::shared_ptr<SafetensorsFile> SafetensorsFile::open(const std::string& path) 
   DSV3_CHECK(hlen <= size - 8, "{}: truncated: header length {} but only {} bytes follow", path,
              hlen, size - 8);
   const char* hp = reinterpret_cast<const char*>(f->map_->data() + 8);
+  // The JSON parser takes a NUL byte for the end of input and would accept "{...}\0junk", so a
+  // header length that overshoots into zero bytes would silently shift every tensor.
+  DSV3_CHECK(std::memchr(hp, 0, hlen) == nullptr,
+             "{}: header contains a NUL byte (header length {})", path, hlen);
   json h;
   try {
     h = json::parse(hp, hp + hlen);
@@ -93,23 +98,27 @@ std::shared_ptr<SafetensorsFile> SafetensorsFile::open(const std::string& path) 
     DSV3_CHECK(b <= e && e <= data_size,
                "{}: tensor '{}': data_offsets [{}, {}] out of range (data section is {} bytes{})",
                path, name, b, e, data_size, e > data_size ? "; file truncated?" : "");
-    uint64_t want = numel * dtype_size(t.dtype);
-    DSV3_CHECK(e - b == want,
-               "{}: tensor '{}': data_offsets span {} bytes but dtype {} and shape {} need {}",
-               path, name, e - b, dt, t.shape_str(), want);
+    // Compared by division: numel * element size may not fit in 64 bits (shape [2^61] of F64
+    // would wrap to 0 bytes).
+    const uint64_t esize = dtype_size(t.dtype);
+    DSV3_CHECK((e - b) % esize == 0 && (e - b) / esize == numel,
+               "{}: tensor '{}': data_offsets span {} bytes but dtype {} and shape {} need {} x {}",
+               path, name, e - b, dt, t.shape_str(), numel, esize);
     t.data = data + b;
-    t.nbytes = size_t(want);
+    t.nbytes = size_t(e - b);
     f->tensors_.push_back(std::move(t));
   }
-  // Overlapping tensors would alias each other's bytes: refuse them.
+  // Overlapping tensors would alias each other's bytes: refuse them. Empty tensors own no bytes
+  // and are left out, or one lying inside another would hide that neighbour's overlap.
   std::vector<const TensorInfo*> order;
-  for (const auto& t : f->tensors_) order.push_back(&t);
+  for (const auto& t : f->tensors_)
+    if (t.nbytes) order.push_back(&t);
   std::sort(order.begin(), order.end(),
             [](const TensorInfo* a, const TensorInfo* b) { return a->data < b->data; });
   for (size_t i = 1; i < order.size(); ++i) {
     const TensorInfo* a = order[i - 1];
     const TensorInfo* b = order[i];
-    DSV3_CHECK(a->data + a->nbytes <= b->data || a->nbytes == 0 || b->nbytes == 0,
+    DSV3_CHECK(a->data + a->nbytes <= b->data,
                "{}: tensors '{}' and '{}' overlap in the data section", path, a->name, b->name);
   }
   for (size_t i = 0; i < f->tensors_.size(); ++i) f->index_[f->tensors_[i].name] = i;
@@ -163,10 +172,14 @@ TensorStore TensorStore::open_dir(const std::string& dir) {
     DSV3_CHECK(it.value().is_string(), "{}: weight_map['{}'] is not a file name", index.string(),
                it.key());
     std::string fname = it.value().get<std::string>();
-    DSV3_CHECK(fname.find('/') == std::string::npos && fname != ".." && !fname.empty(),
-               "{}: weight_map['{}'] = '{}' is not a file in the directory", index.string(),
-               it.key(), fname);
+    DSV3_CHECK(
+        fname.find('/') == std::string::npos && fname != ".." && fname != "." && !fname.empty(),
+        "{}: weight_map['{}'] = '{}' is not a file in the directory", index.string(), it.key(),
+        fname);
     if (!file_idx.count(fname)) {
+      DSV3_CHECK(fs::is_regular_file(d / fname),
+                 "{}: weight_map['{}'] = '{}', but {} does not exist or is not a file",
+                 index.string(), it.key(), fname, (d / fname).string());
       file_idx[fname] = s.files_.size();
       s.files_.push_back(SafetensorsFile::open((d / fname).string()));
     }
@@ -208,9 +221,13 @@ std::vector<std::string> TensorStore::names() const {
 
 void SafetensorsWriter::add(const std::string& name, DType dtype, const std::vector<int64_t>& shape,
                             const void* data) {
+  DSV3_CHECK(name != "__metadata__", "safetensors writer: '__metadata__' is not a tensor name");
   Entry e{name, dtype, shape, {}};
   int64_t n = 1;
-  for (auto d : shape) n *= d;
+  for (auto d : shape) {
+    DSV3_CHECK(d >= 0, "safetensors writer: tensor '{}': negative dimension in shape", name);
+    n *= d;
+  }
   e.bytes.resize(size_t(n) * dtype_size(dtype));
   if (n) std::memcpy(e.bytes.data(), data, e.bytes.size());
   entries_.push_back(std::move(e));
@@ -224,6 +241,9 @@ void SafetensorsWriter::write(const std::string& path) const {
   for (const auto& e : entries_) order.push_back(&e);
   std::sort(order.begin(), order.end(),
             [](const Entry* a, const Entry* b) { return a->name < b->name; });
+  for (size_t i = 1; i < order.size(); ++i)
+    DSV3_CHECK(order[i - 1]->name != order[i]->name, "{}: tensor '{}' was added twice", path,
+               order[i]->name);
   uint64_t off = 0;
   for (const Entry* e : order) {
     h[e->name] = {{"dtype", std::string(dtype_name(e->dtype))},
@@ -244,6 +264,10 @@ void SafetensorsWriter::write(const std::string& path) const {
 }
 
 std::vector<float> read_f32(const TensorInfo& t) {
+  DSV3_CHECK(t.dtype == DType::F32 || t.dtype == DType::BF16 || t.dtype == DType::F16 ||
+                 t.dtype == DType::F8_E4M3 || t.dtype == DType::F8_E5M2 || t.dtype == DType::F64,
+             "{}: tensor '{}' has dtype {}, expected a float dtype", t.file, t.name,
+             dtype_name(t.dtype));
   std::vector<float> out(size_t(t.numel()));
   to_f32(out.data(), t.data, t.dtype, out.size());
   return out;
@@ -254,11 +278,12 @@ std::vector<int32_t> read_i32(const TensorInfo& t) {
   if (t.dtype == DType::I32) {
     std::memcpy(out.data(), t.data, t.nbytes);
   } else if (t.dtype == DType::I64) {
-    const auto* p = reinterpret_cast<const int64_t*>(t.data);
     for (size_t i = 0; i < out.size(); ++i) {
-      DSV3_CHECK(p[i] >= INT32_MIN && p[i] <= INT32_MAX, "{}: tensor '{}': value {} exceeds int32",
-                 t.file, t.name, p[i]);
-      out[i] = int32_t(p[i]);
+      int64_t v;  // the data section need not be 8-byte aligned
+      std::memcpy(&v, t.data + 8 * i, 8);
+      DSV3_CHECK(v >= INT32_MIN && v <= INT32_MAX, "{}: tensor '{}': value {} exceeds int32",
+                 t.file, t.name, v);
+      out[i] = int32_t(v);
     }
   } else {
     DSV3_FAIL("{}: tensor '{}' has dtype {}, expected I32 or I64", t.file, t.name,
