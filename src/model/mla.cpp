@@ -130,6 +130,7 @@ void mla_forward(float* out, const float* x, int64_t B, int64_t T, int64_t start
       std::copy(src + t * (R + Dr) + R, src + (t + 1) * (R + Dr), pe + t * Dr);
   }
 
+  if (impl == AttnImpl::Auto) impl = T >= kNaiveMinTokens ? AttnImpl::Naive : AttnImpl::Absorbed;
   float* attn = grow(s.attn, size_t(N * H * Dv));
   for (int64_t b = 0; b < B; ++b) {
     const float* lat = cache.latent.data() + b * cache.max_seq * R;

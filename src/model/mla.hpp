@@ -18,7 +18,10 @@
 
 namespace dsv3::model {
 
-enum class AttnImpl { Naive, Absorbed };
+// Auto: naive for multi-token prefill chunks of at least kNaiveMinTokens (fewer FLOPs per
+// attended pair when K/V expansion is amortized over many queries), absorbed otherwise.
+enum class AttnImpl { Naive, Absorbed, Auto };
+constexpr int64_t kNaiveMinTokens = 32;
 
 struct MlaWeights {
   cpu::LinearWeight q_a;         // [Qr, D]       (q_lora_rank set)

@@ -53,7 +53,7 @@ class KVCache {
 };
 
 struct ForwardOptions {
-  AttnImpl attn = AttnImpl::Absorbed;
+  AttnImpl attn = AttnImpl::Auto;
   bool all_logits = true;         // false: logits of the last position of each sequence only
   float* final_hidden = nullptr;  // [B, T, D] after model.norm (the MTP input), optional
   std::vector<Routing>* routes = nullptr;  // one entry per MoE layer, optional

@@ -38,11 +38,9 @@ std::vector<std::vector<int32_t>> generate(model::Model& m,
   }
   model::ForwardOptions fo;
   fo.all_logits = false;
-  fo.attn = T >= opt.naive_prefill_min_tokens ? model::AttnImpl::Naive : model::AttnImpl::Absorbed;
   auto t0 = clock::now();
   m.forward(flat.data(), B, T, 0, cache, logits.data(), fo);
   auto t1 = clock::now();
-  fo.attn = model::AttnImpl::Absorbed;
   std::vector<std::vector<int32_t>> out(static_cast<size_t>(B));
   std::vector<bool> done(static_cast<size_t>(B), false);
   std::vector<int32_t> next(static_cast<size_t>(B));

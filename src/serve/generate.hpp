@@ -13,9 +13,8 @@ struct GenerateOptions {
   int64_t max_new_tokens = 64;
   SamplingParams sampling;
   bool stop_at_eos = true;
-  // Prompts longer than this use the naive attention path for prefill (K/V expanded per head);
-  // shorter ones and every decode step use the absorbed path.
-  int64_t naive_prefill_min_tokens = 1 << 30;
+  // Prefill and decode pick the attention path with AttnImpl::Auto (naive for long prompts,
+  // absorbed for decode steps).
 };
 
 struct GenerateStats {

@@ -32,10 +32,9 @@ void run_logits(const LogitsArgs& a) {
   DSV3_CHECK(T <= c.max_position_embeddings, "{}: {} tokens exceed max_position_embeddings {}",
              a.tokens, T, c.max_position_embeddings);
   model::ForwardOptions fo;
-  if (a.attn == "naive")
-    fo.attn = model::AttnImpl::Naive;
-  else
-    DSV3_CHECK(a.attn == "absorbed", "--attn must be naive or absorbed, got '{}'", a.attn);
+  DSV3_CHECK(a.attn == "naive" || a.attn == "absorbed",
+             "--attn must be naive or absorbed, got '{}'", a.attn);
+  fo.attn = a.attn == "naive" ? model::AttnImpl::Naive : model::AttnImpl::Absorbed;
   model::KVCache cache(c, B, T, a.mtp);
   std::vector<float> logits(size_t(B * T * c.vocab_size));
   std::vector<float> hidden;
