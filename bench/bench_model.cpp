@@ -1,0 +1,138 @@
+// Model benchmark: batch-1 decode tokens/s and prefill tokens/s of a 512-token prompt on the
+// ~1.2B-total / ~0.2B-active config (bench/configs/bench-1b.json, BF16 weights), on 1 and 2
+// threads, beside the limits measured in the same run: memory bandwidth (decode reads every
+// active weight once per token) and BF16 GEMM peak (prefill). Prints JSON.
+//
+//   bench_model [--model DIR] [--threads 1,2] [--prompt 512] [--decode 64]
+// Without --model, a random checkpoint is made once under build/bench-1b by `dsv3 init`'s code.
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "bench_util.hpp"
+#include "core/parallel.hpp"
+#include "core/rng.hpp"
+#include "model/export.hpp"
+#include "model/model.hpp"
+
+using namespace dsv3;
+namespace fs = std::filesystem;
+
+namespace {
+
+std::vector<int> parse_list(const std::string& s) {
+  std::vector<int> v;
+  std::stringstream ss(s);
+  std::string x;
+  while (std::getline(ss, x, ',')) v.push_back(std::stoi(x));
+  return v;
+}
+
+double seconds_since(std::chrono::steady_clock::time_point t) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string model_dir, threads_s = "1,2";
+  int64_t prompt = 512, decode = 64;
+  for (int i = 1; i + 1 < argc; i += 2) {
+    std::string a = argv[i];
+    if (a == "--model")
+      model_dir = argv[i + 1];
+    else if (a == "--threads")
+      threads_s = argv[i + 1];
+    else if (a == "--prompt")
+      prompt = std::stoll(argv[i + 1]);
+    else if (a == "--decode")
+      decode = std::stoll(argv[i + 1]);
+    else {
+      std::fprintf(stderr, "unknown flag %s\n", a.c_str());
+      return 2;
+    }
+  }
+  try {
+    if (model_dir.empty()) {
+      model_dir = "bench-1b";
+      if (!fs::exists(fs::path(model_dir) / "config.json")) {
+        std::fprintf(stderr, "making a random BF16 checkpoint in %s (once)\n", model_dir.c_str());
+        auto c = model::load_config(std::string(DSV3_SOURCE_DIR) + "/bench/configs/bench-1b.json");
+        model::save_hf_checkpoint(model_dir, c, [](const model::ParamSpec& s, float* d) {
+          model::random_param_fill(s, d, 0);
+        });
+      }
+    }
+    model::LoadOptions lo;
+    lo.compute = cpu::Compute::BF16;
+    lo.load_mtp = false;
+    auto m = model::Model::load(model_dir, lo);
+    const auto& c = m->config();
+    const size_t active = m->active_weight_bytes();
+    Rng rng(1);
+    std::printf("{\n  \"benchmark\": \"model\",\n  \"model\": \"%s\",\n", model_dir.c_str());
+    std::printf("  \"active_weight_bytes_per_token\": %zu,\n  \"total_weight_bytes\": %zu,\n",
+                active, m->total_weight_bytes());
+    std::printf("  \"kv_cache_bytes_per_token\": %zu,\n  \"runs\": [\n",
+                model::KVCache::bytes_per_token(c));
+    auto threads = parse_list(threads_s);
+    for (size_t ti = 0; ti < threads.size(); ++ti) {
+      const int nt = threads[ti];
+      set_num_threads(nt);
+      const double bw = bench::measure_memory_bandwidth_gbs(nt);
+      const double peak = bench::measure_gemm_peak_gflops(true, nt);
+      // Prefill: a 512-token prompt, BF16 GEMMs; the best of 3.
+      std::vector<int32_t> toks(size_t(prompt));
+      for (auto& t : toks) t = int32_t(2 + rng.below(uint64_t(c.vocab_size - 2)));
+      std::vector<float> logits(size_t(c.vocab_size));
+      model::ForwardOptions fo;
+      fo.all_logits = false;
+      double best_prefill = 1e30;
+      for (int rep = 0; rep < 3; ++rep) {
+        model::KVCache cache(c, 1, prompt + decode + 1, false);
+        auto t0 = std::chrono::steady_clock::now();
+        m->forward(toks.data(), 1, prompt, 0, cache, logits.data(), fo);
+        best_prefill = std::min(best_prefill, seconds_since(t0));
+      }
+      // Decode: batch 1, `decode` steps after a 16-token prompt.
+      model::KVCache cache(c, 1, 16 + decode + 1, false);
+      m->forward(toks.data(), 1, 16, 0, cache, logits.data(), fo);
+      int32_t tok = toks[16];
+      auto t0 = std::chrono::steady_clock::now();
+      for (int64_t s = 0; s < decode; ++s) {
+        m->forward(&tok, 1, 1, 16 + s, cache, logits.data(), fo);
+        tok = int32_t(2 + rng.below(uint64_t(c.vocab_size - 2)));
+      }
+      const double dt = seconds_since(t0);
+      const double decode_tps = double(decode) / dt;
+      const double decode_gbs = decode_tps * double(active) / 1e9;
+      const double prefill_tps = double(prompt) / best_prefill;
+      // Prefill FLOPs: 2 x active parameters (excluding the embedding row) per token, plus
+      // attention (QK and PV over the causal half, absorbed: H x (R + Dr) and H x R per pair).
+      const double flops_tok = 2.0 * double(active) / 2.0;  // BF16: 2 bytes per parameter
+      const double attn = 2.0 * c.num_attention_heads *
+                          double(c.kv_lora_rank * 2 + c.qk_rope_head_dim) * (prompt / 2.0) *
+                          c.num_hidden_layers;
+      const double prefill_gflops = prefill_tps * (flops_tok + attn) / 1e9;
+      std::printf(
+          "    {\"threads\": %d, \"memory_bandwidth_gbs\": %.1f, \"bf16_gemm_peak_gflops\": %.1f,\n"
+          "     \"decode_tokens_per_s\": %.2f, \"decode_weight_gbs\": %.1f, "
+          "\"decode_pct_of_bandwidth\": %.1f,\n"
+          "     \"prefill_tokens\": %lld, \"prefill_tokens_per_s\": %.1f, \"prefill_gflops\": "
+          "%.1f, "
+          "\"prefill_pct_of_bf16_peak\": %.1f}%s\n",
+          nt, bw, peak, decode_tps, decode_gbs, 100.0 * decode_gbs / bw, (long long)prompt,
+          prefill_tps, prefill_gflops, 100.0 * prefill_gflops / peak,
+          ti + 1 < threads.size() ? "," : "");
+      std::fflush(stdout);
+    }
+    std::printf("  ]\n}\n");
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "bench_model: %s\n", e.what());
+    return 1;
+  }
+  return 0;
+}
