@@ -2,6 +2,7 @@
 // suffices: these are memory-bound next to the GEMMs).
 #include "backend/cpu/ops.hpp"
 
+#include <algorithm>
 #include <cmath>
 
 #include "core/parallel.hpp"
@@ -74,5 +75,139 @@ void rope_forward(float* x, int64_t n, int64_t heads, int64_t ld, int64_t off, i
     }
   }
 }
+
+}  // namespace dsv3::cpu
+
+// ---- Training: backward passes and scalar-generic forwards (see ops.hpp) ----
+namespace dsv3::cpu {
+
+template <typename S>
+void rmsnorm_forward(S* out, S* rstd, const S* in, const S* weight, int64_t n, int64_t d, S eps,
+                     int64_t ld_in, int64_t ld_out) {
+  if (ld_in < 0) ld_in = d;
+  if (ld_out < 0) ld_out = d;
+  for (int64_t r = 0; r < n; ++r) {
+    const S* x = in + r * ld_in;
+    S ss = 0;
+    for (int64_t i = 0; i < d; ++i) ss += x[i] * x[i];
+    S rs = S(1) / std::sqrt(ss / S(d) + eps);
+    if (rstd) rstd[r] = rs;
+    for (int64_t i = 0; i < d; ++i) out[r * ld_out + i] = x[i] * rs * weight[i];
+  }
+}
+
+template <typename S>
+void rmsnorm_backward(S* din, S* dweight, const S* dout, const S* in, const S* weight,
+                      const S* rstd, int64_t n, int64_t d, int64_t ld_in, int64_t ld_dout,
+                      bool accumulate) {
+  if (ld_in < 0) ld_in = d;
+  if (ld_dout < 0) ld_dout = d;
+  // dx = r·w·dy − x·r³/d · Σ_j dy_j w_j x_j
+  parallel_for(
+      n,
+      [&](int64_t b, int64_t e) {
+        for (int64_t r = b; r < e; ++r) {
+          const S* x = in + r * ld_in;
+          const S* dy = dout + r * ld_dout;
+          S* dx = din + r * ld_in;
+          const S rs = rstd[r];
+          S dot = 0;
+          for (int64_t i = 0; i < d; ++i) dot += dy[i] * weight[i] * x[i];
+          const S c = dot * rs * rs * rs / S(d);
+          if (accumulate)
+            for (int64_t i = 0; i < d; ++i) dx[i] += rs * weight[i] * dy[i] - x[i] * c;
+          else
+            for (int64_t i = 0; i < d; ++i) dx[i] = rs * weight[i] * dy[i] - x[i] * c;
+        }
+      },
+      16);
+  if (!dweight) return;
+  // dweight_j += Σ_r dy[r, j]·x[r, j]·rstd[r], column blocks in parallel (deterministic).
+  constexpr int64_t kCols = 64;
+  parallel_for((d + kCols - 1) / kCols, [&](int64_t cb, int64_t ce) {
+    for (int64_t blk = cb; blk < ce; ++blk) {
+      const int64_t j0 = blk * kCols, j1 = std::min(d, j0 + kCols);
+      S acc[kCols] = {};
+      for (int64_t r = 0; r < n; ++r) {
+        const S* x = in + r * ld_in;
+        const S* dy = dout + r * ld_dout;
+        const S rs = rstd[r];
+        for (int64_t j = j0; j < j1; ++j) acc[j - j0] += dy[j] * x[j] * rs;
+      }
+      for (int64_t j = j0; j < j1; ++j) dweight[j] += acc[j - j0];
+    }
+  });
+}
+
+template <typename S>
+void swiglu_forward(S* out, const S* gate, const S* up, int64_t n, int64_t f) {
+  for (int64_t i = 0; i < n * f; ++i) out[i] = gate[i] / (S(1) + std::exp(-gate[i])) * up[i];
+}
+
+template <typename S>
+void swiglu_backward(S* dgate, S* dup, const S* dout, const S* gate, const S* up, int64_t n,
+                     int64_t f) {
+  parallel_for(
+      n,
+      [&](int64_t b, int64_t e) {
+        for (int64_t i = b * f; i < e * f; ++i) {
+          const S g = gate[i], u = up[i], dy = dout[i];
+          const S sg = S(1) / (S(1) + std::exp(-g));
+          const S silu = g * sg;
+          dgate[i] = dy * u * sg * (S(1) + g * (S(1) - sg));
+          dup[i] = dy * silu;
+        }
+      },
+      16);
+}
+
+template <typename S>
+static void rope_rotate(S* x, int64_t n, int64_t heads, int64_t ld, int64_t off, int64_t rope_dim,
+                        const float* cos_sin, const int64_t* positions, S sign) {
+  const int64_t half = rope_dim / 2;
+  parallel_for(
+      n,
+      [&](int64_t rb, int64_t re) {
+        for (int64_t r = rb; r < re; ++r) {
+          const float* cs = cos_sin + positions[r] * half * 2;
+          for (int64_t h = 0; h < heads; ++h) {
+            S* p = x + (r * heads + h) * ld + off;
+            for (int64_t i = 0; i < half; ++i) {
+              S a = p[2 * i], b = p[2 * i + 1], c = S(cs[2 * i]), s = sign * S(cs[2 * i + 1]);
+              p[2 * i] = a * c - b * s;
+              p[2 * i + 1] = a * s + b * c;
+            }
+          }
+        }
+      },
+      32);
+}
+
+template <typename S>
+void rope_forward(S* x, int64_t n, int64_t heads, int64_t ld, int64_t off, int64_t rope_dim,
+                  const float* cos_sin, const int64_t* positions) {
+  rope_rotate<S>(x, n, heads, ld, off, rope_dim, cos_sin, positions, S(1));
+}
+
+template <typename S>
+void rope_backward(S* dx, int64_t n, int64_t heads, int64_t ld, int64_t off, int64_t rope_dim,
+                   const float* cos_sin, const int64_t* positions) {
+  rope_rotate<S>(dx, n, heads, ld, off, rope_dim, cos_sin, positions, S(-1));
+}
+
+#define DSV3_OPS_INSTANTIATE(S)                                                                 \
+  template void rmsnorm_forward<S>(S*, S*, const S*, const S*, int64_t, int64_t, S, int64_t,    \
+                                   int64_t);                                                    \
+  template void rmsnorm_backward<S>(S*, S*, const S*, const S*, const S*, const S*, int64_t,    \
+                                    int64_t, int64_t, int64_t, bool);                           \
+  template void swiglu_forward<S>(S*, const S*, const S*, int64_t, int64_t);                    \
+  template void swiglu_backward<S>(S*, S*, const S*, const S*, const S*, int64_t, int64_t);     \
+  template void rope_forward<S>(S*, int64_t, int64_t, int64_t, int64_t, int64_t, const float*,  \
+                                const int64_t*);                                                \
+  template void rope_backward<S>(S*, int64_t, int64_t, int64_t, int64_t, int64_t, const float*, \
+                                 const int64_t*);
+DSV3_OPS_INSTANTIATE(float)
+DSV3_OPS_INSTANTIATE(double)
+#undef DSV3_OPS_INSTANTIATE
 
 }  // namespace dsv3::cpu

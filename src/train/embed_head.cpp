@@ -1,0 +1,86 @@
+// Embedding and the fused head + cross-entropy; see embed_head.hpp.
+#include "train/embed_head.hpp"
+
+#include <algorithm>
+#include <cmath>
+
+#include "core/error.hpp"
+#include "train/linalg.hpp"
+
+namespace dsv3::train {
+
+template <typename S>
+void embedding_forward(S* out, const S* table, const int32_t* tokens, int64_t N, int64_t D,
+                       int64_t V) {
+  for (int64_t n = 0; n < N; ++n)
+    DSV3_CHECK(tokens[n] >= 0 && tokens[n] < V,
+               "token id {} at position {} is outside the vocabulary [0, {})", tokens[n], n, V);
+  parallel_for(N, [&](int64_t b, int64_t e) {
+    for (int64_t n = b; n < e; ++n) std::copy_n(table + int64_t(tokens[n]) * D, D, out + n * D);
+  });
+}
+
+template <typename S>
+void embedding_backward(S* dtable, const S* dout, const int32_t* tokens, int64_t N, int64_t D) {
+  // Column blocks in parallel, rows in order: deterministic, no two threads share a row slice.
+  constexpr int64_t kCols = 64;
+  parallel_for((D + kCols - 1) / kCols, [&](int64_t cb, int64_t ce) {
+    const int64_t j0 = cb * kCols, j1 = std::min(D, ce * kCols);
+    for (int64_t n = 0; n < N; ++n) {
+      S* dst = dtable + int64_t(tokens[n]) * D;
+      const S* src = dout + n * D;
+      for (int64_t j = j0; j < j1; ++j) dst[j] += src[j];
+    }
+  });
+}
+
+template <typename S>
+double head_cross_entropy(S* dxn, S* dW, const S* xn, const S* W, const int32_t* targets, int64_t N,
+                          int64_t D, int64_t V, S scale, int64_t* count, HeadScratch<S>& s) {
+  constexpr int64_t kChunk = 1024;
+  double total = 0;
+  int64_t scored = 0;
+  S* logits = grow(s.logits, size_t(std::min(N, kChunk) * V));
+  for (int64_t r0 = 0; r0 < N; r0 += kChunk) {
+    const int64_t rows = std::min(kChunk, N - r0);
+    linear_forward(logits, xn + r0 * D, W, rows, D, V);
+    double part = 0;
+    int64_t cnt = 0;
+#pragma omp parallel for reduction(+ : part, cnt) if (rows > 16)
+    for (int64_t r = 0; r < rows; ++r) {
+      S* l = logits + r * V;
+      const int32_t tgt = targets[r0 + r];
+      if (tgt < 0) {
+        if (dxn) std::fill_n(l, V, S(0));
+        continue;
+      }
+      S mx = *std::max_element(l, l + V), sum = 0;
+      for (int64_t i = 0; i < V; ++i) sum += std::exp(l[i] - mx);
+      const S lse = mx + std::log(sum);
+      part += double(lse - l[tgt]);
+      cnt += 1;
+      if (dxn) {
+        for (int64_t i = 0; i < V; ++i) l[i] = std::exp(l[i] - lse) * scale;
+        l[tgt] -= scale;
+      }
+    }
+    total += part;
+    scored += cnt;
+    if (dxn) {
+      linear_backward_input(dxn + r0 * D, logits, W, rows, D, V);
+      linear_backward_weight(dW, logits, xn + r0 * D, rows, D, V);
+    }
+  }
+  if (count) *count = scored;
+  return total;
+}
+
+#define DSV3_EMBED_HEAD_INSTANTIATE(S)                                                         \
+  template void embedding_forward<S>(S*, const S*, const int32_t*, int64_t, int64_t, int64_t); \
+  template void embedding_backward<S>(S*, const S*, const int32_t*, int64_t, int64_t);         \
+  template double head_cross_entropy<S>(S*, S*, const S*, const S*, const int32_t*, int64_t,   \
+                                        int64_t, int64_t, S, int64_t*, HeadScratch<S>&);
+DSV3_EMBED_HEAD_INSTANTIATE(float)
+DSV3_EMBED_HEAD_INSTANTIATE(double)
+
+}  // namespace dsv3::train

@@ -1,0 +1,129 @@
+// Parameter and gradient arenas; see params.hpp.
+#include "train/params.hpp"
+
+#include <algorithm>
+#include <cmath>
+
+#include "core/error.hpp"
+#include "core/quant.hpp"
+#include "core/rng.hpp"
+#include "io/safetensors.hpp"
+#include "model/export.hpp"
+
+namespace dsv3::train {
+
+ParamLayout::ParamLayout(const model::ModelConfig& c) {
+  using model::ParamRole;
+  for (const auto& s : model::param_table(c)) {
+    ParamEntry e;
+    e.name = s.name;
+    e.shape = s.shape;
+    e.numel = 1;
+    for (auto d : s.shape) e.numel *= d;
+    // 16-float alignment keeps every tensor on its own cache lines (64 bytes).
+    e.offset = total_;
+    total_ += (e.numel + 15) / 16 * 16;
+    e.role = s.role;
+    e.mtp = s.mtp;
+    e.fp8 = s.fp8;
+    e.residual_out = s.residual_out;
+    e.weight_decay = s.role != ParamRole::Norm && s.role != ParamRole::RouterBias;
+    e.trainable = s.role != ParamRole::RouterBias;
+    index_[e.name] = entries_.size();
+    entries_.push_back(std::move(e));
+  }
+}
+
+const ParamEntry* ParamLayout::find(const std::string& name) const {
+  auto it = index_.find(name);
+  return it == index_.end() ? nullptr : &entries_[it->second];
+}
+
+const ParamEntry& ParamLayout::get(const std::string& name) const {
+  const ParamEntry* e = find(name);
+  DSV3_CHECK(e, "parameter '{}' is not in the parameter table of this config", name);
+  return *e;
+}
+
+ParamStore::ParamStore(const model::ModelConfig& c) : config_(c), layout_(c) {
+  params_.assign(size_t(layout_.total()), 0.0f);
+  grads_.assign(size_t(layout_.total()), 0.0f);
+}
+
+void ParamStore::zero_grad() {
+  std::fill(grads_.begin(), grads_.end(), 0.0f);
+}
+
+ParamStore ParamStore::load(const std::string& dir) {
+  ParamStore p(model::load_config(dir));
+  auto store = io::TensorStore::open_dir(dir);
+  for (const auto& e : p.layout_.entries()) {
+    float* dst = p.params_.data() + e.offset;
+    std::string src = e.name;
+    if (!store.find(src) && e.mtp) {
+      // The MTP module shares the embedding and head; checkpoints may omit the copies.
+      if (src.ends_with(".embed_tokens.weight")) src = "model.embed_tokens.weight";
+      if (src.ends_with(".shared_head.head.weight")) src = "lm_head.weight";
+    }
+    const io::TensorInfo& t = store.get(src, e.shape);
+    if (t.dtype == DType::F8_E4M3) {
+      const int64_t rows = e.shape[0], cols = e.shape[1];
+      const io::TensorInfo& s =
+          store.get(src + "_scale_inv", {(rows + 127) / 128, (cols + 127) / 128});
+      DSV3_CHECK(s.dtype == DType::F32, "{}: tensor '{}' has dtype {}, expected F32", s.file,
+                 s.name, dtype_name(s.dtype));
+      auto scale = io::read_f32(s);
+      fp8_block_dequantize(dst, t.data, scale.data(), rows, cols);
+    } else {
+      auto v = io::read_f32(t);
+      std::copy(v.begin(), v.end(), dst);
+    }
+  }
+  return p;
+}
+
+namespace {
+uint64_t fnv1a(const std::string& s) {
+  uint64_t h = 1469598103934665603ull;
+  for (unsigned char ch : s) h = (h ^ ch) * 1099511628211ull;
+  return h;
+}
+}  // namespace
+
+void ParamStore::init_random(uint64_t seed, InitScheme scheme) {
+  for (const auto& e : layout_.entries()) {
+    float* dst = params_.data() + e.offset;
+    if (scheme == InitScheme::FanIn) {
+      model::ParamSpec s{e.name, e.shape, e.role, e.fp8, e.residual_out, e.mtp};
+      model::random_param_fill(s, dst, seed);
+      continue;
+    }
+    Rng rng(seed ^ fnv1a(e.name));
+    const double std = config_.initializer_range;
+    switch (e.role) {
+      case model::ParamRole::Norm:
+        std::fill_n(dst, e.numel, 1.0f);
+        break;
+      case model::ParamRole::RouterBias:
+        std::fill_n(dst, e.numel, 0.0f);
+        break;
+      default:
+        for (int64_t i = 0; i < e.numel; ++i) dst[i] = float(rng.normal() * std);
+    }
+  }
+}
+
+void ParamStore::save(const std::string& dir, DType dtype, int64_t max_shard_bytes) const {
+  model::ExportOptions o;
+  o.dtype = dtype;
+  o.max_shard_bytes = max_shard_bytes;
+  model::save_hf_checkpoint(
+      dir, config_,
+      [&](const model::ParamSpec& s, float* dst) {
+        const ParamEntry& e = layout_.get(s.name);
+        std::copy_n(params_.data() + e.offset, e.numel, dst);
+      },
+      o);
+}
+
+}  // namespace dsv3::train
