@@ -39,8 +39,8 @@ void rmsnorm_forward(S* out, S* rstd, const S* in, const S* weight, int64_t n, i
 // ld_in for both in and din).
 template <typename S>
 void rmsnorm_backward(S* din, S* dweight, const S* dout, const S* in, const S* weight,
-                      const S* rstd, int64_t n, int64_t d, int64_t ld_in = -1,
-                      int64_t ld_dout = -1, bool accumulate = false);
+                      const S* rstd, int64_t n, int64_t d, int64_t ld_in = -1, int64_t ld_dout = -1,
+                      bool accumulate = false);
 
 template <typename S>
 void swiglu_forward(S* out, const S* gate, const S* up, int64_t n, int64_t f);
