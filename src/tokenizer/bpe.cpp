@@ -1,0 +1,364 @@
+// BPE model: loading, per-piece memo, and the merge loop of HF tokenizers' Word::merge_all.
+#include "tokenizer/bpe.hpp"
+
+#include <cstring>
+#include <nlohmann/json.hpp>
+#include <queue>
+
+#include "core/error.hpp"
+#include "tokenizer/byte_level.hpp"
+#include "tokenizer/utf8.hpp"
+
+namespace dsv3::tok {
+
+uint64_t hash_bytes(std::string_view s) {
+  const char* p = s.data();
+  size_t n = s.size();
+  uint64_t h = 0x9E3779B97F4A7C15ull ^ (n * 0xff51afd7ed558ccdull);
+  while (n >= 8) {
+    uint64_t v;
+    std::memcpy(&v, p, 8);
+    h = (h ^ v) * 0xbf58476d1ce4e5b9ull;
+    h ^= h >> 29;
+    p += 8;
+    n -= 8;
+  }
+  uint64_t v = 0;
+  std::memcpy(&v, p, n);
+  h = (h ^ v) * 0x94d049bb133111ebull;
+  h ^= h >> 32;
+  return h | 1;  // never 0, the empty-slot marker of BpeCache
+}
+
+void PairMap::reserve(size_t n) {
+  size_t cap = 16;
+  while (cap < 2 * n) cap *= 2;
+  keys_.assign(cap, kEmpty);
+  vals_.assign(cap, 0);
+  mask_ = cap - 1;
+  shift_ = 64 - __builtin_ctzll(cap);
+  size_ = 0;
+}
+
+void PairMap::set(int32_t a, int32_t b, uint32_t rank, int32_t merged) {
+  DSV3_ASSERT(2 * (size_ + 1) <= keys_.size(), "PairMap is full");
+  uint64_t key = pack(a, b), val = (uint64_t(rank) << 32) | uint32_t(merged);
+  for (size_t i = slot(key);; i = (i + 1) & mask_) {
+    if (keys_[i] == key) {
+      vals_[i] = val;
+      return;
+    }
+    if (keys_[i] == kEmpty) {
+      keys_[i] = key;
+      vals_[i] = val;
+      ++size_;
+      return;
+    }
+  }
+}
+
+BpeCache::BpeCache(size_t max_entries) : max_entries_(max_entries) {
+  size_t cap = 16;
+  while (cap < 2 * max_entries) cap *= 2;
+  table_.resize(cap);
+}
+
+void BpeCache::clear() {
+  std::fill(table_.begin(), table_.end(), Entry{});
+  keys_.clear();
+  ids_.clear();
+  size_ = 0;
+}
+
+bool BpeCache::find(std::string_view key, uint64_t hash, std::span<const int32_t>* ids) const {
+  size_t mask = table_.size() - 1;
+  for (size_t i = hash & mask;; i = (i + 1) & mask) {
+    const Entry& e = table_[i];
+    if (e.hash == 0) return false;
+    if (e.hash == hash && e.key_len == key.size() &&
+        std::memcmp(keys_.data() + e.key_off, key.data(), key.size()) == 0) {
+      *ids = {ids_.data() + e.ids_off, e.ids_len};
+      return true;
+    }
+  }
+}
+
+void BpeCache::insert(std::string_view key, uint64_t hash, std::span<const int32_t> ids) {
+  if (key.size() > kMaxKeyBytes) return;
+  if (size_ >= max_entries_) clear();
+  size_t mask = table_.size() - 1;
+  size_t i = hash & mask;
+  while (table_[i].hash != 0) i = (i + 1) & mask;
+  table_[i] = {hash, uint32_t(keys_.size()), uint32_t(key.size()), uint32_t(ids_.size()),
+               uint32_t(ids.size())};
+  keys_.append(key);
+  ids_.insert(ids_.end(), ids.begin(), ids.end());
+  ++size_;
+}
+
+Bpe Bpe::from_json(const nlohmann::json& m) {
+  std::string type = m.value("type", "BPE");
+  DSV3_CHECK(type == "BPE", "tokenizer.json: model type '{}' is not supported (only BPE)", type);
+  DSV3_CHECK(m.contains("vocab") && m.contains("merges"),
+             "tokenizer.json: BPE model without vocab or merges");
+  auto dropout = m.value("dropout", nlohmann::json());
+  DSV3_CHECK(dropout.is_null() || dropout.get<double>() == 0.0,
+             "tokenizer.json: BPE dropout {} is not supported (it makes encoding random)",
+             dropout.dump());
+  Bpe bpe;
+  auto opt = [&](const char* key) -> std::optional<std::string> {
+    if (!m.contains(key) || m.at(key).is_null()) return std::nullopt;
+    return m.at(key).get<std::string>();
+  };
+  bpe.unk_token_ = opt("unk_token");
+  bpe.prefix_ = opt("continuing_subword_prefix");
+  bpe.suffix_ = opt("end_of_word_suffix");
+  bpe.fuse_unk_ = m.value("fuse_unk", false);
+  bpe.byte_fallback_ = m.value("byte_fallback", false);
+  bpe.ignore_merges_ = m.value("ignore_merges", false);
+
+  int64_t max_id = -1;
+  for (auto it = m.at("vocab").begin(); it != m.at("vocab").end(); ++it) {
+    int64_t id = it.value().get<int64_t>();
+    DSV3_CHECK(id >= 0 && id < (int64_t(1) << 31), "tokenizer.json: vocab id {} of '{}' is invalid",
+               id, it.key());
+    bpe.vocab_[it.key()] = int32_t(id);
+    max_id = std::max(max_id, id);
+  }
+  bpe.id_to_token_.resize(size_t(max_id + 1));
+  bpe.has_id_.assign(size_t(max_id + 1), false);
+  for (const auto& [tok, id] : bpe.vocab_) {
+    bpe.id_to_token_[id] = tok;
+    bpe.has_id_[id] = true;
+  }
+  const auto& merges = m.at("merges");
+  bpe.merges_.reserve(merges.size());
+  uint32_t rank = 0;
+  for (const auto& mj : merges) {
+    if (mj.is_string()) {
+      std::string s = mj.get<std::string>();
+      size_t sp = s.find(' ');
+      DSV3_CHECK(sp != std::string::npos && s.find(' ', sp + 1) == std::string::npos,
+                 "tokenizer.json: merge '{}' is not two tokens separated by one space", s);
+      bpe.add_merge(s.substr(0, sp), s.substr(sp + 1), rank++);
+    } else {
+      DSV3_CHECK(mj.is_array() && mj.size() == 2, "tokenizer.json: merge {} is not a pair",
+                 mj.dump());
+      bpe.add_merge(mj[0].get<std::string>(), mj[1].get<std::string>(), rank++);
+    }
+  }
+  bpe.finish();
+  return bpe;
+}
+
+Bpe Bpe::from_tokens(const std::vector<std::string>& id_to_token,
+                     const std::vector<std::pair<std::string, std::string>>& merges) {
+  Bpe bpe;
+  bpe.id_to_token_ = id_to_token;
+  bpe.has_id_.assign(id_to_token.size(), true);
+  for (size_t i = 0; i < id_to_token.size(); ++i) bpe.vocab_[id_to_token[i]] = int32_t(i);
+  bpe.merges_.reserve(merges.size());
+  uint32_t rank = 0;
+  for (const auto& [a, b] : merges) bpe.add_merge(a, b, rank++);
+  bpe.finish();
+  return bpe;
+}
+
+void Bpe::add_merge(const std::string& a, const std::string& b, uint32_t rank) {
+  auto ia = vocab_.find(a), ib = vocab_.find(b);
+  DSV3_CHECK(ia != vocab_.end() && ib != vocab_.end(),
+             "tokenizer.json: merge '{} {}' uses a token missing from the vocab", a, b);
+  size_t skip = prefix_ && b.compare(0, prefix_->size(), *prefix_) == 0 ? prefix_->size() : 0;
+  std::string merged = a + b.substr(skip);
+  auto im = vocab_.find(merged);
+  DSV3_CHECK(im != vocab_.end(),
+             "tokenizer.json: merge '{} {}' gives '{}', which is not in the vocab", a, b, merged);
+  merges_.set(ia->second, ib->second, rank, im->second);
+}
+
+void Bpe::finish() {
+  const auto& alpha = byte_level_alphabet();
+  byte_fast_ = !prefix_ && !suffix_;
+  for (int b = 0; b < 256; ++b) {
+    auto it = vocab_.find(alpha.byte_to_utf8[b]);
+    byte_ids_[b] = it == vocab_.end() ? -1 : it->second;
+    if (it == vocab_.end()) byte_fast_ = false;
+  }
+}
+
+std::optional<int32_t> Bpe::token_to_id(std::string_view token) const {
+  auto it = vocab_.find(token);
+  if (it == vocab_.end()) return std::nullopt;
+  return it->second;
+}
+
+const std::string* Bpe::id_to_token(int32_t id) const {
+  if (id < 0 || size_t(id) >= id_to_token_.size() || !has_id_[id]) return nullptr;
+  return &id_to_token_[id];
+}
+
+// The initial symbols of a word (HF BPE::merge_word before merge_all).
+void Bpe::word_symbols(std::string_view w, std::vector<int32_t>& syms) const {
+  auto* p = reinterpret_cast<const unsigned char*>(w.data());
+  std::optional<int32_t> unk;
+  auto unk_id = [&]() -> std::optional<int32_t> { return token_to_id(*unk_token_); };
+  std::string s;
+  for (size_t i = 0; i < w.size();) {
+    size_t len = utf8_lead_length(p[i]);
+    len = std::min(len, w.size() - i);
+    s.assign(w.substr(i, len));
+    bool first = i == 0, last = i + len == w.size();
+    i += len;
+    if (!first && prefix_) s.insert(0, *prefix_);
+    if (last && suffix_) s += *suffix_;
+    if (auto id = token_to_id(s)) {
+      if (unk) syms.push_back(*unk);
+      unk.reset();
+      syms.push_back(*id);
+      continue;
+    }
+    if (byte_fallback_) {
+      std::vector<int32_t> bytes;
+      for (unsigned char c : s) {
+        auto id = token_to_id(fmt::format("<0x{:02X}>", c));
+        if (!id) break;
+        bytes.push_back(*id);
+      }
+      if (bytes.size() == s.size()) {
+        syms.insert(syms.end(), bytes.begin(), bytes.end());
+        continue;
+      }
+    }
+    if (unk_token_) {
+      if (unk && !fuse_unk_) syms.push_back(*unk);
+      if (!unk || !fuse_unk_) {
+        unk = unk_id();
+        DSV3_CHECK(unk, "tokenizer.json: unk_token '{}' is not in the vocab", *unk_token_);
+      }
+    }
+  }
+  if (unk) syms.push_back(*unk);
+}
+
+// Lowest rank first, leftmost first, by rescanning: fastest for the short words that dominate.
+void Bpe::merge_short(std::vector<int32_t>& syms) const {
+  constexpr uint32_t kNone = ~0u;
+  thread_local std::vector<uint32_t> ranks;
+  thread_local std::vector<int32_t> merged;
+  size_t n = syms.size();
+  ranks.resize(n);
+  merged.resize(n);
+  auto look = [&](size_t i) {
+    uint32_t r;
+    int32_t m;
+    if (merges_.find(syms[i], syms[i + 1], &r, &m)) {
+      ranks[i] = r;
+      merged[i] = m;
+    } else {
+      ranks[i] = kNone;
+    }
+  };
+  for (size_t i = 0; i + 1 < n; ++i) look(i);
+  while (n > 1) {
+    size_t best = 0;
+    for (size_t i = 1; i + 1 < n; ++i)
+      if (ranks[i] < ranks[best]) best = i;
+    if (ranks[best] == kNone) break;
+    syms[best] = merged[best];
+    for (size_t i = best + 1; i + 1 < n; ++i) {
+      syms[i] = syms[i + 1];
+      ranks[i] = ranks[i + 1];
+      merged[i] = merged[i + 1];
+    }
+    --n;
+    if (best + 1 < n) look(best);
+    if (best > 0) look(best - 1);
+  }
+  syms.resize(n);
+}
+
+// HF's Word::merge_all: a heap of (rank, position) over a linked list of symbols.
+void Bpe::merge_long(std::vector<int32_t>& syms) const {
+  struct Sym {
+    int32_t id;
+    int32_t prev, next;
+    bool alive;
+  };
+  struct Cand {
+    uint32_t rank;
+    int32_t pos, merged;
+    bool operator>(const Cand& o) const { return rank != o.rank ? rank > o.rank : pos > o.pos; }
+  };
+  int32_t n = int32_t(syms.size());
+  std::vector<Sym> s(n);
+  for (int32_t i = 0; i < n; ++i) s[i] = {syms[i], i - 1, i + 1 < n ? i + 1 : -1, true};
+  std::priority_queue<Cand, std::vector<Cand>, std::greater<>> heap;
+  auto push = [&](int32_t pos) {
+    uint32_t r;
+    int32_t m;
+    if (s[pos].next >= 0 && merges_.find(s[pos].id, s[s[pos].next].id, &r, &m))
+      heap.push({r, pos, m});
+  };
+  for (int32_t i = 0; i + 1 < n; ++i) push(i);
+  while (!heap.empty()) {
+    Cand c = heap.top();
+    heap.pop();
+    Sym& left = s[c.pos];
+    if (!left.alive || left.next < 0) continue;
+    uint32_t r;
+    int32_t m;
+    if (!merges_.find(left.id, s[left.next].id, &r, &m) || m != c.merged) continue;
+    Sym& right = s[left.next];
+    left.id = c.merged;
+    right.alive = false;
+    left.next = right.next;
+    if (right.next >= 0) s[right.next].prev = c.pos;
+    if (left.prev >= 0) push(left.prev);
+    push(c.pos);
+  }
+  syms.clear();
+  for (int32_t i = 0; i >= 0 && i < n; i = s[i].next) syms.push_back(s[i].id);
+}
+
+void Bpe::encode_uncached(std::string_view piece, bool raw_bytes, std::vector<int32_t>& out) const {
+  thread_local std::vector<int32_t> syms;
+  syms.clear();
+  std::string mapped;
+  if (raw_bytes && (!byte_fast_ || ignore_merges_)) {
+    mapped = byte_level_encode(piece);
+    piece = mapped;
+    raw_bytes = false;
+  }
+  if (ignore_merges_) {
+    if (auto id = token_to_id(piece)) {
+      out.push_back(*id);
+      return;
+    }
+  }
+  if (raw_bytes) {
+    for (unsigned char b : piece) syms.push_back(byte_ids_[b]);
+  } else {
+    word_symbols(piece, syms);
+  }
+  if (syms.size() <= 48)
+    merge_short(syms);
+  else
+    merge_long(syms);
+  out.insert(out.end(), syms.begin(), syms.end());
+}
+
+void Bpe::encode(std::string_view piece, bool raw_bytes, BpeCache& cache,
+                 std::vector<int32_t>& out) const {
+  if (piece.size() > BpeCache::kMaxKeyBytes) return encode_uncached(piece, raw_bytes, out);
+  uint64_t h = hash_bytes(piece);
+  std::span<const int32_t> hit;
+  if (cache.find(piece, h, &hit)) {
+    out.insert(out.end(), hit.begin(), hit.end());
+    return;
+  }
+  size_t start = out.size();
+  encode_uncached(piece, raw_bytes, out);
+  cache.insert(piece, h, std::span<const int32_t>(out.data() + start, out.size() - start));
+}
+
+}  // namespace dsv3::tok

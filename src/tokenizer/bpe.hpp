@@ -1,0 +1,114 @@
+// The BPE model of tokenizer.json ("model": {"type": "BPE"}) with HF tokenizers' semantics
+// (models/bpe/model.rs, word.rs): vocab, merges in the "a b" or ["a", "b"] form (a repeated pair
+// keeps its last rank), continuing_subword_prefix, end_of_word_suffix, unk_token/fuse_unk,
+// byte_fallback and ignore_merges. Pieces are merged lowest rank first, leftmost first; results
+// are memoised per piece in a BpeCache.
+#pragma once
+#include <array>
+#include <cstdint>
+#include <nlohmann/json_fwd.hpp>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+namespace dsv3::tok {
+
+uint64_t hash_bytes(std::string_view s);
+
+// Open-addressing map from a token-id pair to (rank, merged id).
+class PairMap {
+ public:
+  void reserve(size_t n);
+  // Inserts or overwrites.
+  void set(int32_t a, int32_t b, uint32_t rank, int32_t merged);
+  // Returns false when the pair has no merge.
+  bool find(int32_t a, int32_t b, uint32_t* rank, int32_t* merged) const {
+    uint64_t key = pack(a, b);
+    for (size_t i = slot(key);; i = (i + 1) & mask_) {
+      if (keys_[i] == key) {
+        *rank = uint32_t(vals_[i] >> 32);
+        *merged = int32_t(uint32_t(vals_[i]));
+        return true;
+      }
+      if (keys_[i] == kEmpty) return false;
+    }
+  }
+  size_t size() const { return size_; }
+
+ private:
+  static constexpr uint64_t kEmpty = ~0ull;
+  static uint64_t pack(int32_t a, int32_t b) { return (uint64_t(uint32_t(a)) << 32) | uint32_t(b); }
+  size_t slot(uint64_t key) const { return size_t((key * 0x9E3779B97F4A7C15ull) >> shift_); }
+  std::vector<uint64_t> keys_, vals_;
+  size_t mask_ = 0, size_ = 0;
+  int shift_ = 64;
+};
+
+// Memo of piece -> ids. Not thread-safe: one per thread (Tokenizer keeps a pool).
+class BpeCache {
+ public:
+  explicit BpeCache(size_t max_entries = size_t(1) << 17);
+  bool find(std::string_view key, uint64_t hash, std::span<const int32_t>* ids) const;
+  void insert(std::string_view key, uint64_t hash, std::span<const int32_t> ids);
+  static constexpr size_t kMaxKeyBytes = 256;  // longer pieces are not cached
+
+ private:
+  struct Entry {
+    uint64_t hash = 0;  // 0: empty
+    uint32_t key_off, key_len, ids_off, ids_len;
+  };
+  void clear();
+  std::vector<Entry> table_;
+  std::string keys_;
+  std::vector<int32_t> ids_;
+  size_t size_ = 0, max_entries_;
+};
+
+class Bpe {
+ public:
+  // `model` is the "model" value of tokenizer.json.
+  static Bpe from_json(const nlohmann::json& model);
+  // A plain byte-level BPE (what the trainer makes): id_to_token[i] is token i; merges in rank
+  // order.
+  static Bpe from_tokens(const std::vector<std::string>& id_to_token,
+                         const std::vector<std::pair<std::string, std::string>>& merges);
+
+  // Appends the ids of one pre-tokenized piece. raw_bytes: the piece is raw bytes that the
+  // byte-level alphabet still has to map (see PreTokenizer::model_maps_bytes).
+  void encode(std::string_view piece, bool raw_bytes, BpeCache& cache,
+              std::vector<int32_t>& out) const;
+  // Same without memo (reference for tests, and for long pieces).
+  void encode_uncached(std::string_view piece, bool raw_bytes, std::vector<int32_t>& out) const;
+
+  std::optional<int32_t> token_to_id(std::string_view token) const;
+  // The token of id, or nullptr when the vocab has no such id.
+  const std::string* id_to_token(int32_t id) const;
+  int32_t id_bound() const { return int32_t(id_to_token_.size()); }  // max id + 1
+  const PairMap& merges() const { return merges_; }
+
+ private:
+  struct Hash {
+    using is_transparent = void;
+    size_t operator()(std::string_view s) const { return hash_bytes(s); }
+  };
+  void finish();
+  void add_merge(const std::string& a, const std::string& b, uint32_t rank);
+  void word_symbols(std::string_view word, std::vector<int32_t>& syms) const;
+  void merge_short(std::vector<int32_t>& syms) const;
+  void merge_long(std::vector<int32_t>& syms) const;
+
+  std::unordered_map<std::string, int32_t, Hash, std::equal_to<>> vocab_;
+  std::vector<std::string> id_to_token_;
+  std::vector<bool> has_id_;
+  PairMap merges_;
+  std::array<int32_t, 256> byte_ids_{};
+  bool byte_fast_ = false;  // every byte's alphabet char is a token and no prefix/suffix is set
+  std::optional<std::string> unk_token_, prefix_, suffix_;
+  bool fuse_unk_ = false, byte_fallback_ = false, ignore_merges_ = false;
+};
+
+}  // namespace dsv3::tok
