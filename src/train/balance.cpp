@@ -52,7 +52,7 @@ LoadStats load_stats(const int32_t* indices, int64_t N, int64_t K, int64_t E) {
 namespace {
 
 // One sequence: scores [T, E], indices [T, K]; adds scale·dL_seq/ds into dscores when non-null.
-// Returns L_seq / α = Σ_i f_i·P_i. count and g are scratch of E entries.
+// Returns L_seq / α = Σ_i f_i·P_i; f and P are scratch of E entries.
 double balance_sequence(const float* scores, const int32_t* indices, int64_t T, int64_t E,
                         int64_t K, double grad_scale, float* dscores, std::vector<double>& f,
                         std::vector<double>& P) {
@@ -103,7 +103,7 @@ float balance_loss(const float* scores, const int32_t* indices, int64_t B, int64
   std::vector<double> per_seq(size_t(B), 0.0);
   const double grad_scale = double(alpha) / double(B * T);
   parallel_for(B, [&](int64_t b0, int64_t b1) {
-    std::vector<double> f(size_t(E)), P(size_t(E));
+    std::vector<double> f(static_cast<size_t>(E)), P(static_cast<size_t>(E));
     for (int64_t b = b0; b < b1; ++b) {
       per_seq[size_t(b)] =
           balance_sequence(scores + b * T * E, indices + b * T * K, T, E, K, grad_scale,
