@@ -1,0 +1,335 @@
+// Implementation of checkpoint.hpp: the 64-bit hash, Blob helpers, and the atomic
+// save / verified load of RUN_DIR/checkpoints/step-<N>/.
+#include "train/checkpoint.hpp"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+
+#include "core/log.hpp"
+#include "io/file.hpp"
+#include "io/safetensors.hpp"
+
+namespace dsv3::train {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+namespace {
+
+constexpr uint64_t kP1 = 0x9e3779b185ebca87ull, kP2 = 0xc2b2ae3d27d4eb4full;
+constexpr const char* kTensorsFile = "tensors.safetensors";
+constexpr const char* kMetaFile = "meta.json";
+constexpr const char* kManifestFile = "manifest.json";
+constexpr const char* kFormat = "dsv3-checkpoint";
+constexpr int kVersion = 1;
+
+inline uint64_t rotl(uint64_t x, int r) {
+  return (x << r) | (x >> (64 - r));
+}
+
+void fsync_dir(const fs::path& dir) {
+  int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) return;
+  ::fsync(fd);
+  ::close(fd);
+}
+
+// Parses "step-<N>"; returns -1 for any other name.
+int64_t step_of(const std::string& name) {
+  if (name.rfind("step-", 0) != 0 || name.size() == 5) return -1;
+  int64_t v = 0;
+  for (size_t i = 5; i < name.size(); ++i) {
+    if (name[i] < '0' || name[i] > '9' || v > (int64_t(1) << 58)) return -1;
+    v = v * 10 + (name[i] - '0');
+  }
+  return v;
+}
+
+// Renames `dir` to a temp name first, so a kill during removal leaves a `.tmp-*` dir (cleaned on
+// the next load) rather than a half-deleted checkpoint under its real name.
+void remove_dir(const fs::path& dir) {
+  fs::path trash = dir.parent_path() /
+                   (".tmp-del-" + dir.filename().string() + "-" + std::to_string(::getpid()));
+  std::error_code ec;
+  fs::rename(dir, trash, ec);
+  fs::remove_all(ec ? dir : trash, ec);
+}
+
+}  // namespace
+
+Hasher64::Hasher64(uint64_t seed) : h_(seed ^ 0x27d4eb2f165667c5ull) {}
+
+void Hasher64::mix(uint64_t w) {
+  h_ = rotl(h_ ^ (w * kP1), 31) * kP2;
+}
+
+void Hasher64::update(const void* data, size_t n) {
+  auto* p = static_cast<const uint8_t*>(data);
+  len_ += n;
+  while (nbuf_ > 0 && nbuf_ < 8 && n > 0) {
+    buf_[nbuf_++] = *p++;
+    --n;
+  }
+  if (nbuf_ == 8) {
+    uint64_t w;
+    std::memcpy(&w, buf_, 8);
+    mix(w);
+    nbuf_ = 0;
+  }
+  for (; n >= 8; n -= 8, p += 8) {
+    uint64_t w;
+    std::memcpy(&w, p, 8);
+    mix(w);
+  }
+  for (; n > 0; --n) buf_[nbuf_++] = *p++;
+}
+
+uint64_t Hasher64::digest() const {
+  uint64_t h = h_;
+  uint64_t tail = 0;
+  std::memcpy(&tail, buf_, nbuf_);
+  h = rotl(h ^ (tail * kP1), 31) * kP2;
+  h ^= len_ * kP1;
+  h ^= h >> 33;
+  h *= 0xff51afd7ed558ccdull;
+  h ^= h >> 33;
+  h *= 0xc4ceb9fe1a85ec53ull;
+  h ^= h >> 33;
+  return h;
+}
+
+uint64_t hash64(const void* data, size_t n, uint64_t seed) {
+  Hasher64 h(seed);
+  h.update(data, n);
+  return h.digest();
+}
+
+uint64_t hash_file(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  DSV3_CHECK(f.good(), "cannot open {}: {}", path, std::strerror(errno));
+  Hasher64 h;
+  std::vector<char> buf(1 << 20);
+  while (f) {
+    f.read(buf.data(), std::streamsize(buf.size()));
+    h.update(buf.data(), size_t(f.gcount()));
+  }
+  DSV3_CHECK(f.eof(), "error reading {}", path);
+  return h.digest();
+}
+
+std::string hex64(uint64_t v) {
+  return fmt::format("{:016x}", v);
+}
+
+int64_t Blob::numel() const {
+  int64_t n = 1;
+  for (int64_t d : shape) n *= d;
+  return n;
+}
+
+Blob Blob::of(DType dtype, std::vector<int64_t> shape, const void* data) {
+  Blob b;
+  b.dtype = dtype;
+  b.shape = std::move(shape);
+  for (int64_t d : b.shape) DSV3_CHECK(d >= 0, "Blob: negative dimension {}", d);
+  size_t n = size_t(b.numel()) * dtype_size(dtype);
+  auto* p = static_cast<const uint8_t*>(data);
+  b.bytes.assign(p, p + n);
+  return b;
+}
+
+std::vector<float> Blob::to_f32(const std::string& what) const {
+  DSV3_CHECK(dtype == DType::F32 || dtype == DType::BF16, "{}: dtype {} is not F32 or BF16", what,
+             dtype_name(dtype));
+  DSV3_CHECK(bytes.size() == size_t(numel()) * dtype_size(dtype),
+             "{}: {} bytes for {} elements of {}", what, bytes.size(), numel(), dtype_name(dtype));
+  std::vector<float> out(static_cast<size_t>(numel()));
+  dsv3::to_f32(out.data(), bytes.data(), dtype, out.size());
+  return out;
+}
+
+std::vector<int64_t> Blob::to_i64(const std::string& what) const {
+  DSV3_CHECK(dtype == DType::I32 || dtype == DType::I64, "{}: dtype {} is not I32 or I64", what,
+             dtype_name(dtype));
+  DSV3_CHECK(bytes.size() == size_t(numel()) * dtype_size(dtype),
+             "{}: {} bytes for {} elements of {}", what, bytes.size(), numel(), dtype_name(dtype));
+  std::vector<int64_t> out(static_cast<size_t>(numel()));
+  for (size_t i = 0; i < out.size(); ++i) {
+    if (dtype == DType::I64) {
+      std::memcpy(&out[i], bytes.data() + 8 * i, 8);
+    } else {
+      int32_t v;
+      std::memcpy(&v, bytes.data() + 4 * i, 4);
+      out[i] = v;
+    }
+  }
+  return out;
+}
+
+std::string checkpoints_dir(const std::string& run_dir) {
+  return (fs::path(run_dir) / "checkpoints").string();
+}
+
+std::string checkpoint_path(const std::string& run_dir, int64_t step) {
+  return (fs::path(checkpoints_dir(run_dir)) / ("step-" + std::to_string(step))).string();
+}
+
+void save_checkpoint(const std::string& run_dir, const CheckpointData& data, int keep_last) {
+  DSV3_CHECK(data.step >= 0, "save_checkpoint: negative step {}", data.step);
+  fs::path root = checkpoints_dir(run_dir);
+  fs::create_directories(root);
+  fs::path final_dir = checkpoint_path(run_dir, data.step);
+  fs::path tmp =
+      root / (".tmp-step-" + std::to_string(data.step) + "-" + std::to_string(::getpid()));
+  fs::remove_all(tmp);
+  fs::create_directory(tmp);
+
+  io::SafetensorsWriter w;
+  for (const auto& [name, b] : data.tensors) {
+    DSV3_CHECK(b.bytes.size() == size_t(b.numel()) * dtype_size(b.dtype),
+               "checkpoint tensor '{}': {} bytes for shape of {} elements of {}", name,
+               b.bytes.size(), b.numel(), dtype_name(b.dtype));
+    w.add(name, b.dtype, b.shape, b.bytes.data());
+  }
+  w.set_metadata("format", kFormat);
+  w.set_metadata("step", std::to_string(data.step));
+  w.write((tmp / kTensorsFile).string());
+
+  json meta = data.meta.is_object() ? data.meta : json{{"meta", data.meta}};
+  meta["step"] = data.step;
+  io::atomic_write((tmp / kMetaFile).string(), meta.dump(2) + "\n");
+
+  // Checksums are of the bytes as they lie on disk, read back after the fsync.
+  json files = json::object();
+  for (const char* f : {kTensorsFile, kMetaFile}) {
+    std::string p = (tmp / f).string();
+    files[f] = {{"size", fs::file_size(p)}, {"hash64", hex64(hash_file(p))}};
+  }
+  json manifest = {
+      {"format", kFormat}, {"version", kVersion}, {"step", data.step}, {"files", files}};
+  io::atomic_write((tmp / kManifestFile).string(), manifest.dump(2) + "\n");
+  fsync_dir(tmp);
+
+  if (fs::exists(final_dir)) remove_dir(final_dir);
+  std::error_code ec;
+  fs::rename(tmp, final_dir, ec);
+  DSV3_CHECK(!ec, "cannot rename {} to {}: {}", tmp.string(), final_dir.string(), ec.message());
+  fsync_dir(root);
+
+  if (keep_last > 0) {
+    std::vector<int64_t> steps = list_checkpoints(run_dir);
+    for (size_t i = 0; i + size_t(keep_last) < steps.size(); ++i)
+      remove_dir(checkpoint_path(run_dir, steps[i]));
+    fsync_dir(root);
+  }
+}
+
+CheckpointData load_checkpoint(const std::string& dir) {
+  fs::path d(dir);
+  std::string mpath = (d / kManifestFile).string();
+  DSV3_CHECK(fs::is_regular_file(mpath), "checkpoint {}: {} is missing (partial write?)", dir,
+             kManifestFile);
+  json manifest;
+  try {
+    manifest = json::parse(io::read_file(mpath));
+  } catch (const json::exception& e) {
+    DSV3_FAIL("checkpoint {}: {} is not valid JSON: {}", dir, kManifestFile, e.what());
+  }
+  DSV3_CHECK(manifest.is_object() && manifest.value("format", "") == kFormat,
+             "checkpoint {}: {} has no \"format\": \"{}\"", dir, kManifestFile, kFormat);
+  DSV3_CHECK(manifest.value("version", 0) == kVersion,
+             "checkpoint {}: format version {} is not supported (expected {})", dir,
+             manifest.value("version", 0), kVersion);
+  const json& files = manifest["files"];
+  DSV3_CHECK(files.is_object(), "checkpoint {}: {} has no \"files\" object", dir, kManifestFile);
+  for (const char* f : {kTensorsFile, kMetaFile})
+    DSV3_CHECK(files.contains(f), "checkpoint {}: {} does not list {}", dir, kManifestFile, f);
+  for (const auto& [name, info] : files.items()) {
+    DSV3_CHECK(name.find('/') == std::string::npos && name != ".." && info.is_object(),
+               "checkpoint {}: bad manifest entry '{}'", dir, name);
+    std::string p = (d / name).string();
+    DSV3_CHECK(fs::is_regular_file(p), "checkpoint {}: {} is missing", dir, name);
+    uint64_t size = fs::file_size(p);
+    uint64_t want_size = info.value("size", uint64_t(0));
+    DSV3_CHECK(size == want_size,
+               "checkpoint {}: {} has {} bytes, the manifest says {} (truncated?)", dir, name, size,
+               want_size);
+    std::string got = hex64(hash_file(p)), want = info.value("hash64", "");
+    DSV3_CHECK(got == want, "checkpoint {}: checksum of {} is {}, the manifest says {} (corrupt)",
+               dir, name, got, want);
+  }
+
+  CheckpointData out;
+  try {
+    out.meta = json::parse(io::read_file((d / kMetaFile).string()));
+  } catch (const json::exception& e) {
+    DSV3_FAIL("checkpoint {}: {} is not valid JSON: {}", dir, kMetaFile, e.what());
+  }
+  DSV3_CHECK(
+      out.meta.is_object() && out.meta.contains("step") && out.meta["step"].is_number_integer(),
+      "checkpoint {}: {} has no integer \"step\"", dir, kMetaFile);
+  out.step = out.meta["step"].get<int64_t>();
+  int64_t dir_step = step_of(d.filename().string());
+  DSV3_CHECK(dir_step < 0 || dir_step == out.step, "checkpoint {}: {} says step {}", dir, kMetaFile,
+             out.step);
+  DSV3_CHECK(manifest.value("step", int64_t(-1)) == out.step,
+             "checkpoint {}: manifest step {} differs from meta step {}", dir,
+             manifest.value("step", int64_t(-1)), out.step);
+
+  auto st = io::SafetensorsFile::open((d / kTensorsFile).string());
+  for (const auto& t : st->tensors()) out.tensors[t.name] = Blob::of(t.dtype, t.shape, t.data);
+  return out;
+}
+
+std::vector<int64_t> list_checkpoints(const std::string& run_dir) {
+  std::vector<int64_t> steps;
+  fs::path root = checkpoints_dir(run_dir);
+  std::error_code ec;
+  if (!fs::is_directory(root, ec)) return steps;
+  for (const auto& e : fs::directory_iterator(root, ec)) {
+    int64_t s = step_of(e.path().filename().string());
+    if (s >= 0 && e.is_directory()) steps.push_back(s);
+  }
+  std::sort(steps.begin(), steps.end());
+  return steps;
+}
+
+std::optional<CheckpointData> load_latest_checkpoint(const std::string& run_dir,
+                                                     std::vector<std::string>* warnings) {
+  auto warn = [&](const std::string& m) {
+    log_warn(m);
+    if (warnings) warnings->push_back(m);
+  };
+  fs::path root = checkpoints_dir(run_dir);
+  std::error_code ec;
+  if (!fs::is_directory(root, ec)) return std::nullopt;
+  std::vector<fs::path> temps;
+  for (const auto& e : fs::directory_iterator(root, ec))
+    if (e.path().filename().string().rfind(".tmp-", 0) == 0) temps.push_back(e.path());
+  for (const auto& t : temps) {
+    warn(fmt::format("removing {}: left by an interrupted checkpoint write", t.string()));
+    fs::remove_all(t, ec);
+  }
+
+  std::vector<int64_t> steps = list_checkpoints(run_dir);
+  for (auto it = steps.rbegin(); it != steps.rend(); ++it) {
+    std::string dir = checkpoint_path(run_dir, *it);
+    try {
+      return load_checkpoint(dir);
+    } catch (const Error& e) {
+      std::string next =
+          std::next(it) != steps.rend() ? "step-" + std::to_string(*std::next(it)) : "none left";
+      warn(fmt::format("skipping corrupt or partial checkpoint {} ({}); falling back to {}", dir,
+                       e.what(), next));
+    }
+  }
+  return std::nullopt;
+}
+
+}  // namespace dsv3::train
