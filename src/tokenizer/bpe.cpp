@@ -75,24 +75,53 @@ bool BpeCache::find(std::string_view key, uint64_t hash, std::span<const int32_t
   for (size_t i = hash & mask;; i = (i + 1) & mask) {
     const Entry& e = table_[i];
     if (e.hash == 0) return false;
-    if (e.hash == hash && e.key_len == key.size() &&
-        std::memcmp(keys_.data() + e.key_off, key.data(), key.size()) == 0) {
-      *ids = {ids_.data() + e.ids_off, e.ids_len};
-      return true;
+    if (e.hash != hash || e.key_len != key.size()) continue;
+    bool inline_key = key.size() <= kInlineKey;
+    const char* k = inline_key ? e.key : keys_.data() + e.spill;
+    if (std::memcmp(k, key.data(), key.size()) != 0) continue;
+    const int32_t* p;
+    if (inline_key && e.ids_len <= kInlineIds) {
+      p = e.ids;
+    } else if (inline_key) {
+      p = ids_.data() + e.spill;
+    } else {
+      uint32_t off;
+      std::memcpy(&off, e.ids, sizeof(off));
+      p = ids_.data() + off;
     }
+    *ids = {p, e.ids_len};
+    return true;
   }
 }
 
 void BpeCache::insert(std::string_view key, uint64_t hash, std::span<const int32_t> ids) {
-  if (key.size() > kMaxKeyBytes) return;
+  if (key.size() > kMaxKeyBytes || ids.size() > 0xFFFF) return;
   if (size_ >= max_entries_) clear();
   size_t mask = table_.size() - 1;
   size_t i = hash & mask;
   while (table_[i].hash != 0) i = (i + 1) & mask;
-  table_[i] = {hash, uint32_t(keys_.size()), uint32_t(key.size()), uint32_t(ids_.size()),
-               uint32_t(ids.size())};
-  keys_.append(key);
-  ids_.insert(ids_.end(), ids.begin(), ids.end());
+  Entry& e = table_[i];
+  e.hash = hash;
+  e.key_len = uint16_t(key.size());
+  e.ids_len = uint16_t(ids.size());
+  bool inline_key = key.size() <= kInlineKey;
+  if (inline_key) {
+    std::memcpy(e.key, key.data(), key.size());
+  } else {
+    e.spill = uint32_t(keys_.size());
+    keys_.append(key);
+  }
+  if (inline_key && ids.size() <= kInlineIds) {
+    std::memcpy(e.ids, ids.data(), ids.size() * sizeof(int32_t));
+  } else {
+    // Spilled ids: their offset goes in spill (inline key) or in the first ids slot.
+    uint32_t off = uint32_t(ids_.size());
+    ids_.insert(ids_.end(), ids.begin(), ids.end());
+    if (inline_key)
+      e.spill = off;
+    else
+      std::memcpy(e.ids, &off, sizeof(off));
+  }
   ++size_;
 }
 

@@ -48,18 +48,24 @@ class PairMap {
   int shift_ = 64;
 };
 
-// Memo of piece -> ids. Not thread-safe: one per thread (Tokenizer keeps a pool).
+// Memo of piece -> ids. Short pieces and their ids live inside the 64-byte entry, so a hit
+// touches one cache line; longer ones spill into arenas. Not thread-safe: one per thread
+// (Tokenizer keeps a pool).
 class BpeCache {
  public:
-  explicit BpeCache(size_t max_entries = size_t(1) << 17);
+  explicit BpeCache(size_t max_entries = size_t(1) << 18);
   bool find(std::string_view key, uint64_t hash, std::span<const int32_t>* ids) const;
   void insert(std::string_view key, uint64_t hash, std::span<const int32_t> ids);
   static constexpr size_t kMaxKeyBytes = 256;  // longer pieces are not cached
 
  private:
-  struct Entry {
+  static constexpr size_t kInlineKey = 24, kInlineIds = 6;
+  struct alignas(64) Entry {
     uint64_t hash = 0;  // 0: empty
-    uint32_t key_off, key_len, ids_off, ids_len;
+    uint16_t key_len, ids_len;
+    uint32_t spill;  // offset in keys_ / ids_ when not inline
+    char key[kInlineKey];
+    int32_t ids[kInlineIds];
   };
   void clear();
   std::vector<Entry> table_;
