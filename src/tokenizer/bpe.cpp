@@ -33,25 +33,20 @@ uint64_t hash_bytes(std::string_view s) {
 void PairMap::reserve(size_t n) {
   size_t cap = 16;
   while (cap < 2 * n) cap *= 2;
-  keys_.assign(cap, kEmpty);
-  vals_.assign(cap, 0);
+  slots_.assign(cap, Slot{kEmpty, 0});
   mask_ = cap - 1;
   shift_ = 64 - __builtin_ctzll(cap);
   size_ = 0;
 }
 
 void PairMap::set(int32_t a, int32_t b, uint32_t rank, int32_t merged) {
-  DSV3_ASSERT(2 * (size_ + 1) <= keys_.size(), "PairMap is full");
+  DSV3_ASSERT(2 * (size_ + 1) <= slots_.size(), "PairMap is full");
   uint64_t key = pack(a, b), val = (uint64_t(rank) << 32) | uint32_t(merged);
   for (size_t i = slot(key);; i = (i + 1) & mask_) {
-    if (keys_[i] == key) {
-      vals_[i] = val;
-      return;
-    }
-    if (keys_[i] == kEmpty) {
-      keys_[i] = key;
-      vals_[i] = val;
-      ++size_;
+    Slot& s = slots_[i];
+    if (s.key == key || s.key == kEmpty) {
+      size_ += s.key == kEmpty;
+      s = {key, val};
       return;
     }
   }

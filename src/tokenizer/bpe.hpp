@@ -29,12 +29,13 @@ class PairMap {
   bool find(int32_t a, int32_t b, uint32_t* rank, int32_t* merged) const {
     uint64_t key = pack(a, b);
     for (size_t i = slot(key);; i = (i + 1) & mask_) {
-      if (keys_[i] == key) {
-        *rank = uint32_t(vals_[i] >> 32);
-        *merged = int32_t(uint32_t(vals_[i]));
+      const Slot& s = slots_[i];
+      if (s.key == key) {
+        *rank = uint32_t(s.val >> 32);
+        *merged = int32_t(uint32_t(s.val));
         return true;
       }
-      if (keys_[i] == kEmpty) return false;
+      if (s.key == kEmpty) return false;
     }
   }
   size_t size() const { return size_; }
@@ -43,7 +44,10 @@ class PairMap {
   static constexpr uint64_t kEmpty = ~0ull;
   static uint64_t pack(int32_t a, int32_t b) { return (uint64_t(uint32_t(a)) << 32) | uint32_t(b); }
   size_t slot(uint64_t key) const { return size_t((key * 0x9E3779B97F4A7C15ull) >> shift_); }
-  std::vector<uint64_t> keys_, vals_;
+  struct Slot {  // key and value side by side: one cache line per probe
+    uint64_t key, val;
+  };
+  std::vector<Slot> slots_;
   size_t mask_ = 0, size_ = 0;
   int shift_ = 64;
 };
