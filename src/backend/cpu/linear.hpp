@@ -41,6 +41,8 @@ class LinearWeight {
   Compute compute() const { return compute_; }
   // Bytes read per full pass over the stored weight (for bandwidth accounting).
   size_t stored_bytes() const;
+  // Bytes of the packed copy kept for large-M products (0 when none; see linear.cpp).
+  size_t extra_bytes() const;
 
   struct Impl;
   Impl* impl() const { return impl_.get(); }
@@ -52,8 +54,14 @@ class LinearWeight {
 };
 
 // y[M, out] = x[M, in] · Wᵀ (+ y if accumulate). x, y FP32 row-major with leading dims in / out.
+// M ≤ linear_gemv_max_m(compute) reads the stored weight (FP32 arithmetic, memory-bound); larger M
+// runs a GEMM on a packed copy. Thread-safe: concurrent calls (on the same or different weights)
+// are fine; inside an OpenMP parallel region a call runs on the calling thread only.
 void linear_forward(float* y, const float* x, int64_t M, const LinearWeight& w,
                     bool accumulate = false);
+
+// Largest M that linear_forward treats as decode (FP32 products on the stored weight).
+int64_t linear_gemv_max_m(Compute c);
 
 // Row-major FP32 GEMM: C[M,N] = alpha · op(A)[M,K] · op(B)[K,N] + beta · C.
 // op(X) = Xᵀ when trans_x. Leading dimensions are the row strides of the stored matrices.

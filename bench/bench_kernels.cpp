@@ -1,0 +1,165 @@
+// Kernel benchmark: linear_forward against the machine limits measured in the same run.
+//   (a) read-only memory bandwidth, (b) FP32 and BF16 GEMM peak (oneDNN, packed weights),
+//   (c) decode GEMV (M = 1) on BF16 / FP8 e4m3 / F32 weights: GB/s of stored weight bytes and %
+//       of (a); each timed call starts with the weight evicted from the caches (a 256 MiB stream
+//       in between), as in decode where every weight is read once per token,
+//   (d) prefill GEMM (M = 512, Compute::BF16): GFLOP/s and % of the BF16 peak.
+// Prints JSON.
+//
+//   bench_kernels [--threads 2 | --threads 1,2] [--reps 15]
+#include <cstdio>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "backend/cpu/linear.hpp"
+#include "bench_util.hpp"
+#include "core/dtype.hpp"
+#include "core/parallel.hpp"
+#include "core/rng.hpp"
+
+using namespace dsv3;
+
+namespace {
+
+struct Shape {
+  int64_t out, in;
+};
+const Shape kShapes[] = {{2816, 1024}, {1024, 2816}, {32000, 1024}};
+
+// A random stored weight (finite values; FP8 codes avoid NaN) with block scales for FP8.
+struct Stored {
+  std::vector<uint8_t> bytes;
+  std::vector<float> scale;
+  cpu::WeightView view;
+};
+
+Stored make_weight(DType dt, Shape s, uint64_t seed) {
+  Stored w;
+  Rng rng(seed);
+  const size_t n = size_t(s.out * s.in);
+  std::vector<float> v(n);
+  for (auto& x : v) x = float(rng.normal()) * (dt == DType::F8_E4M3 ? 40.0f : 0.05f);
+  w.bytes.resize(n * dtype_size(dt));
+  from_f32(w.bytes.data(), v.data(), dt, n);
+  if (dt == DType::F8_E4M3)
+    w.scale.assign(size_t((s.out + 127) / 128 * ((s.in + 127) / 128)), 1e-3f);
+  w.view = {dt, s.out, s.in, w.bytes.data(), w.scale.empty() ? nullptr : w.scale.data()};
+  return w;
+}
+
+// Streams a buffer larger than the last-level cache so the next call reads from memory.
+class CacheFlusher {
+ public:
+  CacheFlusher() : buf_(size_t(256) << 20 >> 3, 1) {}
+  void flush() {
+    uint64_t s = 0;
+#pragma omp parallel for reduction(+ : s)
+    for (size_t i = 0; i < buf_.size(); i += 8) s += buf_[i];
+    sink_ = s;
+  }
+
+ private:
+  std::vector<uint64_t> buf_;
+  volatile uint64_t sink_ = 0;
+};
+
+std::vector<int> parse_list(const std::string& s) {
+  std::vector<int> v;
+  std::stringstream ss(s);
+  std::string x;
+  while (std::getline(ss, x, ',')) v.push_back(std::stoi(x));
+  return v;
+}
+
+const char* dtype_label(DType d) {
+  return d == DType::F32 ? "F32" : d == DType::BF16 ? "BF16" : "F8_E4M3";
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string threads_s = std::to_string(num_threads());
+  int reps = 15;
+  for (int i = 1; i + 1 < argc; i += 2) {
+    const std::string a = argv[i];
+    if (a == "--threads")
+      threads_s = argv[i + 1];
+    else if (a == "--reps")
+      reps = std::stoi(argv[i + 1]);
+    else {
+      std::fprintf(stderr, "unknown flag %s\n", a.c_str());
+      return 2;
+    }
+  }
+  try {
+    CacheFlusher flusher;
+    bench::JsonWriter j;
+    j.begin_object().field("benchmark", "kernels").begin_array("runs");
+    for (int nt : parse_list(threads_s)) {
+      set_num_threads(nt);
+      const double bw = bench::measure_memory_bandwidth_gbs(nt);
+      const double peak_f32 = bench::measure_gemm_peak_gflops(false, nt);
+      const double peak_bf16 = bench::measure_gemm_peak_gflops(true, nt);
+      j.begin_object()
+          .field("threads", nt)
+          .field("memory_bandwidth_gbs", bw, 1)
+          .field("f32_gemm_peak_gflops", peak_f32, 1)
+          .field("bf16_gemm_peak_gflops", peak_bf16, 1);
+      j.begin_array("gemv_m1");
+      for (DType dt : {DType::BF16, DType::F8_E4M3, DType::F32})
+        for (const Shape& s : kShapes) {
+          const Stored w = make_weight(dt, s, 7);
+          // Compute::F32 on an F32 weight keeps no packed copy; the M = 1 path is the same
+          // GEMV kernel under either Compute.
+          const cpu::LinearWeight lw(w.view,
+                                     dt == DType::F32 ? cpu::Compute::F32 : cpu::Compute::BF16);
+          std::vector<float> x(size_t(s.in), 0.01f), y(size_t(s.out));
+          double best = 1e30;
+          for (int r = 0; r < reps; ++r) {
+            flusher.flush();
+            bench::Timer t;
+            cpu::linear_forward(y.data(), x.data(), 1, lw);
+            best = std::min(best, t.seconds());
+          }
+          const double gbs = double(lw.stored_bytes()) / best / 1e9;
+          j.begin_object()
+              .field("dtype", dtype_label(dt))
+              .field("out", s.out)
+              .field("in", s.in)
+              .field("us", best * 1e6, 1)
+              .field("weight_gbs", gbs, 1)
+              .field("pct_of_bandwidth", 100.0 * gbs / bw, 1)
+              .end_object();
+        }
+      j.end_array();
+      j.begin_array("prefill_m512_bf16");
+      for (DType dt : {DType::BF16, DType::F8_E4M3})
+        for (const Shape& s : kShapes) {
+          const int64_t M = 512;
+          const Stored w = make_weight(dt, s, 8);
+          const cpu::LinearWeight lw(w.view, cpu::Compute::BF16);
+          std::vector<float> x(size_t(M * s.in), 0.01f), y(size_t(M * s.out));
+          cpu::linear_forward(y.data(), x.data(), M, lw);  // primitive creation, first touch
+          const double t = bench::best_seconds(
+              std::max(3, reps / 3), [&] { cpu::linear_forward(y.data(), x.data(), M, lw); });
+          const double gf = 2.0 * double(M) * double(s.out) * double(s.in) / t / 1e9;
+          j.begin_object()
+              .field("dtype", dtype_label(dt))
+              .field("out", s.out)
+              .field("in", s.in)
+              .field("ms", t * 1e3, 3)
+              .field("gflops", gf, 1)
+              .field("pct_of_bf16_peak", 100.0 * gf / peak_bf16, 1)
+              .end_object();
+        }
+      j.end_array();
+      j.end_object();
+    }
+    j.end_array().end_object().print();
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "bench_kernels: %s\n", e.what());
+    return 1;
+  }
+  return 0;
+}

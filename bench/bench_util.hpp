@@ -1,0 +1,174 @@
+// Shared benchmark helpers (header-only): the machine limits every benchmark reports beside its
+// own numbers — memory bandwidth (read-only stream) and FP32/BF16 GEMM peak (oneDNN matmul with
+// packed weights) — plus a timer and a tiny JSON writer.
+#pragma once
+#include <immintrin.h>
+#include <omp.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <dnnl.hpp>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace dsv3::bench {
+
+class Timer {
+ public:
+  Timer() : t0_(std::chrono::steady_clock::now()) {}
+  void reset() { t0_ = std::chrono::steady_clock::now(); }
+  double seconds() const {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0_).count();
+  }
+
+ private:
+  std::chrono::steady_clock::time_point t0_;
+};
+
+// The fastest of `reps` runs of fn(), in seconds.
+template <typename Fn>
+double best_seconds(int reps, Fn&& fn) {
+  double best = 1e30;
+  for (int r = 0; r < reps; ++r) {
+    Timer t;
+    fn();
+    best = std::min(best, t.seconds());
+  }
+  return best;
+}
+
+// Sets the OpenMP pool size for a scope (oneDNN follows omp_get_max_threads()).
+class ScopedThreads {
+ public:
+  explicit ScopedThreads(int n) : old_(omp_get_max_threads()) {
+    if (n > 0) omp_set_num_threads(n);
+  }
+  ~ScopedThreads() { omp_set_num_threads(old_); }
+
+ private:
+  int old_;
+};
+
+// Read-only bandwidth in GB/s (1e9 bytes/s) on `threads` threads: each sums its contiguous part
+// of a 512 MiB buffer (far larger than any cache); the best of 7 passes.
+inline double measure_memory_bandwidth_gbs(int threads, size_t bytes = size_t(512) << 20) {
+  const size_t n = bytes / sizeof(float) / 64 * 64;
+  std::unique_ptr<float, decltype(&std::free)> buf(
+      static_cast<float*>(std::aligned_alloc(64, n * sizeof(float))), &std::free);
+  float* p = buf.get();
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (size_t i = 0; i < n; ++i) p[i] = float(i & 7);  // first touch by the reading thread
+  volatile float sink = 0;
+  const double t = best_seconds(7, [&] {
+    float total = 0;
+#pragma omp parallel num_threads(threads) reduction(+ : total)
+    {
+      const int nt = omp_get_num_threads(), id = omp_get_thread_num();
+      const size_t b = n / 64 * size_t(id) / size_t(nt) * 64;
+      const size_t e = n / 64 * size_t(id + 1) / size_t(nt) * 64;
+      __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+      for (size_t i = b; i < e; i += 64) {
+        a0 = _mm512_add_ps(a0, _mm512_load_ps(p + i));
+        a1 = _mm512_add_ps(a1, _mm512_load_ps(p + i + 16));
+        a2 = _mm512_add_ps(a2, _mm512_load_ps(p + i + 32));
+        a3 = _mm512_add_ps(a3, _mm512_load_ps(p + i + 48));
+      }
+      total += _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
+    }
+    sink = total;
+  });
+  (void)sink;
+  return double(n * sizeof(float)) / t / 1e9;
+}
+
+// GEMM peak in GFLOP/s on `threads` threads: a oneDNN matmul [M, K]·[K, N] → f32 with weights
+// packed in its preferred layout (as linear_forward does), BF16 or FP32 inputs; the best of 5.
+inline double measure_gemm_peak_gflops(bool bf16, int threads, int64_t M = 2048, int64_t N = 2048,
+                                       int64_t K = 2048) {
+  using dt = dnnl::memory::data_type;
+  using tag = dnnl::memory::format_tag;
+  ScopedThreads st(threads);
+  dnnl::engine eng(dnnl::engine::kind::cpu, 0);
+  dnnl::stream s(eng);
+  const dt in = bf16 ? dt::bf16 : dt::f32;
+  dnnl::memory::desc a({M, K}, in, tag::ab), b({K, N}, in, tag::any), c({M, N}, dt::f32, tag::ab);
+  dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(a, b, c), eng);
+  dnnl::matmul mm(pd);
+  dnnl::memory am(a, eng), bm(pd.weights_desc(), eng), cm(c, eng);
+  // Finite, non-denormal inputs: 1.0 in either encoding.
+  auto fill = [&](dnnl::memory& m) {
+    const size_t bytes = m.get_desc().get_size();
+    if (bf16)
+      std::fill_n(static_cast<uint16_t*>(m.get_data_handle()), bytes / 2, uint16_t(0x3f80));
+    else
+      std::fill_n(static_cast<float*>(m.get_data_handle()), bytes / 4, 1.0f);
+  };
+  fill(am);
+  fill(bm);
+  const double t = best_seconds(5, [&] {
+    mm.execute(s, {{DNNL_ARG_SRC, am}, {DNNL_ARG_WEIGHTS, bm}, {DNNL_ARG_DST, cm}});
+    s.wait();
+  });
+  return 2.0 * double(M) * double(N) * double(K) / t / 1e9;
+}
+
+// A minimal JSON writer for flat benchmark reports: objects, arrays, numbers and strings.
+class JsonWriter {
+ public:
+  JsonWriter& begin_object(const char* key = nullptr) { return open(key, '{'); }
+  JsonWriter& end_object() { return close('}'); }
+  JsonWriter& begin_array(const char* key = nullptr) { return open(key, '['); }
+  JsonWriter& end_array() { return close(']'); }
+  JsonWriter& field(const char* key, double v, int precision = 2) {
+    char b[64];
+    std::snprintf(b, sizeof b, "%.*f", precision, v);
+    return raw(key, b);
+  }
+  JsonWriter& field(const char* key, int64_t v) { return raw(key, std::to_string(v)); }
+  JsonWriter& field(const char* key, int v) { return field(key, int64_t(v)); }
+  JsonWriter& field(const char* key, const std::string& v) { return raw(key, '"' + v + '"'); }
+  JsonWriter& field(const char* key, const char* v) { return field(key, std::string(v)); }
+  const std::string& str() const { return out_; }
+  void print(std::FILE* f = stdout) const {
+    std::fputs(out_.c_str(), f);
+    std::fputc('\n', f);
+    std::fflush(f);
+  }
+
+ private:
+  void item(const char* key) {
+    if (!first_.empty()) {
+      if (!first_.back()) out_ += ',';
+      first_.back() = false;
+      out_ += '\n';
+      out_.append(2 * first_.size(), ' ');
+    }
+    if (key) out_ += '"' + std::string(key) + "\": ";
+  }
+  JsonWriter& raw(const char* key, const std::string& v) {
+    item(key);
+    out_ += v;
+    return *this;
+  }
+  JsonWriter& open(const char* key, char c) {
+    item(key);
+    out_ += c;
+    first_.push_back(true);
+    return *this;
+  }
+  JsonWriter& close(char c) {
+    first_.pop_back();
+    out_ += '\n';
+    out_.append(2 * first_.size(), ' ');
+    out_ += c;
+    return *this;
+  }
+  std::string out_;
+  std::vector<bool> first_;
+};
+
+}  // namespace dsv3::bench

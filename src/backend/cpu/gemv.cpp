@@ -1,0 +1,217 @@
+// AVX-512 small-M kernels for y = x·Wᵀ reading the stored weight (see gemv.hpp).
+//
+// Decode is memory-bound: each weight byte is read once and widened in registers, never written
+// back. A tile keeps MR×NR FP32 accumulators (MR ≤ 4 activation rows, NR ≤ 4 weight rows) and
+// walks K in steps of 32; the horizontal sums happen once per tile.
+//
+// Widening: BF16 is a 16-bit shift. FP8 e4m3 goes through FP16: sign-extending the byte to 16 bits
+// and shifting left by 7 puts the sign in bit 15 and exponent/mantissa in bits 13..7 (bit 14, a
+// copy of the sign, is masked off), an exact FP16 of value·2⁻⁸ for normals and subnormals alike,
+// which vcvtph2ps widens exactly. The 2⁸ and the 128×128 block scale are folded into a scaled copy
+// of x per 128-row block, x_s[m, k] = x[m, k] · scale_inv[rb, k/128] · 2⁸, so the inner loop is
+// identical for all dtypes. This rounds x·scale once instead of rounding w·scale once
+// (dequantize-then-dot); both are FP32 arithmetic on the effective weight and agree to ~1 ulp per
+// product. e4m3 has no infinities; its NaN codes (0x7f, 0xff) would decode to ±480, so weights that
+// hold them (found once at LinearWeight construction) take a variant that patches them to NaN.
+#include "backend/cpu/gemv.hpp"
+
+// GCC 12 flags the _mm*_undefined_* inside its own AVX-512 intrinsic headers (a known false
+// positive of -Wmaybe-uninitialized once they are inlined).
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#include <immintrin.h>
+
+#include <algorithm>
+#include <array>
+#include <vector>
+
+#include "core/error.hpp"
+#include "core/parallel.hpp"
+
+namespace dsv3::cpu {
+namespace {
+
+inline __mmask16 mask16(int64_t r) {
+  return r >= 16 ? __mmask16(0xffff) : r <= 0 ? __mmask16(0) : __mmask16((1u << r) - 1);
+}
+inline __mmask32 mask32(int64_t r) {
+  return r >= 32 ? __mmask32(0xffffffffu) : __mmask32((1u << r) - 1);
+}
+
+struct DecF32 {
+  using T = float;
+  static void load(const float* p, __m512& lo, __m512& hi) {
+    lo = _mm512_loadu_ps(p);
+    hi = _mm512_loadu_ps(p + 16);
+  }
+  static void load_tail(const float* p, int64_t r, __m512& lo, __m512& hi) {
+    lo = _mm512_maskz_loadu_ps(mask16(r), p);
+    hi = _mm512_maskz_loadu_ps(mask16(r - 16), p + 16);
+  }
+};
+
+struct DecBF16 {
+  using T = uint16_t;
+  static __m512 widen(__m256i h) {
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+  }
+  static void load(const uint16_t* p, __m512& lo, __m512& hi) {
+    lo = widen(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+    hi = widen(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 16)));
+  }
+  static void load_tail(const uint16_t* p, int64_t r, __m512& lo, __m512& hi) {
+    lo = widen(_mm256_maskz_loadu_epi16(mask16(r), p));
+    hi = widen(_mm256_maskz_loadu_epi16(mask16(r - 16), p + 16));
+  }
+};
+
+// Decodes to value·2⁻⁸ (see the file comment).
+template <bool kNan>
+struct DecF8 {
+  using T = uint8_t;
+  static void widen(__m256i b, __m512& lo, __m512& hi) {
+    __m512i v = _mm512_slli_epi16(_mm512_cvtepi8_epi16(b), 7);
+    v = _mm512_and_si512(v, _mm512_set1_epi16(short(0xbfff)));
+    if constexpr (kNan) {
+      const __m512i mag = _mm512_and_si512(v, _mm512_set1_epi16(0x7fff));
+      const __mmask32 nan = _mm512_cmpeq_epi16_mask(mag, _mm512_set1_epi16(0x3f80));
+      v = _mm512_mask_mov_epi16(v, nan, _mm512_set1_epi16(0x7e00));
+    }
+    lo = _mm512_cvtph_ps(_mm512_castsi512_si256(v));
+    hi = _mm512_cvtph_ps(_mm512_extracti64x4_epi64(v, 1));
+  }
+  static void load(const uint8_t* p, __m512& lo, __m512& hi) {
+    widen(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)), lo, hi);
+  }
+  static void load_tail(const uint8_t* p, int64_t r, __m512& lo, __m512& hi) {
+    widen(_mm256_maskz_loadu_epi8(mask32(r), p), lo, hi);
+  }
+};
+
+template <class D>
+using TileFn = void (*)(float* y, int64_t ldy, const float* x, int64_t ldx, const typename D::T* w,
+                        int64_t K, bool acc);
+
+// y[m, n] (+)= Σ_k x[m, k]·w[n, k] for an MR×NR tile; w rows are K apart.
+template <class D, int MR, int NR>
+void tile(float* y, int64_t ldy, const float* x, int64_t ldx, const typename D::T* w, int64_t K,
+          bool acc) {
+  __m512 a[MR][NR];
+  for (int m = 0; m < MR; ++m)
+    for (int n = 0; n < NR; ++n) a[m][n] = _mm512_setzero_ps();
+  int64_t k = 0;
+  for (; k + 32 <= K; k += 32) {
+    __m512 wl[NR], wh[NR];
+    for (int n = 0; n < NR; ++n) D::load(w + n * K + k, wl[n], wh[n]);
+    for (int m = 0; m < MR; ++m) {
+      const __m512 xl = _mm512_loadu_ps(x + m * ldx + k);
+      for (int n = 0; n < NR; ++n) a[m][n] = _mm512_fmadd_ps(xl, wl[n], a[m][n]);
+      const __m512 xh = _mm512_loadu_ps(x + m * ldx + k + 16);
+      for (int n = 0; n < NR; ++n) a[m][n] = _mm512_fmadd_ps(xh, wh[n], a[m][n]);
+    }
+  }
+  if (k < K) {
+    // Lanes past K load zeros in both x and w, so they add exact zeros.
+    const int64_t r = K - k;
+    __m512 wl[NR], wh[NR];
+    for (int n = 0; n < NR; ++n) D::load_tail(w + n * K + k, r, wl[n], wh[n]);
+    for (int m = 0; m < MR; ++m) {
+      const __m512 xl = _mm512_maskz_loadu_ps(mask16(r), x + m * ldx + k);
+      const __m512 xh = _mm512_maskz_loadu_ps(mask16(r - 16), x + m * ldx + k + 16);
+      for (int n = 0; n < NR; ++n) {
+        a[m][n] = _mm512_fmadd_ps(xl, wl[n], a[m][n]);
+        a[m][n] = _mm512_fmadd_ps(xh, wh[n], a[m][n]);
+      }
+    }
+  }
+  for (int m = 0; m < MR; ++m)
+    for (int n = 0; n < NR; ++n) {
+      const float s = _mm512_reduce_add_ps(a[m][n]);
+      float& out = y[m * ldy + n];
+      out = acc ? out + s : s;
+    }
+}
+
+template <class D, int MR>
+constexpr std::array<TileFn<D>, 4> tiles_for_mr() {
+  return {tile<D, MR, 1>, tile<D, MR, 2>, tile<D, MR, 3>, tile<D, MR, 4>};
+}
+
+// Rows [n0, n1) of y for all M activation rows; x has leading dimension ldx, y has ldy.
+template <class D>
+void rows(float* y, int64_t ldy, const float* x, int64_t ldx, int64_t M, const typename D::T* w,
+          int64_t K, int64_t n0, int64_t n1, bool acc) {
+  static constexpr std::array<std::array<TileFn<D>, 4>, 4> kTiles = {
+      tiles_for_mr<D, 1>(), tiles_for_mr<D, 2>(), tiles_for_mr<D, 3>(), tiles_for_mr<D, 4>()};
+  for (int64_t n = n0; n < n1; n += 4) {
+    const int64_t nr = std::min<int64_t>(4, n1 - n);
+    for (int64_t m = 0; m < M; m += 4) {
+      const int64_t mr = std::min<int64_t>(4, M - m);
+      kTiles[mr - 1][nr - 1](y + m * ldy + n, ldy, x + m * ldx, ldx, w + n * K, K, acc);
+    }
+  }
+}
+
+// FP8 rows [n0, n1): per 128-row block, scale x by that block's column scales (and 2⁸).
+template <bool kNan>
+void rows_fp8(float* y, const float* x, int64_t M, const WeightView& w, int64_t n0, int64_t n1,
+              bool acc) {
+  thread_local std::vector<float> xs;  // [M, K]; grows once per thread, then reused
+  const int64_t K = w.cols, N = w.rows, sc = (K + 127) / 128;
+  if (xs.size() < size_t(M * K)) xs.resize(size_t(M * K));
+  const auto* wp = static_cast<const uint8_t*>(w.data);
+  for (int64_t rb = n0 / 128; rb * 128 < n1; ++rb) {
+    const float* s = w.scale_inv + rb * sc;
+    for (int64_t m = 0; m < M; ++m)
+      for (int64_t k = 0; k < K; ++k) xs[m * K + k] = x[m * K + k] * (s[k / 128] * 256.0f);
+    const int64_t b = std::max(n0, rb * 128), e = std::min(n1, rb * 128 + 128);
+    rows<DecF8<kNan>>(y, N, xs.data(), K, M, wp, K, b, e, acc);
+  }
+}
+
+}  // namespace
+
+bool fp8_has_nan_code(const uint8_t* p, int64_t n) {
+  const __m512i mag = _mm512_set1_epi8(0x7f);
+  int64_t i = 0;
+  __mmask64 any = 0;
+  for (; i + 64 <= n; i += 64)
+    any |= _mm512_cmpeq_epi8_mask(_mm512_and_si512(_mm512_loadu_si512(p + i), mag), mag);
+  for (; i < n; ++i) any |= (p[i] & 0x7f) == 0x7f;
+  return any != 0;
+}
+
+void gemv_forward(float* y, const float* x, int64_t M, const WeightView& w, bool fp8_has_nan,
+                  bool accumulate) {
+  const int64_t N = w.rows, K = w.cols;
+  if (M <= 0 || N <= 0) return;
+  // Work splits in 16-row units; a chunk streams at least ~64 KiB of weight so that small
+  // weights stay on one thread (a fork/join costs more than reading them).
+  const int64_t unit = 16, units = (N + unit - 1) / unit;
+  const int64_t unit_bytes = std::max<int64_t>(1, unit * K * int64_t(dtype_size(w.dtype)));
+  const int64_t min_units = std::max<int64_t>(1, (64 * 1024) / unit_bytes);
+  parallel_for(
+      units,
+      [&](int64_t u0, int64_t u1) {
+        const int64_t n0 = u0 * unit, n1 = std::min(N, u1 * unit);
+        switch (w.dtype) {
+          case DType::F32:
+            rows<DecF32>(y, N, x, K, M, static_cast<const float*>(w.data), K, n0, n1, accumulate);
+            break;
+          case DType::BF16:
+            rows<DecBF16>(y, N, x, K, M, static_cast<const uint16_t*>(w.data), K, n0, n1,
+                          accumulate);
+            break;
+          case DType::F8_E4M3:
+            if (fp8_has_nan)
+              rows_fp8<true>(y, x, M, w, n0, n1, accumulate);
+            else
+              rows_fp8<false>(y, x, M, w, n0, n1, accumulate);
+            break;
+          default:
+            DSV3_ASSERT(false, "gemv: unsupported weight dtype {}", dtype_name(w.dtype));
+        }
+      },
+      min_units);
+}
+
+}  // namespace dsv3::cpu

@@ -1,0 +1,19 @@
+// Small-M products y = x·Wᵀ that read the stored weight directly (F32, BF16, FP8 e4m3 with
+// 128×128 block scales): the decode path of linear_forward. Internal to backend/cpu.
+#pragma once
+#include <cstdint>
+
+#include "backend/cpu/linear.hpp"
+
+namespace dsv3::cpu {
+
+// y[m, n] (+)= Σ_k x[m, k] · W_eff[n, k] for m < M, all n, FP32 arithmetic. Splits the output
+// rows over the OpenMP pool (inline when called inside a parallel region). `fp8_has_nan` must be
+// true when an FP8 weight holds NaN codes (0x7f/0xff): the fast decode then patches them.
+void gemv_forward(float* y, const float* x, int64_t M, const WeightView& w, bool fp8_has_nan,
+                  bool accumulate);
+
+// True when an FP8 e4m3 buffer of n bytes holds a NaN code.
+bool fp8_has_nan_code(const uint8_t* p, int64_t n);
+
+}  // namespace dsv3::cpu
