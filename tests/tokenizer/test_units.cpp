@@ -1,0 +1,213 @@
+// Unit tests of the tokenizer's parts: UTF-8 repair (maximal subparts), the byte-level alphabet,
+// Oniguruma-to-PCRE2 regex rewriting and iteration, the BPE memo, the chat template against
+// @huggingface/jinja renderings, error messages for unsupported components, and the `dsv3 tokenize`
+// command.
+#include <gtest/gtest.h>
+
+#include <cstdio>
+#include <filesystem>
+
+#include "core/error.hpp"
+#include "core/rng.hpp"
+#include "tokenizer/bpe.hpp"
+#include "tokenizer/byte_level.hpp"
+#include "tokenizer/chat_template.hpp"
+#include "tokenizer/regex.hpp"
+#include "tokenizer/utf8.hpp"
+#include "tokenizer_test_util.hpp"
+
+namespace dsv3::tok {
+namespace {
+
+TEST(Utf8, LossyReplacesMaximalSubparts) {
+  EXPECT_EQ(utf8_lossy("abc"), "abc");
+  EXPECT_EQ(utf8_lossy("\xff"), "\uFFFD");
+  EXPECT_EQ(utf8_lossy("\xe2\x82"), "\uFFFD");  // truncated 3-byte sequence: one
+  EXPECT_EQ(utf8_lossy("\xe2\x82\x41"),
+            "\uFFFD"
+            "A");                                               // prefix then ASCII
+  EXPECT_EQ(utf8_lossy("\xc0\x80"), "\uFFFD\uFFFD");            // overlong: each byte
+  EXPECT_EQ(utf8_lossy("\xed\xa0\x80"), "\uFFFD\uFFFD\uFFFD");  // surrogate
+  EXPECT_EQ(utf8_lossy("\xf0\x9f\x98"), "\uFFFD");
+  EXPECT_EQ(utf8_lossy("\xf4\x90\x80\x80"), "\uFFFD\uFFFD\uFFFD\uFFFD");  // > U+10FFFF
+  EXPECT_TRUE(utf8_is_valid("\xf0\x9f\x98\x80"));
+  EXPECT_FALSE(utf8_is_valid("\xf0\x9f\x98"));
+}
+
+TEST(ByteLevel, AlphabetRoundTripsEveryByte) {
+  std::string all;
+  for (int b = 0; b < 256; ++b) all += char(b);
+  std::string enc = byte_level_encode(all), dec;
+  ASSERT_TRUE(byte_level_decode(enc, dec));
+  EXPECT_EQ(dec, all);
+  EXPECT_EQ(byte_level_encode(" "), "\u0120");   // Ġ
+  EXPECT_EQ(byte_level_encode("\n"), "\u010A");  // Ċ
+  std::string out;
+  EXPECT_FALSE(byte_level_decode("<｜User｜>", out));
+  EXPECT_TRUE(out.empty());
+}
+
+TEST(Regex, RewritesOnigurumaEscapes) {
+  EXPECT_EQ(Regex::translate("\\s+"), "[\\t\\n\\x0B\\f\\r\\x{85}\\p{Z}]+");
+  EXPECT_EQ(Regex::translate("[^\\s\\p{L}]"), "[^\\t\\n\\x0B\\f\\r\\x{85}\\p{Z}\\p{L}]");
+  EXPECT_EQ(Regex::translate("\\u00e9"), "\\x{00e9}");
+  EXPECT_THROW(Regex::translate("[\\S]"), dsv3::Error);
+  EXPECT_THROW(Regex("(unclosed"), dsv3::Error);
+  // Oniguruma's \s has NEL and not U+180E (PCRE2's own \s is the other way round).
+  Regex ws("\\s");
+  size_t b, e;
+  EXPECT_TRUE(ws.search("\u0085", 0, &b, &e));
+  EXPECT_FALSE(ws.search("\u180E", 0, &b, &e));
+}
+
+TEST(Regex, FindIterSkipsEmptyMatchAfterMatch) {
+  Regex re("a*");
+  std::vector<std::pair<size_t, size_t>> got;
+  re.find_iter("baa", [&](size_t b, size_t e) { got.emplace_back(b, e); });
+  // Oniguruma: (0,0), then (1,3); the empty match at 3 right after it is skipped.
+  std::vector<std::pair<size_t, size_t>> want{{0, 0}, {1, 3}};
+  EXPECT_EQ(got, want);
+}
+
+TEST(Regex, HugeRunsDoNotOverflowTheJitStack) {
+  Regex re("\\s+(?!\\S)|\\s+");
+  std::string s(1 << 20, ' ');
+  s += "x";
+  size_t b, e;
+  ASSERT_TRUE(re.search(s, 0, &b, &e));
+  EXPECT_EQ(b, 0u);
+  EXPECT_EQ(e, s.size() - 2);
+}
+
+TEST(Bpe, MemoAgreesWithFreshEncoding) {
+  DSV3_REQUIRE_DEEPSEEK_V3();
+  // Seeded random CJK/Latin runs (long ones take the heap merge loop): encoding on a fresh memo
+  // and after the memo has seen the pieces gives the same ids, and decoding gives the text back.
+  const uint64_t seed = 77;
+  std::printf("seed %llu\n", (unsigned long long)seed);
+  Rng rng(seed);
+  const char* parts[] = {"深度", "求索", "模型", "abc", "tion", "的", "ing", "é", "😀"};
+  for (int t = 0; t < 200; ++t) {
+    std::string s;
+    int n = 1 + int(rng.below(40));
+    for (int i = 0; i < n; ++i) s += parts[rng.below(std::size(parts))];
+    auto ids = ds->encode(s);
+    EXPECT_EQ(ds->decode(ids), s);
+    // A piece run alone through encode must equal its appearance after a cache-filling text.
+    (void)ds->encode(s + " " + s);
+    EXPECT_EQ(ds->encode(s), ids) << s;
+  }
+}
+
+TEST(ChatTemplate, MatchesJinjaRenderings) {
+  auto g = test::read_json(test::golden_dir() + "/deepseek_v3_chat_cases.json");
+  ASSERT_GE(g.at("cases").size(), 16u);
+  for (const auto& c : g.at("cases")) {
+    auto messages = chat_messages_from_json(c.at("messages"));
+    EXPECT_EQ(render_deepseek_v3_chat(messages, "<｜begin▁of▁sentence｜>",
+                                      c.at("add_generation_prompt").get<bool>()),
+              c.at("text").get<std::string>())
+        << c.at("messages").dump();
+  }
+}
+
+TEST(ChatTemplate, RecognisesTheRealTemplateAndEncodesTurnMarkers) {
+  DSV3_REQUIRE_DEEPSEEK_V3();
+  EXPECT_TRUE(is_deepseek_v3_chat_template(ds->config().chat_template));
+  EXPECT_FALSE(is_deepseek_v3_chat_template("{{ messages }}"));
+  std::vector<ChatMessage> m{{"system", "Be brief.", {}}, {"user", "Hi", {}}};
+  std::string text = ds->apply_chat_template(m, true);
+  EXPECT_EQ(text, "<｜begin▁of▁sentence｜>Be brief.<｜User｜>Hi<｜Assistant｜>");
+  auto ids = ds->encode(text);
+  EXPECT_EQ(ids.front(), 0);
+  EXPECT_EQ(ids[ids.size() - 1], 128804);  // <｜Assistant｜>
+  EXPECT_EQ(ds->config().bos_token, "<｜begin▁of▁sentence｜>");
+  EXPECT_TRUE(ds->config().add_bos_token);
+  EXPECT_EQ(ds->bos_id(), 0);
+  EXPECT_EQ(ds->eos_id(), 1);
+  EXPECT_EQ(ds->vocab_size(), 128815);
+}
+
+TEST(Loader, UnsupportedComponentsAreNamed) {
+  auto base = [] {
+    nlohmann::json j;
+    j["model"] = {{"type", "BPE"}, {"vocab", {{"a", 0}}}, {"merges", nlohmann::json::array()}};
+    return j;
+  };
+  auto message = [](const nlohmann::json& j) {
+    try {
+      Tokenizer::from_json(j.dump());
+    } catch (const dsv3::Error& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  auto j = base();
+  j["normalizer"] = {{"type", "NFKC"}};
+  EXPECT_NE(message(j).find("NFKC"), std::string::npos);
+  j = base();
+  j["pre_tokenizer"] = {{"type", "BertPreTokenizer"}};
+  EXPECT_NE(message(j).find("BertPreTokenizer"), std::string::npos);
+  j = base();
+  j["decoder"] = {{"type", "WordPiece"}};
+  EXPECT_NE(message(j).find("WordPiece"), std::string::npos);
+  j = base();
+  j["model"]["type"] = "Unigram";
+  EXPECT_NE(message(j).find("Unigram"), std::string::npos);
+  j = base();
+  j["model"]["merges"] = {"a b"};
+  EXPECT_NE(message(j).find("missing from the vocab"), std::string::npos);
+  EXPECT_EQ(message(base()), "no error");
+}
+
+TEST(Loader, EmptyInputAndUnknownIds) {
+  DSV3_REQUIRE_DEEPSEEK_V3();
+  EXPECT_TRUE(ds->encode("").empty());
+  EXPECT_EQ(ds->encode("", true), std::vector<int32_t>{0});
+  EXPECT_EQ(ds->decode(std::vector<int32_t>{-5, 999999, 19923}), "Hello");
+}
+
+TEST(Cli, TokenizeJsonAndPlainModes) {
+  DSV3_REQUIRE_DEEPSEEK_V3();
+  if (!std::filesystem::exists(DSV3_BIN)) GTEST_SKIP() << "dsv3 binary not built at " << DSV3_BIN;
+  auto dir = std::filesystem::temp_directory_path() / "dsv3_test_tokenize";
+  std::filesystem::create_directories(dir);
+  io::atomic_write((dir / "in.json").string(), R"(["Hello world!", "", "深度求索"])");
+  std::string cmd = std::string(DSV3_BIN) + " tokenize --tokenizer " + test::deepseek_v3_dir() +
+                    " --input " + (dir / "in.json").string() + " --output " +
+                    (dir / "out.json").string();
+  ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd;
+  auto out = test::read_json((dir / "out.json").string());
+  ASSERT_EQ(out.size(), 3u);
+  EXPECT_EQ(out[0].get<std::vector<int32_t>>(), (std::vector<int32_t>{19923, 2058, 3}));
+  EXPECT_TRUE(out[1].empty());
+  EXPECT_EQ(out[2].get<std::vector<int32_t>>(), ds->encode("深度求索"));
+  std::string plain = std::string(DSV3_BIN) + " tokenize --tokenizer " + test::deepseek_v3_dir() +
+                      " --add-special-tokens 'Hello world!' > " + (dir / "plain.txt").string();
+  ASSERT_EQ(std::system(plain.c_str()), 0);
+  EXPECT_NE(io::read_file((dir / "plain.txt").string()).find("ids: [0,19923,2058,3]"),
+            std::string::npos);
+  std::filesystem::remove_all(dir);
+}
+
+TEST(Cli, TrainTokenizerWritesALoadableTokenizer) {
+  if (!std::filesystem::exists(DSV3_BIN)) GTEST_SKIP() << "dsv3 binary not built at " << DSV3_BIN;
+  auto dir = std::filesystem::temp_directory_path() / "dsv3_test_train_tokenizer";
+  std::filesystem::create_directories(dir);
+  std::string text;
+  for (int i = 0; i < 200; ++i)
+    text += "the quick brown fox " + std::to_string(i) + " 狐狸跳过了\n";
+  io::atomic_write((dir / "corpus.txt").string(), text);
+  std::string cmd = std::string(DSV3_BIN) + " train-tokenizer --quiet --vocab-size 400 --data " +
+                    (dir / "corpus.txt").string() + " --out " + (dir / "tok").string() +
+                    " > /dev/null";
+  ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd;
+  Tokenizer t = Tokenizer::load((dir / "tok").string());
+  EXPECT_EQ(t.vocab_size(), 400);
+  EXPECT_EQ(t.decode(t.encode(text)), text);
+  EXPECT_LT(t.encode(text).size() * 3, text.size());
+  std::filesystem::remove_all(dir);
+}
+
+}  // namespace
+}  // namespace dsv3::tok
