@@ -136,6 +136,38 @@ TEST(AdamW, Bf16MomentsWithinDocumentedTolerance) {
   EXPECT_LT(e.param, 0.01);
 }
 
+TEST(AdamW, ManyRangesAcrossThreadChunks) {
+  // Enough elements for several parallel chunks, with ranges cut across chunk boundaries: every
+  // element must get its own range's treatment, whatever the thread count.
+  const uint64_t seed = 38;
+  const int64_t n = 100003;
+  std::printf("seed=%llu n=%lld\n", (unsigned long long)seed, (long long)n);
+  std::vector<ParamRange> ranges;
+  std::vector<int> mode(size_t(n), 2);
+  for (int64_t o = 0, k = 0; o < n - 1000; o += 1000, ++k) {
+    const int64_t size = 777 + k % 5;
+    const bool decay = k % 2 == 0, train = k % 7 != 3;
+    ranges.push_back({o, size, decay, train});
+    for (int64_t i = o; i < o + size; ++i) mode[size_t(i)] = train ? (decay ? 2 : 1) : 0;
+  }
+  Rng rng(seed);
+  std::vector<float> p = randn(rng, size_t(n), 1.0);
+  std::vector<double> pref(p.begin(), p.end());
+  AdamWConfig cfg;
+  cfg.moments = MomentType::F32;
+  AdamW opt(n, cfg, ranges);
+  RefAdamW ref;
+  for (int s = 0; s < 2; ++s) {
+    const std::vector<float> g = randn(rng, size_t(n), 0.1);
+    opt.step(p.data(), g.data(), 0.05f);
+    ref.step(pref, std::vector<double>(g.begin(), g.end()), 0.05, mode);
+  }
+  double err = 0;
+  for (int64_t i = 0; i < n; ++i) err = std::max(err, std::abs(p[size_t(i)] - pref[size_t(i)]));
+  std::printf("  max |p - p_ref| %.3g\n", err);
+  EXPECT_LT(err, 2e-6);
+}
+
 TEST(AdamW, Bf16MomentsAreRoundedNearestEven) {
   // One step from zero state: m = (1−β1)·g and v = (1−β2)·g² computed in FP32, then stored as
   // f32_to_bf16 of those values.
