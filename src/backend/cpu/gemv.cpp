@@ -98,8 +98,15 @@ void tile(float* y, int64_t ldy, const float* x, int64_t ldx, const typename D::
   __m512 a[MR][NR];
   for (int m = 0; m < MR; ++m)
     for (int n = 0; n < NR; ++n) a[m][n] = _mm512_setzero_ps();
+  // Rows of a tile are short streams (K elements), too short for the hardware prefetchers to
+  // lock on; fetching the same columns of the next tile's rows keeps enough misses in flight.
+  constexpr int64_t kLine = 64 / int64_t(sizeof(typename D::T));  // elements per cache line
+  const typename D::T* next = w + NR * K;
   int64_t k = 0;
   for (; k + 32 <= K; k += 32) {
+    for (int n = 0; n < NR; ++n)
+      for (int64_t l = 0; l < 32; l += kLine)
+        _mm_prefetch(reinterpret_cast<const char*>(next + n * K + k + l), _MM_HINT_T0);
     __m512 wl[NR], wh[NR];
     for (int n = 0; n < NR; ++n) D::load(w + n * K + k, wl[n], wh[n]);
     for (int m = 0; m < MR; ++m) {
