@@ -3,9 +3,11 @@
 
 #include <algorithm>
 #include <cmath>
+#include <optional>
 
 #include "core/error.hpp"
 #include "train/linalg.hpp"
+#include "train/profile.hpp"
 
 namespace dsv3::train {
 
@@ -46,6 +48,7 @@ double head_cross_entropy(S* dxn, S* dW, const S* xn, const S* W, const int32_t*
     linear_forward(logits, xn + r0 * D, W, rows, D, V);
     double part = 0;
     int64_t cnt = 0;
+    std::optional<ProfileScope> ps(std::in_place, &StepProfile::loss_s);
 #pragma omp parallel for reduction(+ : part, cnt) if (rows > 16)
     for (int64_t r = 0; r < rows; ++r) {
       S* l = logits + r * V;
@@ -55,15 +58,21 @@ double head_cross_entropy(S* dxn, S* dW, const S* xn, const S* W, const int32_t*
         continue;
       }
       S mx = *std::max_element(l, l + V), sum = 0;
-      for (int64_t i = 0; i < V; ++i) sum += std::exp(l[i] - mx);
-      const S lse = mx + std::log(sum);
-      part += double(lse - l[tgt]);
+      const S target_logit = l[tgt];
+      if (dxn) {  // keep exp(l - mx) to turn it into the softmax gradient
+        for (int64_t i = 0; i < V; ++i) sum += (l[i] = std::exp(l[i] - mx));
+      } else {
+        for (int64_t i = 0; i < V; ++i) sum += std::exp(l[i] - mx);
+      }
+      part += double(mx + std::log(sum) - target_logit);
       cnt += 1;
       if (dxn) {
-        for (int64_t i = 0; i < V; ++i) l[i] = std::exp(l[i] - lse) * scale;
+        const S f = scale / sum;
+        for (int64_t i = 0; i < V; ++i) l[i] *= f;
         l[tgt] -= scale;
       }
     }
+    ps.reset();
     total += part;
     scored += cnt;
     if (dxn) {

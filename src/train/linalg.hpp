@@ -9,6 +9,7 @@
 
 #include "backend/cpu/linear.hpp"
 #include "core/parallel.hpp"
+#include "train/profile.hpp"
 
 namespace dsv3::train {
 
@@ -22,6 +23,10 @@ inline void gemm<float>(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float
                         const float* A, int64_t lda, const float* B, int64_t ldb, float beta,
                         float* C, int64_t ldc) {
   if (M == 0 || N == 0) return;
+  // GEMMs of attention heads and routed experts are counted with those phases.
+  const bool own = !omp_in_parallel() && !gemm_grouped();
+  ProfileScope ps(own ? &StepProfile::gemm_s : nullptr);
+  if (profiling() && own) ++step_profile().gemm_calls;
   cpu::gemm_f32(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 

@@ -8,6 +8,7 @@
 
 #include "backend/cpu/ops.hpp"
 #include "train/linalg.hpp"
+#include "train/profile.hpp"
 
 namespace dsv3::train {
 
@@ -53,6 +54,8 @@ void head_scores(S* sc, const S* q, const S* kvup, const S* kv, const MlaDims& d
 template <typename S>
 void attention_forward(S* attn, S* lse, const S* q, const S* kvup, const S* kv, const MlaDims& d,
                        MlaScratch<S>& s) {
+  ProfileScope ps(&StepProfile::attention_s);
+  GroupedScope grouped;
   const int64_t T = d.T, H = d.H, Dkv = d.Dkv(), Dv = d.Dv;
   S* tiles = grow(s.tile, size_t(omp_get_max_threads() * 2 * T * T));
   parallel_for(d.B * H, [&](int64_t tb, int64_t te) {
@@ -86,6 +89,8 @@ void attention_forward(S* attn, S* lse, const S* q, const S* kvup, const S* kv, 
 template <typename S>
 void attention_backward(S* dq, S* dkvup, S* dkpe_heads, const S* dattn, const S* lse, const S* q,
                         const S* kvup, const S* kv, const MlaDims& d, MlaScratch<S>& s) {
+  ProfileScope ps(&StepProfile::attention_s);
+  GroupedScope grouped;
   const int64_t T = d.T, H = d.H, Dq = d.Dq(), Dkv = d.Dkv(), Dv = d.Dv, Dn = d.Dn, Dr = d.Dr,
                 R = d.R, N = d.N();
   S* tiles = grow(s.tile, size_t(omp_get_max_threads() * 2 * T * T));

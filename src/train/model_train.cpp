@@ -4,11 +4,13 @@
 #include "train/model_train.hpp"
 
 #include <algorithm>
+#include <chrono>
 #include <type_traits>
 
 #include "backend/cpu/ops.hpp"
 #include "core/error.hpp"
 #include "model/rope.hpp"
+#include "train/balance.hpp"
 #include "train/linalg.hpp"
 
 namespace dsv3::train {
@@ -53,10 +55,10 @@ double TrainModelT<S>::balance(MoeActs<S>& a, int64_t B, int64_t T, const TrainO
     return 0;
   }
   if constexpr (std::is_same_v<S, float>) {
-    DSV3_CHECK(o.balance_fn, "balance_alpha > 0 needs TrainOptions::balance_fn");
     const int64_t E = c_.n_routed_experts, K = c_.num_experts_per_tok;
     a.dscores.assign(size_t(B * T * E), 0.0f);
-    return o.balance_fn(a.scores.data(), a.indices.data(), B, T, E, K, float(o.balance_alpha),
+    // Its gradient on the scores joins the gate-weight gradient in moe_train_backward.
+    return balance_loss(a.scores.data(), a.indices.data(), B, T, E, K, float(o.balance_alpha),
                         a.dscores.data());
   } else {
     DSV3_FAIL("the sequence-wise balance loss is implemented for float models only");
@@ -87,6 +89,9 @@ double TrainModelT<S>::run(const int32_t* tokens, int64_t B, int64_t T, const Tr
   }
   const float* cs = cos_sin_.data();
   const bool rc = o.recompute;
+  const auto t_start = std::chrono::steady_clock::now();
+  set_profiling(o.profile);
+  if (o.profile) step_profile() = StepProfile{};
   if (stats) {
     stats->moe_layer.clear();
     stats->mtp_loss.assign(size_t(depth), 0.0);
@@ -166,6 +171,9 @@ double TrainModelT<S>::run(const int32_t* tokens, int64_t B, int64_t T, const Tr
     for (const auto& a : acts_) bytes += a.bytes();
     for (int64_t k = 0; k < depth; ++k) bytes += mtp_acts_[size_t(k)].bytes();
     stats->activation_bytes = bytes;
+    stats->step_s =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
+    if (o.profile) stats->profile = step_profile();
   }
   return total;
 }

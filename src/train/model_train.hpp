@@ -16,13 +16,9 @@
 #include "train/decoder_train.hpp"
 #include "train/mtp_train.hpp"
 #include "train/params.hpp"
+#include "train/profile.hpp"
 
 namespace dsv3::train {
-
-// Signature of train/balance.hpp's balance_loss: scores [N, E] unbiased affinities, indices
-// [N, K]; returns α·mean over sequences of Σ_i f_i·P_i and ADDS dL/dscores into dscores.
-using BalanceLossFn = float (*)(const float* scores, const int32_t* indices, int64_t B, int64_t T,
-                                int64_t E, int64_t K, float alpha, float* dscores);
 
 struct TrainOptions {
   double mtp_lambda = 0;           // λ; MTP runs when > 0 (and the config has MTP layers)
@@ -30,7 +26,7 @@ struct TrainOptions {
   bool tie_mtp_embeddings = true;  // MTP uses (and adds gradients to) the main embedding/head
   bool recompute = false;          // recompute RMSNorm outputs and MLA up-projections in backward
   double balance_alpha = 0;        // sequence-wise balance loss α (0: off); float models only
-  BalanceLossFn balance_fn = nullptr;  // defaults to train::balance_loss
+  bool profile = false;            // fill StepStats::profile (time per phase)
 };
 
 struct StepStats {
@@ -41,6 +37,8 @@ struct StepStats {
   std::vector<int64_t> moe_layer;                 // layer index of each row below (MTP: L+k-1)
   std::vector<std::vector<int64_t>> expert_load;  // [MoE layers][E] tokens routed per expert
   size_t activation_bytes = 0;                    // saved activations of this step (all layers)
+  double step_s = 0;                              // wall time of the call
+  StepProfile profile;                            // with TrainOptions::profile
 };
 
 template <typename S>

@@ -6,8 +6,10 @@
 #include <algorithm>
 #include <cmath>
 #include <numeric>
+#include <optional>
 
 #include "train/linalg.hpp"
+#include "train/profile.hpp"
 
 namespace dsv3::train {
 
@@ -35,6 +37,28 @@ size_t MoeActs<S>::bytes() const {
   return f * sizeof(S) + i * sizeof(int32_t);
 }
 
+namespace {
+// Runs fn(e) for every expert with tokens, expert-parallel: each expert's GEMMs run on one
+// thread (oneDNN stays sequential inside a parallel region), largest experts first under a
+// dynamic schedule. Small per-expert GEMMs scale better this way than multithreaded one by
+// one, and a step opens one parallel region instead of one per GEMM.
+template <typename Fn>
+void for_each_expert(const int32_t* offsets, int64_t E, std::vector<int32_t>& eorder, Fn&& fn) {
+  ProfileScope ps(&StepProfile::experts_s);
+  GroupedScope grouped;
+  int32_t* ord = grow(eorder, size_t(E));
+  int64_t n = 0;
+  for (int64_t e = 0; e < E; ++e)
+    if (offsets[e + 1] > offsets[e]) ord[n++] = int32_t(e);
+  std::stable_sort(ord, ord + n, [&](int32_t a, int32_t b) {
+    return offsets[a + 1] - offsets[a] > offsets[b + 1] - offsets[b];
+  });
+  const bool par = omp_get_max_threads() > 1 && !omp_in_parallel() && n > 1;
+#pragma omp parallel for schedule(dynamic, 1) if (par)
+  for (int64_t i = 0; i < n; ++i) fn(int64_t(ord[i]));
+}
+}  // namespace
+
 template <typename S>
 void moe_router_forward(MoeActs<S>& a, const S* x, const MoeParams<const S>& w, const MoeDims& d,
                         MoeScratch<S>& s) {
@@ -43,6 +67,7 @@ void moe_router_forward(MoeActs<S>& a, const S* x, const MoeParams<const S>& w, 
   int32_t* idx = grow(a.indices, size_t(N * K));
   S* wt = grow(a.weights, size_t(N * K));
   gemm<S>(false, true, N, E, d.D, S(1), x, d.D, w.router, d.D, S(0), sc, E);
+  ProfileScope ps(&StepProfile::router_s);
   const int nt = omp_get_max_threads();
   S* fsel = grow(s.sel, size_t(nt * (E + G)));
   int32_t* isel = grow(s.isel, size_t(nt * (E + G)));
@@ -114,6 +139,7 @@ void moe_train_forward(S* out, const S* x, const MoeParams<const S>& w, const Mo
                        MoeActs<S>& a, MoeScratch<S>& s) {
   const int64_t N = d.N, E = d.E, K = d.K, D = d.D, F = d.F, NK = N * K;
   moe_router_forward(a, x, w, d, s);
+  std::optional<ProfileScope> ps(std::in_place, &StepProfile::moe_permute_s);
   // Counting sort of the pairs by expert (stable: token order within an expert).
   int32_t* offsets = grow(a.offsets, size_t(E + 1));
   int32_t* order = grow(a.order, size_t(NK));
@@ -128,25 +154,29 @@ void moe_train_forward(S* out, const S* x, const MoeParams<const S>& w, const Mo
   }
   for (int64_t e = 0; e < E; ++e) a.load[size_t(e)] = offsets[e + 1] - offsets[e];
 
+  ps.reset();
   if (d.Fs > 0)
     mlp_train_forward(out, grow(a.sg, size_t(N * d.Fs)), grow(a.su, size_t(N * d.Fs)),
                       grow(a.sact, size_t(N * d.Fs)), x, w.shared, N, D, d.Fs);
   else
     std::fill_n(out, N * D, S(0));
   S* xg = grow(s.xg, size_t(NK * D));
+  ps.emplace(&StepProfile::moe_permute_s);
   parallel_for(NK, [&](int64_t b, int64_t e) {
     for (int64_t j = b; j < e; ++j) std::copy_n(x + (order[j] / K) * D, D, xg + j * D);
   });
+  ps.reset();
   S* g = grow(a.g, size_t(NK * F));
   S* u = grow(a.u, size_t(NK * F));
   S* act = grow(a.act, size_t(NK * F));
   S* y = grow(a.y, size_t(NK * D));
-  for (int64_t e = 0; e < E; ++e) {
+  for_each_expert(offsets, E, s.eorder, [&](int64_t e) {
     const int64_t b = offsets[e], m = offsets[e + 1] - b;
     mlp_train_forward(y + b * D, g + b * F, u + b * F, act + b * F, xg + b * D,
                       w.experts[size_t(e)], m, D, F);
-  }
+  });
   // Combine in token order (deterministic).
+  ps.emplace(&StepProfile::moe_permute_s);
   const S* wt = a.weights.data();
   parallel_for(N, [&](int64_t tb, int64_t te) {
     for (int64_t t = tb; t < te; ++t)
@@ -167,6 +197,7 @@ void moe_train_backward(S* dx, const MoeParams<S>& dw, const S* dout, const S* x
   const int32_t *slot = a.slot.data(), *offsets = a.offsets.data();
   const S *y = a.y.data(), *wt = a.weights.data();
   // Gate-weight gradients and the per-pair output gradients, in sorted order.
+  std::optional<ProfileScope> ps(std::in_place, &StepProfile::moe_permute_s);
   S* dwt = grow(s.dw, size_t(NK));
   S* dyg = grow(s.dyg, size_t(NK * D));
   S* xg = grow(s.xg, size_t(NK * D));
@@ -187,22 +218,24 @@ void moe_train_backward(S* dx, const MoeParams<S>& dw, const S* dout, const S* x
         std::copy_n(x + t * D, D, xg + j * D);
       }
   });
+  ps.reset();
   // Experts, one GEMM per projection over each expert's tokens.
   const size_t fmax = size_t(std::max(NK * F, N * d.Fs));
   S* dg = grow(s.dg, fmax);
   S* du = grow(s.du, fmax);
   S* dxg = grow(s.dxg, size_t(NK * D));
-  for (int64_t e = 0; e < E; ++e) {
+  for_each_expert(offsets, E, s.eorder, [&](int64_t e) {
     const int64_t b = offsets[e], m = offsets[e + 1] - b;
     mlp_train_backward(dxg + b * D, dw.experts[size_t(e)], dyg + b * D, xg + b * D,
                        a.g.data() + b * F, a.u.data() + b * F, a.act.data() + b * F,
                        w.experts[size_t(e)], m, D, F, dg + b * F, du + b * F);
-  }
+  });
   if (d.Fs > 0)
     mlp_train_backward(dx, dw.shared, dout, x, a.sg.data(), a.su.data(), a.sact.data(), w.shared, N,
                        D, d.Fs, dg, du, accumulate);
   else if (!accumulate)
     std::fill_n(dx, N * D, S(0));
+  ps.emplace(&StepProfile::moe_permute_s);
   parallel_for(N, [&](int64_t tb, int64_t te) {
     for (int64_t t = tb; t < te; ++t)
       for (int64_t k = 0; k < K; ++k) {
@@ -212,6 +245,7 @@ void moe_train_backward(S* dx, const MoeParams<S>& dw, const S* dout, const S* x
       }
   });
   // Router: d(gate weights) -> d(scores) -> d(logits).
+  ps.emplace(&StepProfile::router_s);
   S* ds = grow(s.ds, size_t(N * E));
   const S rsf = S(d.routed_scaling_factor);
   parallel_for(N, [&](int64_t tb, int64_t te) {
@@ -238,6 +272,7 @@ void moe_train_backward(S* dx, const MoeParams<S>& dw, const S* dout, const S* x
       }
     }
   });
+  ps.reset();
   linear_backward_weight(dw.router, ds, x, N, D, E);
   linear_backward_input(dx, ds, w.router, N, D, E, true);
 }

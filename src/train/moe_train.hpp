@@ -60,6 +60,7 @@ struct MoeScratch {
   std::vector<S> dw, ds;        // [N, K], [N, E]
   std::vector<S> sel;           // per thread: [2, E] + [G]
   std::vector<int32_t> isel;    // per thread: [E] + [G]
+  std::vector<int32_t> eorder;  // [E] experts by descending load
 };
 
 // Router only: scores, indices, weights and load of x[N, D].

@@ -9,6 +9,7 @@
 #include <cmath>
 #include <cstdio>
 
+#include "core/rng.hpp"
 #include "io/safetensors.hpp"
 #include "train/model_train.hpp"
 #include "train/params.hpp"
@@ -173,4 +174,62 @@ TEST(GradParityMtp, TiedEmbeddingsSumTheCopies) {
   }
 }
 
+}  // namespace
+
+namespace {
+// The sequence-wise balance loss (train/balance.hpp) is wired into every MoE layer: its value is
+// reported separately and its gradient reaches the router (and, through the router input, every
+// layer below). Checked by central differences in float of the balance term alone, which the
+// step reports: α is large so that term dominates its rounding. (The balance loss itself is
+// checked against its formula in test_balance.cpp.)
+TEST(BalanceLossWiring, GradientMatchesFiniteDifferences) {
+  const std::string dir = std::string(DSV3_TEST_DATA) + "/tiny-v3";
+  Ref ref(dir);
+  ParamStore p = ParamStore::load(dir);
+  TrainModel m(p.config(), p.layout(), p.params(), p.grads());
+  TrainOptions o;
+  o.balance_alpha = 0;
+  m.forward_backward(ref.tokens.data(), ref.B, ref.T, o);
+  std::vector<float> g0(p.grads(), p.grads() + p.size());
+  p.zero_grad();
+  o.balance_alpha = 10;
+  StepStats st;
+  const double loss = m.forward_backward(ref.tokens.data(), ref.B, ref.T, o, &st);
+  EXPECT_GT(st.balance_loss, 0);
+  EXPECT_NEAR(loss, ref.scalar("train.loss") + st.balance_loss, 1e-5);
+  auto bal = [&] {
+    StepStats s;
+    m.forward_loss(ref.tokens.data(), ref.B, ref.T, o, &s);
+    return s.balance_loss;
+  };
+  const uint64_t seed = 7;
+  std::printf("[balance] seed %llu, balance loss %.6f\n", (unsigned long long)seed,
+              st.balance_loss);
+  Rng r(seed);
+  for (const char* name : {"model.layers.1.mlp.gate.weight", "model.layers.2.mlp.gate.weight",
+                           "model.layers.1.self_attn.q_a_proj.weight"}) {
+    const ParamEntry& e = p.layout().get(name);
+    // The largest balance-gradient entry and two random ones.
+    int64_t big = 0;
+    for (int64_t i = 0; i < e.numel; ++i)
+      if (std::fabs(p.grads()[e.offset + i] - g0[size_t(e.offset + i)]) >
+          std::fabs(p.grads()[e.offset + big] - g0[size_t(e.offset + big)]))
+        big = i;
+    for (int64_t i :
+         {big, int64_t(r.below(uint64_t(e.numel))), int64_t(r.below(uint64_t(e.numel)))}) {
+      float* w = p.params() + e.offset + i;
+      const float w0 = *w, h = 1e-3f;
+      *w = w0 + h;
+      const double lp = bal();
+      *w = w0 - h;
+      const double lm = bal();
+      *w = w0;
+      const double fd = (lp - lm) / (double(w0 + h) - double(w0 - h));
+      const double an = double(p.grads()[e.offset + i]) - double(g0[size_t(e.offset + i)]);
+      std::printf("[balance] %s[%lld]: analytic %.6g fd %.6g\n", name, (long long)i, an, fd);
+      // Float differences of a ~20 loss: ~1e-3 absolute noise; routing flips add some more.
+      EXPECT_NEAR(an, fd, 1e-2 * std::fabs(fd) + 2e-3) << name << "[" << i << "]";
+    }
+  }
+}
 }  // namespace
