@@ -3,14 +3,18 @@
 #include <cstdio>
 #include <sstream>
 
+#include <filesystem>
+
 #include "command.hpp"
 #include "model/model.hpp"
 #include "options.hpp"
 #include "serve/generate.hpp"
+#include "tokenizer/tokenizer.hpp"
 
 namespace {
 struct GenerateArgs {
-  std::string model, prompt, prompt_ids;
+  std::string model, prompt, prompt_ids, tokenizer;
+  bool chat = false;
   int64_t n = 64, batch = 1;
   float temperature = 0.8f, top_p = 0.95f;
   int64_t top_k = 0;
@@ -40,17 +44,39 @@ std::vector<int32_t> parse_ids(const std::string& s) {
 void run_generate(const GenerateArgs& a) {
   using namespace dsv3;
   a.run.apply();
-  DSV3_CHECK(!a.prompt_ids.empty() || !a.prompt.empty(), "give --prompt or --prompt-ids");
-  DSV3_CHECK(a.prompt.empty(),
-             "--prompt needs a tokenizer; use --prompt-ids until one is available");
-  std::vector<int32_t> ids = parse_ids(a.prompt_ids);
+  DSV3_CHECK(a.prompt_ids.empty() != a.prompt.empty(), "give one of --prompt or --prompt-ids");
+  // The tokenizer: --tokenizer, else the one stored with the model.
+  std::optional<tok::Tokenizer> tk;
+  const std::string tdir = a.tokenizer.empty() ? a.model : a.tokenizer;
+  if (!a.tokenizer.empty() ||
+      std::filesystem::exists(std::filesystem::path(tdir) / "tokenizer.json"))
+    tk = tok::Tokenizer::load(tdir);
+  std::vector<int32_t> ids;
+  if (!a.prompt.empty()) {
+    DSV3_CHECK(tk,
+               "--prompt needs a tokenizer: {} has no tokenizer.json (give --tokenizer DIR or "
+               "--prompt-ids)",
+               a.model);
+    if (a.chat) {
+      std::vector<tok::ChatMessage> msgs(1);
+      msgs[0].role = "user";
+      msgs[0].content = a.prompt;
+      ids = tk->encode(tk->apply_chat_template(msgs, true), false);
+    } else {
+      ids = tk->encode(a.prompt, true);
+    }
+    DSV3_CHECK(!ids.empty(), "the prompt encodes to no tokens");
+  } else {
+    ids = parse_ids(a.prompt_ids);
+  }
   model::LoadOptions lo;
   lo.compute = a.run.compute();
   lo.load_mtp = false;
   auto m = model::Model::load(a.model, lo);
   for (int32_t id : ids)
     DSV3_CHECK(id >= 0 && id < m->config().vocab_size,
-               "--prompt-ids: {} is outside the vocabulary [0, {})", id, m->config().vocab_size);
+               "prompt token {} is outside the model's vocabulary [0, {})", id,
+               m->config().vocab_size);
   serve::GenerateOptions go;
   go.max_new_tokens = a.n;
   go.sampling = {a.temperature, a.top_k, a.top_p, a.seed};
@@ -81,6 +107,8 @@ void setup(CLI::App& app) {
   sub->add_option("--model", a->model, "checkpoint directory (HF layout)")->required();
   sub->add_option("--prompt", a->prompt, "prompt text");
   sub->add_option("--prompt-ids", a->prompt_ids, "prompt as comma-separated token ids");
+  sub->add_option("--tokenizer", a->tokenizer, "tokenizer directory (default: the model's)");
+  sub->add_flag("--chat", a->chat, "wrap the prompt as a user turn of the chat template");
   sub->add_option("-n,--max-new-tokens", a->n, "tokens to generate")->capture_default_str();
   sub->add_option("--batch", a->batch, "sequences generated together")->capture_default_str();
   sub->add_option("--temperature", a->temperature, "0 = greedy")->capture_default_str();
