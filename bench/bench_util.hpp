@@ -53,36 +53,41 @@ class ScopedThreads {
   int old_;
 };
 
-// Read-only bandwidth in GB/s (1e9 bytes/s) on `threads` threads: each sums its contiguous part
-// of a 512 MiB buffer (far larger than any cache); the best of 7 passes.
+// Read-only bandwidth in GB/s (1e9 bytes/s) on `threads` threads: each pass sums one 64 MiB
+// segment of a 512 MiB buffer (threads take contiguous parts), cycling through the segments so a
+// pass reads what the last seven evicted from every cache; the best of 24 passes. Short passes
+// keep the number stable on a shared machine, where a long pass is likely to be preempted.
 inline double measure_memory_bandwidth_gbs(int threads, size_t bytes = size_t(512) << 20) {
-  const size_t n = bytes / sizeof(float) / 64 * 64;
+  constexpr size_t kSegments = 8;
+  const size_t seg = bytes / sizeof(float) / kSegments / 64 * 64, n = seg * kSegments;
   std::unique_ptr<float, decltype(&std::free)> buf(
       static_cast<float*>(std::aligned_alloc(64, n * sizeof(float))), &std::free);
   float* p = buf.get();
 #pragma omp parallel for num_threads(threads) schedule(static)
-  for (size_t i = 0; i < n; ++i) p[i] = float(i & 7);  // first touch by the reading thread
+  for (size_t i = 0; i < n; ++i) p[i] = float(i & 7);
   volatile float sink = 0;
-  const double t = best_seconds(7, [&] {
+  size_t pass = 0;
+  const double t = best_seconds(24, [&] {
+    const float* q = p + (pass++ % kSegments) * seg;
     float total = 0;
 #pragma omp parallel num_threads(threads) reduction(+ : total)
     {
       const int nt = omp_get_num_threads(), id = omp_get_thread_num();
-      const size_t b = n / 64 * size_t(id) / size_t(nt) * 64;
-      const size_t e = n / 64 * size_t(id + 1) / size_t(nt) * 64;
+      const size_t b = seg / 64 * size_t(id) / size_t(nt) * 64;
+      const size_t e = seg / 64 * size_t(id + 1) / size_t(nt) * 64;
       __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
       for (size_t i = b; i < e; i += 64) {
-        a0 = _mm512_add_ps(a0, _mm512_load_ps(p + i));
-        a1 = _mm512_add_ps(a1, _mm512_load_ps(p + i + 16));
-        a2 = _mm512_add_ps(a2, _mm512_load_ps(p + i + 32));
-        a3 = _mm512_add_ps(a3, _mm512_load_ps(p + i + 48));
+        a0 = _mm512_add_ps(a0, _mm512_load_ps(q + i));
+        a1 = _mm512_add_ps(a1, _mm512_load_ps(q + i + 16));
+        a2 = _mm512_add_ps(a2, _mm512_load_ps(q + i + 32));
+        a3 = _mm512_add_ps(a3, _mm512_load_ps(q + i + 48));
       }
       total += _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
     }
     sink = total;
   });
   (void)sink;
-  return double(n * sizeof(float)) / t / 1e9;
+  return double(seg * sizeof(float)) / t / 1e9;
 }
 
 // GEMM peak in GFLOP/s on `threads` threads: a oneDNN matmul [M, K]·[K, N] → f32 with weights

@@ -95,9 +95,13 @@ using TileFn = void (*)(float* y, int64_t ldy, const float* x, int64_t ldx, cons
 template <class D, int MR, int NR>
 void tile(float* y, int64_t ldy, const float* x, int64_t ldx, const typename D::T* w, int64_t K,
           bool acc) {
-  __m512 a[MR][NR];
+  // With few rows the two FMAs per step into one accumulator would be a latency chain; the low
+  // and high halves then get accumulators of their own while registers allow.
+  constexpr int kH = MR <= 2 ? 2 : 1;
+  __m512 a[MR][NR][kH];
   for (int m = 0; m < MR; ++m)
-    for (int n = 0; n < NR; ++n) a[m][n] = _mm512_setzero_ps();
+    for (int n = 0; n < NR; ++n)
+      for (int h = 0; h < kH; ++h) a[m][n][h] = _mm512_setzero_ps();
   // Rows of a tile are short streams (K elements), too short for the hardware prefetchers to
   // lock on; fetching the same columns of the next tile's rows keeps enough misses in flight.
   constexpr int64_t kLine = 64 / int64_t(sizeof(typename D::T));  // elements per cache line
@@ -111,9 +115,9 @@ void tile(float* y, int64_t ldy, const float* x, int64_t ldx, const typename D::
     for (int n = 0; n < NR; ++n) D::load(w + n * K + k, wl[n], wh[n]);
     for (int m = 0; m < MR; ++m) {
       const __m512 xl = _mm512_loadu_ps(x + m * ldx + k);
-      for (int n = 0; n < NR; ++n) a[m][n] = _mm512_fmadd_ps(xl, wl[n], a[m][n]);
+      for (int n = 0; n < NR; ++n) a[m][n][0] = _mm512_fmadd_ps(xl, wl[n], a[m][n][0]);
       const __m512 xh = _mm512_loadu_ps(x + m * ldx + k + 16);
-      for (int n = 0; n < NR; ++n) a[m][n] = _mm512_fmadd_ps(xh, wh[n], a[m][n]);
+      for (int n = 0; n < NR; ++n) a[m][n][kH - 1] = _mm512_fmadd_ps(xh, wh[n], a[m][n][kH - 1]);
     }
   }
   if (k < K) {
@@ -125,14 +129,16 @@ void tile(float* y, int64_t ldy, const float* x, int64_t ldx, const typename D::
       const __m512 xl = _mm512_maskz_loadu_ps(mask16(r), x + m * ldx + k);
       const __m512 xh = _mm512_maskz_loadu_ps(mask16(r - 16), x + m * ldx + k + 16);
       for (int n = 0; n < NR; ++n) {
-        a[m][n] = _mm512_fmadd_ps(xl, wl[n], a[m][n]);
-        a[m][n] = _mm512_fmadd_ps(xh, wh[n], a[m][n]);
+        a[m][n][0] = _mm512_fmadd_ps(xl, wl[n], a[m][n][0]);
+        a[m][n][kH - 1] = _mm512_fmadd_ps(xh, wh[n], a[m][n][kH - 1]);
       }
     }
   }
   for (int m = 0; m < MR; ++m)
     for (int n = 0; n < NR; ++n) {
-      const float s = _mm512_reduce_add_ps(a[m][n]);
+      __m512 t = a[m][n][0];
+      if constexpr (kH == 2) t = _mm512_add_ps(t, a[m][n][1]);
+      const float s = _mm512_reduce_add_ps(t);
       float& out = y[m * ldy + n];
       out = acc ? out + s : s;
     }
