@@ -3,6 +3,7 @@
 #include "train/checkpoint.hpp"
 
 #include <fcntl.h>
+#include <stdio.h>  // renameat2
 #include <unistd.h>
 
 #include <algorithm>
@@ -216,10 +217,18 @@ void save_checkpoint(const std::string& run_dir, const CheckpointData& data, int
   io::atomic_write((tmp / kManifestFile).string(), manifest.dump(2) + "\n");
   fsync_dir(tmp);
 
-  if (fs::exists(final_dir)) remove_dir(final_dir);
+  // Re-saving a step swaps the dirs atomically where the filesystem can, so no moment passes
+  // without a complete step-N; the old one then lies under the temp name and is removed.
   std::error_code ec;
-  fs::rename(tmp, final_dir, ec);
-  DSV3_CHECK(!ec, "cannot rename {} to {}: {}", tmp.string(), final_dir.string(), ec.message());
+  if (fs::exists(final_dir) &&
+      ::renameat2(AT_FDCWD, tmp.c_str(), AT_FDCWD, final_dir.c_str(), RENAME_EXCHANGE) == 0) {
+    fsync_dir(root);
+    fs::remove_all(tmp, ec);
+  } else {
+    if (fs::exists(final_dir)) remove_dir(final_dir);
+    fs::rename(tmp, final_dir, ec);
+    DSV3_CHECK(!ec, "cannot rename {} to {}: {}", tmp.string(), final_dir.string(), ec.message());
+  }
   fsync_dir(root);
 
   if (keep_last > 0) {

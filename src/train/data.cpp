@@ -439,8 +439,13 @@ Dataset load_dataset(const DataOptions& opt, const EncodeFn& encode) {
       read_shards(ds.shard_dir, ds.corpus_hash, opt.vocab_size, &docs, &why)) {
     ds.from_cache = true;
   } else {
-    if (fs::is_directory(ds.shard_dir))
+    if (fs::is_directory(ds.shard_dir)) {
       log_warn(fmt::format("token cache unusable ({}); tokenizing again", why));
+      // Temp files of an interrupted write (io::atomic_write names them ".<name>.tmp.<pid>").
+      std::error_code ec;
+      for (const auto& e : fs::directory_iterator(ds.shard_dir, ec))
+        if (e.path().filename().string()[0] == '.') fs::remove(e.path(), ec);
+    }
     docs = tokenize(files, opt.split, encode, opt.vocab_size, opt.progress);
     DSV3_CHECK(docs.num_docs() > 0, "data: the inputs hold no documents");
     write_shards(ds.shard_dir, ds.corpus_hash, opt.vocab_size, docs,

@@ -34,6 +34,7 @@ double nice_step(double range, int n) {
 }
 
 std::string tick_label(double v, double step) {
+  if (std::fabs(v) < 1e-9 * step) v = 0;  // no "-0.0" from accumulated steps
   double a = std::fabs(v);
   if (a != 0 && (a >= 1e5 || a < 1e-3)) return fmt::format("{:.1e}", v);
   int dec = step >= 1 ? 0 : int(std::ceil(-std::log10(step) - 1e-9));
@@ -238,6 +239,16 @@ std::string svg_line_chart(const ChartOptions& opt, const std::vector<Series>& s
   const int w = opt.width, h = opt.height, ml = 62, mr = 16, mt = 28, mb = 40;
   const double pw = w - ml - mr, ph = h - mt - mb;
   auto ty = [&](double v) { return opt.log_y ? std::log10(v) : v; };
+  // The legend goes below the plot, wrapped to the chart width; the SVG grows to hold it.
+  std::vector<std::pair<double, double>> legend;
+  double lx = ml, ly = h + 8;
+  for (const auto& s : series) {
+    double iw = 40 + 6.2 * double(s.label.size());
+    if (lx + iw > w - mr && lx > ml) lx = ml, ly += 16;
+    legend.emplace_back(lx, ly);
+    lx += iw;
+  }
+  const int total_h = series.empty() ? h : int(ly + 10);
   double x0 = INFINITY, x1 = -INFINITY, y0 = INFINITY, y1 = -INFINITY;
   for (const auto& s : series)
     for (size_t i = 0; i < s.x.size() && i < s.y.size(); ++i) {
@@ -245,7 +256,7 @@ std::string svg_line_chart(const ChartOptions& opt, const std::vector<Series>& s
       x0 = std::min(x0, s.x[i]), x1 = std::max(x1, s.x[i]);
       y0 = std::min(y0, ty(s.y[i])), y1 = std::max(y1, ty(s.y[i]));
     }
-  std::string o = svg_open(w, h);
+  std::string o = svg_open(w, total_h);
   o += text(w / 2.0, 16, opt.title, "middle", " font-size=\"13\" font-weight=\"bold\"");
   if (!std::isfinite(x0)) {
     o += text(w / 2.0, h / 2.0, "no data", "middle", " fill=\"#888\"");
@@ -307,13 +318,13 @@ std::string svg_line_chart(const ChartOptions& opt, const std::vector<Series>& s
           "<path class=\"series\" d=\"{}\" fill=\"none\" stroke=\"{}\" "
           "stroke-width=\"1.5\"{}/>\n",
           d, col, s.dashed ? " stroke-dasharray=\"5,3\"" : "");
-    double ly = mt + 12 + 14 * double(k);
+    auto [kx, ky] = legend[k];
     o += fmt::format(
         "<line x1=\"{:.1f}\" y1=\"{:.1f}\" x2=\"{:.1f}\" y2=\"{:.1f}\" stroke=\"{}\" "
-        "stroke-width=\"2\"{}/>\n",
-        ml + pw - 150, ly - 4, ml + pw - 132, ly - 4, col,
-        s.dashed ? " stroke-dasharray=\"5,3\"" : "");
-    o += text(ml + pw - 128, ly, s.label);
+        "stroke-width=\"{}\"{}/>\n",
+        kx, ky - 4, kx + 20, ky - 4, col, s.points ? 5 : 2,
+        s.dashed ? " stroke-dasharray=\"5,3\"" : (s.points ? " stroke-dasharray=\"5,5\"" : ""));
+    o += text(kx + 24, ky, s.label);
   }
   return o + "</svg>\n";
 }
