@@ -85,9 +85,9 @@ int main(int argc, char** argv) {
       const double bw = bench::measure_memory_bandwidth_gbs(nt);
       const double peak = bench::measure_gemm_peak_gflops(true, nt);
       // Prefill: a 512-token prompt, BF16 GEMMs; the best of 3.
-      std::vector<int32_t> toks(size_t(prompt));
+      std::vector<int32_t> toks(static_cast<size_t>(prompt));
       for (auto& t : toks) t = int32_t(2 + rng.below(uint64_t(c.vocab_size - 2)));
-      std::vector<float> logits(size_t(c.vocab_size));
+      std::vector<float> logits(static_cast<size_t>(c.vocab_size));
       model::ForwardOptions fo;
       fo.all_logits = false;
       double best_prefill = 1e30;

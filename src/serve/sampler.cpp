@@ -26,8 +26,6 @@ int32_t Sampler::sample(const float* logits, int64_t V) {
   if (k < V) {
     std::partial_sort(cand_.begin(), cand_.begin() + k, cand_.end(), by_logit);
     cand_.resize(size_t(k));
-  } else if (p_.top_p < 1.0f) {
-    std::sort(cand_.begin(), cand_.end(), by_logit);
   }
   float mx = -INFINITY;
   for (const auto& c : cand_) mx = std::max(mx, c.first);
@@ -37,15 +35,25 @@ int32_t Sampler::sample(const float* logits, int64_t V) {
     sum += c.first;
   }
   size_t n = cand_.size();
-  if (p_.top_p < 1.0f) {  // candidates are sorted by probability here
+  if (p_.top_p < 1.0f) {
+    // Sort only as many leading candidates as the nucleus needs: grow the sorted prefix until
+    // its probability reaches top_p (usually a few dozen of the whole vocabulary).
+    size_t sorted = 0;
     double acc = 0;
-    for (size_t i = 0; i < cand_.size(); ++i) {
-      acc += cand_[i].first / sum;
-      if (acc >= p_.top_p) {
-        n = i + 1;
-        break;
+    bool found = false;
+    for (size_t want = std::min<size_t>(64, n); !found; want = std::min(n, want * 4)) {
+      std::partial_sort(cand_.begin() + sorted, cand_.begin() + want, cand_.end(), by_logit);
+      for (; sorted < want; ++sorted) {
+        acc += cand_[sorted].first / sum;
+        if (acc >= p_.top_p) {
+          found = true;
+          ++sorted;
+          break;
+        }
       }
+      if (want == n) break;
     }
+    n = sorted;
     sum = 0;
     for (size_t i = 0; i < n; ++i) sum += cand_[i].first;
   }
