@@ -1,0 +1,74 @@
+// Helpers of the trainer tests: a scratch dir, a generated English-like corpus and a tiny
+// DeepSeek-V3 training config (MLA with q_lora, 8 routed + 1 shared experts, group-limited
+// sigmoid routing, MTP depth 1) that trains in seconds.
+#pragma once
+#include <unistd.h>
+#include <cctype>
+#include <filesystem>
+#include <fstream>
+#include <string>
+
+#include "core/rng.hpp"
+#include "train/train_config.hpp"
+
+namespace dsv3::train::testing {
+
+inline std::string test_dir(const std::string& name) {
+  const auto d = std::filesystem::temp_directory_path() /
+                 ("dsv3-test-trainer-" + name + "-" + std::to_string(::getpid()));
+  std::filesystem::remove_all(d);
+  std::filesystem::create_directories(d);
+  return d.string();
+}
+
+// Paragraphs of simple sentences from a small grammar (seeded), one file per 100 paragraphs.
+inline void write_corpus(const std::string& dir, int paragraphs = 400) {
+  static const char* subj[] = {"the cat",  "a dog",   "the old man", "my friend",
+                               "the bird", "a child", "the farmer",  "her brother"};
+  static const char* verb[] = {"sees", "likes", "finds", "eats", "wants", "keeps", "takes"};
+  static const char* obj[] = {"the red apple", "a small house", "the green field", "some bread",
+                              "the long road", "a warm coat",   "the blue sea"};
+  static const char* tail[] = {"today", "at night", "in the morning", "again", "with joy"};
+  std::filesystem::create_directories(dir);
+  Rng rng(42);
+  std::ofstream f;
+  for (int p = 0; p < paragraphs; ++p) {
+    if (p % 100 == 0) {
+      if (f.is_open()) f.close();
+      f.open(dir + "/part" + std::to_string(p / 100) + ".txt");
+    }
+    const int n = 2 + int(rng.below(3));
+    for (int s = 0; s < n; ++s) {
+      std::string line = std::string(subj[rng.below(8)]) + " " + verb[rng.below(7)] + " " +
+                         obj[rng.below(7)] + " " + tail[rng.below(5)] + ".";
+      line[0] = char(std::toupper(line[0]));
+      f << line << (s + 1 < n ? " " : "\n");
+    }
+    f << "\n";
+  }
+}
+
+inline TrainConfig tiny_config(const std::string& root) {
+  write_corpus(root + "/corpus");
+  TrainConfig c;
+  c.data = {root + "/corpus"};
+  c.vocab_size = 512;
+  c.steps = 10;
+  c.batch = 4;
+  c.seq_len = 32;
+  c.threads = 2;
+  c.lr = 3e-3;
+  c.checkpoint_every = 0;
+  c.eval_every = 0;
+  c.eval_batches = 2;
+  c.sample_prompts = {"The cat"};
+  c.sample_tokens = 8;
+  c.val_fraction = 0.05;
+  c.model = {{"hidden_size", 64},      {"intermediate_size", 128}, {"moe_intermediate_size", 32},
+             {"num_hidden_layers", 2}, {"num_attention_heads", 2}, {"num_key_value_heads", 2},
+             {"q_lora_rank", 32},      {"kv_lora_rank", 32},       {"qk_nope_head_dim", 16},
+             {"qk_rope_head_dim", 8},  {"v_head_dim", 16},         {"max_position_embeddings", 64}};
+  return c;
+}
+
+}  // namespace dsv3::train::testing

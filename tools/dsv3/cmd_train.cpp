@@ -1,0 +1,112 @@
+// `dsv3 train`: text in, a DeepSeek-V3 model out (the product's main job). With no arguments it
+// trains the built-in small V3 on the default corpus into runs/default and prints samples.
+// Options: defaults < --options FILE < --config FILE (model keys) < flags < --set key=value.
+// docs/training.md ("Running dsv3 train") documents every flag and key.
+#include <cstdio>
+#include <filesystem>
+#include <nlohmann/json.hpp>
+
+#include "command.hpp"
+#include "core/error.hpp"
+#include "core/log.hpp"
+#include "io/file.hpp"
+#include "train/trainer.hpp"
+
+namespace {
+
+struct TrainArgs {
+  std::string config, options, out, resume, tokenizer, name;
+  std::vector<std::string> set, data;
+  int64_t steps = -1, checkpoint_every = -1;
+  int64_t seed = -1;
+  int threads = -1;
+  bool no_balance = false, overwrite = false, quiet = false;
+};
+
+nlohmann::json read_json(const std::string& path, const char* what) {
+  const std::string text = dsv3::io::read_file(path);
+  nlohmann::json j = nlohmann::json::parse(text, nullptr, false);
+  DSV3_CHECK(!j.is_discarded() && j.is_object(), "{} '{}' is not a JSON object", what, path);
+  return j;
+}
+
+void print_result(const dsv3::train::TrainResult& r, const std::string& run_dir) {
+  std::printf("\n");
+  for (const auto& s : r.samples)
+    std::printf("--- sample (prompt \"%s\")\n%s\n", s.prompt.c_str(), s.text.c_str());
+  std::printf("---\nsteps %lld | validation loss %.4f (ppl %.2f) | %.0f s\n", (long long)r.step,
+              r.val_loss, r.val_ppl, r.wall_s);
+  if (r.finished)
+    std::printf("model: %s\nreport: %s/report.html\n", r.final_dir.c_str(), run_dir.c_str());
+}
+
+void run_train(const TrainArgs& a) {
+  using namespace dsv3;
+  train::RunOptions run;
+  run.quiet = a.quiet;
+  if (!a.resume.empty()) {
+    DSV3_CHECK(a.config.empty() && a.options.empty() && a.set.empty() && a.data.empty() &&
+                   a.out.empty() && a.tokenizer.empty() && a.seed < 0 && a.checkpoint_every < 0 &&
+                   !a.no_balance && !a.overwrite,
+               "--resume continues a run with its recorded options: only --steps, --threads and "
+               "--quiet may be given with it");
+    run.run_dir = a.resume;
+    run.steps = a.steps;
+    run.threads = a.threads;
+    auto t = train::Trainer::resume(run);
+    print_result(t.run(), run.run_dir);
+    return;
+  }
+  train::TrainConfig cfg;
+  if (!a.options.empty())
+    cfg = train::TrainConfig::from_json(read_json(a.options, "--options"), a.options);
+  if (!a.config.empty()) {
+    nlohmann::json m = read_json(a.config, "--config");
+    if (!cfg.model.is_object()) cfg.model = nlohmann::json::object();
+    for (auto& [k, v] : m.items())
+      if (k != "vocab_size") cfg.model[k] = v;  // the vocabulary comes from the tokenizer
+  }
+  if (!a.data.empty()) cfg.data = a.data;
+  if (!a.tokenizer.empty()) cfg.tokenizer = a.tokenizer;
+  if (a.steps >= 0) cfg.steps = a.steps;
+  if (a.seed >= 0) cfg.seed = uint64_t(a.seed);
+  if (a.checkpoint_every >= 0) cfg.checkpoint_every = a.checkpoint_every;
+  if (a.threads >= 0) cfg.threads = a.threads;
+  if (a.no_balance) cfg.balance = false;
+  for (const auto& kv : a.set) cfg.set(kv);
+  // The default run dir is scratch space: running `dsv3 train` again starts it over.
+  run.run_dir = a.out.empty() ? "runs/default" : a.out;
+  run.overwrite = a.overwrite || a.out.empty();
+  run.name = !a.name.empty() ? a.name : cfg.balance ? "balanced" : "no balancing";
+  train::Trainer t(cfg, run);  // checks options, inputs and the run dir before any work
+  print_result(t.run(), run.run_dir);
+}
+
+void setup(CLI::App& app) {
+  auto a = std::make_shared<TrainArgs>();
+  auto* sub = app.add_subcommand(
+      "train", "Train a DeepSeek-V3 model on text (no arguments: the built-in default run)");
+  sub->add_option("--config", a->config, "model config.json (HF DeepSeek-V3 keys)");
+  sub->add_option("--options", a->options, "training options JSON file");
+  sub->add_option("--set", a->set, "key=value: a training option or model config key (repeatable)")
+      ->take_all()
+      ->allow_extra_args(false);
+  sub->add_option("--data", a->data, "text files or directories (default: the fortunes corpus)")
+      ->expected(1, -1);
+  sub->add_option("--out", a->out, "run directory (default: runs/default, started over)");
+  sub->add_option("--steps", a->steps, "optimizer steps");
+  sub->add_option("--seed", a->seed, "seed of init, data order and validation split");
+  sub->add_option("--checkpoint-every", a->checkpoint_every, "steps between checkpoints");
+  sub->add_option("--threads", a->threads, "worker threads (default: all cores)");
+  sub->add_option("--resume", a->resume, "continue RUN_DIR from its newest valid checkpoint");
+  sub->add_option("--tokenizer", a->tokenizer, "dir with tokenizer.json (default: train one)");
+  sub->add_option("--name", a->name, "run name shown in the report");
+  sub->add_flag("--no-balance", a->no_balance, "no auxiliary-loss-free balancing (γ = 0)");
+  sub->add_flag("--overwrite", a->overwrite, "start --out over if it already holds a run");
+  sub->add_flag("--quiet", a->quiet, "no progress output");
+  sub->callback([a] { run_train(*a); });
+}
+
+}  // namespace
+
+DSV3_COMMAND(setup);
