@@ -85,7 +85,8 @@ bool has_field(const std::string& key) {
 
 std::set<std::string> model_keys() {
   std::set<std::string> keys;
-  for (auto& [k, v] : default_model_json().items()) keys.insert(k);
+  const nlohmann::json defaults = default_model_json();  // items() must not outlive it
+  for (auto& [k, v] : defaults.items()) keys.insert(k);
   // Keys the HF config.json may carry that the default leaves out.
   for (const char* k : {"rope_scaling", "aux_loss_alpha", "seq_aux", "quantization_config",
                         "architectures", "num_key_value_heads", "hidden_act", "attention_bias",

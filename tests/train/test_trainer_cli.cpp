@@ -23,15 +23,15 @@ using namespace dsv3::train::testing;
 
 namespace {
 
-struct Run {
+struct CliRun {
   int rc = 0;
   std::string output;
 };
 
 // Runs DSV3_BIN with args through the shell, stdout and stderr together.
-Run dsv3(const std::string& args) {
+CliRun run_cli(const std::string& args) {
   const std::string cmd = std::string(DSV3_BIN) + " " + args + " 2>&1";
-  Run r;
+  CliRun r;
   FILE* p = popen(cmd.c_str(), "r");
   char buf[4096];
   size_t n;
@@ -43,7 +43,8 @@ Run dsv3(const std::string& args) {
 
 void expect_refused(const std::string& args, const std::string& run_dir,
                     const std::string& message) {
-  Run r = dsv3("train --out " + run_dir + " " + args);
+  fs::remove_all(run_dir);
+  CliRun r = run_cli("train --out " + run_dir + " " + args);
   EXPECT_NE(r.rc, 0) << args;
   EXPECT_NE(r.output.find(message), std::string::npos)
       << args << ": expected '" << message << "' in:\n"
@@ -70,7 +71,7 @@ TEST(TrainCli, BadFlagsAndDataFailBeforeTraining) {
   expect_refused(data + " --set hidden_sizee=128", out, "hidden_sizee");
   expect_refused(data + " --set lr=fast", out, "'lr'");
   expect_refused(data + " --set lr_schedule=linear", out, "lr_schedule");
-  expect_refused(data + " --set n_routed_experts=0 --set num_experts_per_tok=4", out,
+  expect_refused(data + " --set num_experts_per_tok=16", out,
                  "num_experts_per_tok");
   expect_refused("--data " + root + "/missing.txt", out, "missing.txt");
   {
@@ -81,7 +82,7 @@ TEST(TrainCli, BadFlagsAndDataFailBeforeTraining) {
   expect_refused(data + " --tokenizer " + root + "/no-tokenizer", out, "tokenizer");
   expect_refused(data + " --options " + root + "/missing-options.json", out,
                  "missing-options.json");
-  Run r = dsv3("train --resume " + root + "/nothing-here");
+  CliRun r = run_cli("train --resume " + root + "/nothing-here");
   EXPECT_NE(r.rc, 0);
   EXPECT_NE(r.output.find("nothing-here"), std::string::npos) << r.output;
 }
@@ -96,7 +97,7 @@ TEST(TrainCli, KilledRunResumesExactly) {
   c.sample_tokens = 0;
   const std::string opts = write_options(root, c);
 
-  Run full = dsv3("train --quiet --options " + opts + " --out " + root + "/full");
+  CliRun full = run_cli("train --quiet --options " + opts + " --out " + root + "/full");
   ASSERT_EQ(full.rc, 0) << full.output;
 
   const std::string killed = root + "/killed";
@@ -123,7 +124,7 @@ TEST(TrainCli, KilledRunResumesExactly) {
   waitpid(pid, &st, 0);
   ASSERT_TRUE(WIFSIGNALED(st)) << "the run ended before it was killed (" << seen << " steps)";
 
-  Run resumed = dsv3("train --quiet --resume " + killed);
+  CliRun resumed = run_cli("train --quiet --resume " + killed);
   ASSERT_EQ(resumed.rc, 0) << resumed.output;
   const auto a = read_metrics(root + "/full/metrics.jsonl").steps;
   const auto b = read_metrics(killed + "/metrics.jsonl").steps;
