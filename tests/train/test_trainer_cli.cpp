@@ -71,8 +71,7 @@ TEST(TrainCli, BadFlagsAndDataFailBeforeTraining) {
   expect_refused(data + " --set hidden_sizee=128", out, "hidden_sizee");
   expect_refused(data + " --set lr=fast", out, "'lr'");
   expect_refused(data + " --set lr_schedule=linear", out, "lr_schedule");
-  expect_refused(data + " --set num_experts_per_tok=16", out,
-                 "num_experts_per_tok");
+  expect_refused(data + " --set num_experts_per_tok=16", out, "num_experts_per_tok");
   expect_refused("--data " + root + "/missing.txt", out, "missing.txt");
   {
     std::ofstream f(root + "/bad.txt", std::ios::binary);

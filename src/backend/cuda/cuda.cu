@@ -38,14 +38,17 @@ int device_count() {
   return cudaGetDeviceCount(&n) == cudaSuccess ? n : 0;
 }
 
-bool available() { return device_count() > 0; }
+bool available() {
+  return device_count() > 0;
+}
 
 std::string device_summary() {
   int n = device_count();
   if (n == 0) return "CUDA built in, no device visible";
   cudaDeviceProp p;
   check(cudaGetDeviceProperties(&p, 0), "cudaGetDeviceProperties");
-  return fmt::format("{} x {}, {} GiB, sm_{}{}", n, p.name, p.totalGlobalMem >> 30, p.major, p.minor);
+  return fmt::format("{} x {}, {} GiB, sm_{}{}", n, p.name, p.totalGlobalMem >> 30, p.major,
+                     p.minor);
 }
 
 void* device_alloc(size_t bytes) {
@@ -53,14 +56,18 @@ void* device_alloc(size_t bytes) {
   check(cudaMalloc(&p, bytes), "cudaMalloc");
   return p;
 }
-void device_free(void* p) { cudaFree(p); }
+void device_free(void* p) {
+  cudaFree(p);
+}
 void copy_to_device(void* dst, const void* src, size_t bytes) {
   check(cudaMemcpy(dst, src, bytes, cudaMemcpyHostToDevice), "cudaMemcpy H2D");
 }
 void copy_to_host(void* dst, const void* src, size_t bytes) {
   check(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToHost), "cudaMemcpy D2H");
 }
-void synchronize() { check(cudaDeviceSynchronize(), "cudaDeviceSynchronize"); }
+void synchronize() {
+  check(cudaDeviceSynchronize(), "cudaDeviceSynchronize");
+}
 
 void rmsnorm_forward(float* out, float* rstd, const float* in, const float* weight, int64_t n,
                      int64_t d, float eps) {
