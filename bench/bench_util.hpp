@@ -90,6 +90,34 @@ inline double measure_memory_bandwidth_gbs(int threads, size_t bytes = size_t(51
   return double(seg * sizeof(float)) / t / 1e9;
 }
 
+// FP32 FMA peak in GFLOP/s on `threads` threads: every thread runs a register-only loop of
+// independent AVX-512 FMA chains (enough of them to cover the FMA latency on both ports), so the
+// figure is the core's arithmetic limit with no memory traffic; the best of 5.
+inline double measure_fma_peak_gflops(int threads, int64_t iters = 20'000'000) {
+  constexpr int kChains = 16;
+  volatile float sink = 0;
+  const double t = best_seconds(5, [&] {
+    float total = 0;
+#pragma omp parallel num_threads(threads) reduction(+ : total)
+    {
+      __m512 acc[kChains];
+      for (int c = 0; c < kChains; ++c) acc[c] = _mm512_set1_ps(float(c) * 1e-3f);
+      const __m512 a = _mm512_set1_ps(0.999999f), b = _mm512_set1_ps(1e-7f);
+      for (int64_t i = 0; i < iters / kChains; ++i) {
+#pragma GCC unroll 16
+        for (int c = 0; c < kChains; ++c) acc[c] = _mm512_fmadd_ps(acc[c], a, b);
+      }
+      __m512 s = acc[0];
+      for (int c = 1; c < kChains; ++c) s = _mm512_add_ps(s, acc[c]);
+      total += _mm512_reduce_add_ps(s);
+    }
+    sink = total;
+  });
+  (void)sink;
+  // iters FMAs of 16 lanes, 2 flops each, per thread.
+  return double(threads) * double(iters / kChains * kChains) * 16.0 * 2.0 / t / 1e9;
+}
+
 // GEMM peak in GFLOP/s on `threads` threads: a oneDNN matmul [M, K]·[K, N] → f32 with weights
 // packed in its preferred layout (as linear_forward does), BF16 or FP32 inputs; the best of 5.
 inline double measure_gemm_peak_gflops(bool bf16, int threads, int64_t M = 2048, int64_t N = 2048,

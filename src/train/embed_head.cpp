@@ -5,6 +5,7 @@
 #include <cmath>
 #include <optional>
 
+#include "backend/cpu/vmath.hpp"
 #include "core/error.hpp"
 #include "train/linalg.hpp"
 #include "train/profile.hpp"
@@ -59,11 +60,8 @@ double head_cross_entropy(S* dxn, S* dW, const S* xn, const S* W, const int32_t*
       }
       S mx = *std::max_element(l, l + V), sum = 0;
       const S target_logit = l[tgt];
-      if (dxn) {  // keep exp(l - mx) to turn it into the softmax gradient
-        for (int64_t i = 0; i < V; ++i) sum += (l[i] = std::exp(l[i] - mx));
-      } else {
-        for (int64_t i = 0; i < V; ++i) sum += std::exp(l[i] - mx);
-      }
+      // With dxn, keep exp(l - mx) to turn it into the softmax gradient.
+      sum = cpu::exp_shift_sum(dxn ? l : nullptr, l, V, mx);
       part += double(mx + std::log(sum) - target_logit);
       cnt += 1;
       if (dxn) {

@@ -7,6 +7,7 @@
 #include <cmath>
 
 #include "backend/cpu/ops.hpp"
+#include "backend/cpu/vmath.hpp"
 #include "train/linalg.hpp"
 #include "train/profile.hpp"
 
@@ -68,11 +69,7 @@ void attention_forward(S* attn, S* lse, const S* q, const S* kvup, const S* kv, 
         S* p = sc + t * T;
         S mx = p[0];
         for (int64_t j = 1; j <= t; ++j) mx = std::max(mx, p[j]);
-        S sum = 0;
-        for (int64_t j = 0; j <= t; ++j) {
-          p[j] = std::exp(p[j] - mx);
-          sum += p[j];
-        }
+        const S sum = cpu::exp_shift_sum(p, p, t + 1, mx);
         const S inv = S(1) / sum;
         for (int64_t j = 0; j <= t; ++j) p[j] *= inv;
         std::fill(p + t + 1, p + T, S(0));
@@ -103,7 +100,7 @@ void attention_backward(S* dq, S* dkvup, S* dkpe_heads, const S* dattn, const S*
       const S* l = lse + (b * H + h) * T;
       for (int64_t t = 0; t < T; ++t) {
         S* r = p + t * T;
-        for (int64_t j = 0; j <= t; ++j) r[j] = std::exp(r[j] - l[t]);
+        cpu::exp_shift_sum(r, r, t + 1, l[t]);
         std::fill(r + t + 1, r + T, S(0));
       }
       const S* dO = dattn + b * T * H * Dv + h * Dv;

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "backend/cpu/vmath.hpp"
 #include "core/parallel.hpp"
 
 namespace dsv3::cpu {
@@ -37,7 +38,7 @@ void swiglu_forward(float* out, const float* gate, const float* up, int64_t n, i
           const float* g = up ? gate + r * f : gate + r * 2 * f;
           const float* u = up ? up + r * f : g + f;
           float* o = out + r * f;
-          for (int64_t i = 0; i < f; ++i) o[i] = g[i] / (1.0f + std::exp(-g[i])) * u[i];
+          silu_mul(o, g, u, f);
         }
       },
       16);
@@ -49,11 +50,7 @@ void softmax_rows(float* x, int64_t rows, int64_t cols, const int64_t* valid) {
     int64_t v = valid ? valid[r] : cols;
     float mx = -INFINITY;
     for (int64_t i = 0; i < v; ++i) mx = std::max(mx, p[i]);
-    float s = 0;
-    for (int64_t i = 0; i < v; ++i) {
-      p[i] = std::exp(p[i] - mx);
-      s += p[i];
-    }
+    const float s = exp_shift_sum(p, p, v, mx);
     float inv = 1.0f / s;
     for (int64_t i = 0; i < v; ++i) p[i] *= inv;
     for (int64_t i = v; i < cols; ++i) p[i] = 0;
@@ -141,7 +138,7 @@ void rmsnorm_backward(S* din, S* dweight, const S* dout, const S* in, const S* w
 
 template <typename S>
 void swiglu_forward(S* out, const S* gate, const S* up, int64_t n, int64_t f) {
-  for (int64_t i = 0; i < n * f; ++i) out[i] = gate[i] / (S(1) + std::exp(-gate[i])) * up[i];
+  silu_mul(out, gate, up, n * f);
 }
 
 template <typename S>
@@ -150,13 +147,8 @@ void swiglu_backward(S* dgate, S* dup, const S* dout, const S* gate, const S* up
   parallel_for(
       n,
       [&](int64_t b, int64_t e) {
-        for (int64_t i = b * f; i < e * f; ++i) {
-          const S g = gate[i], u = up[i], dy = dout[i];
-          const S sg = S(1) / (S(1) + std::exp(-g));
-          const S silu = g * sg;
-          dgate[i] = dy * u * sg * (S(1) + g * (S(1) - sg));
-          dup[i] = dy * silu;
-        }
+        silu_mul_backward(dgate + b * f, dup + b * f, dout + b * f, gate + b * f, up + b * f,
+                          (e - b) * f);
       },
       16);
 }

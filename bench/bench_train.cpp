@@ -1,0 +1,224 @@
+// Training benchmark: tokens/s and MFU of the full training step (forward, backward with MTP and
+// the balance loss, gradient clipping, AdamW with BF16 moments, bias update) on the built-in
+// default model of `dsv3 train` (or a config.json), on 1 and 2 threads; the share of the step
+// spent in GEMMs, attention, routed experts, MoE permutation, router, loss and optimizer; and the
+// saved activation memory with and without recomputation. Beside it, measured in the same run:
+// the FP32 FMA peak (register-only FMA loop) and the FP32/BF16 GEMM peak (oneDNN). Prints JSON.
+//
+//   bench_train [--config FILE] [--threads 1,2] [--batch 12] [--seq-len 128] [--steps 20]
+//               [--vocab 2048] [--seed 0]
+#include <omp.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include <fmt/format.h>
+#include "bench_util.hpp"
+
+#include "core/error.hpp"
+#include "core/rng.hpp"
+#include "model/config.hpp"
+#include "train/balance.hpp"
+#include "train/model_train.hpp"
+#include "train/optimizer.hpp"
+#include "train/params.hpp"
+#include "train/profile.hpp"
+#include "train/train_config.hpp"
+
+using namespace dsv3;
+using namespace dsv3::train;
+
+namespace {
+
+std::vector<int> parse_list(const std::string& s) {
+  std::vector<int> v;
+  std::stringstream ss(s);
+  std::string x;
+  while (std::getline(ss, x, ',')) v.push_back(std::stoi(x));
+  return v;
+}
+
+double seconds_since(std::chrono::steady_clock::time_point t) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
+}
+
+struct Timing {
+  double step_s = 0, optimizer_s = 0;
+  StepProfile profile;
+  size_t activation_bytes = 0;
+};
+
+// `steps` timed training steps after two warm-up steps; per-phase times are totals over the
+// timed steps.
+Timing run_steps(ParamStore& store, TrainModel& m, AdamW& opt, const std::vector<int32_t>& tokens,
+                 int64_t B, int64_t W, int steps, bool recompute, bool profile) {
+  TrainOptions o;
+  o.mtp_lambda = store.config().num_nextn_predict_layers > 0 ? 0.3 : 0.0;
+  o.balance_alpha = 1e-4;
+  o.recompute = recompute;
+  o.profile = profile;
+  Timing t;
+  for (int i = -2; i < steps; ++i) {
+    if (i == 0) t = Timing{};
+    const auto t0 = std::chrono::steady_clock::now();
+    store.zero_grad();
+    StepStats st;
+    m.forward_backward(tokens.data() + size_t((i + 2) % 4) * size_t(B * W), B, W, o, &st);
+    const auto t1 = std::chrono::steady_clock::now();
+    clip_grad_norm(store.grads(), size_t(store.size()), 1.0f);
+    opt.step(store.params(), store.grads(), 1e-4f);
+    for (size_t r = 0; r < st.moe_layer.size(); ++r) {
+      const auto& load = st.expert_load[r];
+      update_bias(store.param(fmt::format("model.layers.{}.mlp.gate.e_score_correction_bias",
+                                          st.moe_layer[r])),
+                  load.data(), int64_t(load.size()), 0.001f);
+    }
+    if (i >= 0) {
+      t.optimizer_s += seconds_since(t1);
+      t.step_s += seconds_since(t0);
+      t.activation_bytes = st.activation_bytes;
+      StepProfile& p = t.profile;
+      p.gemm_s += st.profile.gemm_s;
+      p.attention_s += st.profile.attention_s;
+      p.moe_permute_s += st.profile.moe_permute_s;
+      p.router_s += st.profile.router_s;
+      p.loss_s += st.profile.loss_s;
+      p.experts_s += st.profile.experts_s;
+      p.gemm_calls += st.profile.gemm_calls;
+    }
+  }
+  return t;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string config_path, threads_s = "1,2";
+  int64_t batch = 12, seq_len = 128, vocab = 2048;
+  int steps = 20;
+  uint64_t seed = 0;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    auto next = [&]() -> std::string {
+      if (i + 1 >= argc) {
+        std::fprintf(stderr, "bench_train: %s needs a value\n", a.c_str());
+        std::exit(2);
+      }
+      return argv[++i];
+    };
+    if (a == "--config")
+      config_path = next();
+    else if (a == "--threads")
+      threads_s = next();
+    else if (a == "--batch")
+      batch = std::stoll(next());
+    else if (a == "--seq-len")
+      seq_len = std::stoll(next());
+    else if (a == "--steps")
+      steps = std::stoi(next());
+    else if (a == "--vocab")
+      vocab = std::stoll(next());
+    else if (a == "--seed")
+      seed = std::stoull(next());
+    else {
+      std::fprintf(stderr,
+                   "usage: bench_train [--config FILE] [--threads 1,2] [--batch B] [--seq-len T] "
+                   "[--steps N] [--vocab V] [--seed S]\n");
+      return 2;
+    }
+  }
+  try {
+    nlohmann::json mj = default_model_json();
+    if (!config_path.empty()) {
+      std::ifstream f(config_path);
+      DSV3_CHECK(f.good(), "cannot read {}", config_path);
+      mj = nlohmann::json::parse(f);
+    } else {
+      mj["vocab_size"] = vocab;
+    }
+    const model::ModelConfig c =
+        model::parse_config(mj.dump(), config_path.empty() ? "default" : config_path);
+    const bool mtp = c.num_nextn_predict_layers > 0;
+    const int64_t W = seq_len + 1;
+    std::fprintf(stderr, "bench_train: seed %llu, %s, B=%lld T=%lld\n",
+                 static_cast<unsigned long long>(seed),
+                 config_path.empty() ? "default dsv3 train model" : config_path.c_str(),
+                 static_cast<long long>(batch), static_cast<long long>(seq_len));
+
+    ParamStore store(c);
+    store.init_random(seed);
+    Rng rng(seed);
+    std::vector<int32_t> tokens(static_cast<size_t>(4 * batch * W));
+    for (auto& t : tokens) t = int32_t(rng.next_u64() % uint64_t(c.vocab_size));
+    const double flops_per_token = train_flops_per_token(c, seq_len, mtp);
+
+    bench::JsonWriter j;
+    j.begin_object();
+    j.field("bench", "train");
+    j.field("config", config_path.empty() ? "dsv3 train default" : config_path);
+    j.field("parameters", store.size());
+    j.field("batch", batch);
+    j.field("seq_len", seq_len);
+    j.field("steps_timed", steps);
+    j.field("model_mflop_per_token", flops_per_token / 1e6, 3);
+    j.begin_array("runs");
+    for (int threads : parse_list(threads_s)) {
+      bench::ScopedThreads st(threads);
+      const double fma_peak = bench::measure_fma_peak_gflops(threads);
+      const double gemm_f32 = bench::measure_gemm_peak_gflops(false, threads);
+      const double gemm_bf16 = bench::measure_gemm_peak_gflops(true, threads);
+      // A fresh model per mode, so the recompute run's saved activations are its own.
+      AdamW opt(store.size());
+      TrainModel m(c, store.layout(), store.params(), store.grads());
+      const Timing plain = run_steps(store, m, opt, tokens, batch, W, steps, false, false);
+      const Timing prof = run_steps(store, m, opt, tokens, batch, W, steps, false, true);
+      TrainModel mr(c, store.layout(), store.params(), store.grads());
+      const Timing rc = run_steps(store, mr, opt, tokens, batch, W, steps, true, false);
+      const double tok_s = double(batch * seq_len * steps) / plain.step_s;
+      const double tok_s_rc = double(batch * seq_len * steps) / rc.step_s;
+      const double achieved = flops_per_token * tok_s / 1e9;
+      j.begin_object();
+      j.field("threads", threads);
+      j.field("fp32_fma_peak_gflops", fma_peak, 1);
+      j.field("fp32_gemm_peak_gflops", gemm_f32, 1);
+      j.field("bf16_gemm_peak_gflops", gemm_bf16, 1);
+      j.field("tokens_per_s", tok_s, 1);
+      j.field("step_ms", 1e3 * plain.step_s / steps, 2);
+      j.field("model_gflops", achieved, 1);
+      j.field("mfu_vs_fp32_fma_peak", achieved / fma_peak, 3);
+      j.field("mfu_vs_fp32_gemm_peak", achieved / gemm_f32, 3);
+      const double T = prof.step_s;
+      const StepProfile& p = prof.profile;
+      const double other = T - p.gemm_s - p.attention_s - p.experts_s - p.moe_permute_s -
+                           p.router_s - p.loss_s - prof.optimizer_s;
+      j.begin_object("time_share");
+      j.field("gemm", p.gemm_s / T, 3);
+      j.field("attention", p.attention_s / T, 3);
+      j.field("routed_experts", p.experts_s / T, 3);
+      j.field("moe_permutation", p.moe_permute_s / T, 3);
+      j.field("router", p.router_s / T, 3);
+      j.field("loss_softmax", p.loss_s / T, 3);
+      j.field("optimizer", prof.optimizer_s / T, 3);
+      j.field("other", other / T, 3);
+      j.end_object();
+      j.field("activation_mib", double(plain.activation_bytes) / 1048576.0, 2);
+      j.field("activation_mib_recompute", double(rc.activation_bytes) / 1048576.0, 2);
+      j.field("activation_saved_fraction",
+              1.0 - double(rc.activation_bytes) / double(plain.activation_bytes), 3);
+      j.field("tokens_per_s_recompute", tok_s_rc, 1);
+      j.end_object();
+    }
+    j.end_array();
+    j.end_object();
+    j.print();
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "bench_train: %s\n", e.what());
+    return 1;
+  }
+  return 0;
+}
