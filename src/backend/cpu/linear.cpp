@@ -15,6 +15,7 @@
 
 #include <dnnl.h>
 #include <immintrin.h>
+#include <omp.h>
 
 #include <dnnl.hpp>
 #include <mutex>
@@ -51,10 +52,13 @@ dnnl::stream& thread_stream() {
   return s;
 }
 
+// oneDNN fixes a primitive's thread count when it is created (omp_get_max_threads() then), so
+// the count is part of the key: a primitive made on 1 thread would run on 1 thread forever.
 struct PrimKey {
   int64_t M, N, K;
   mdt dt;
   bool acc;
+  int threads;
   bool operator==(const PrimKey&) const = default;
 };
 struct PrimKeyHash {
@@ -62,7 +66,7 @@ struct PrimKeyHash {
     size_t h = std::hash<int64_t>()(k.M);
     h = h * 1000003u ^ std::hash<int64_t>()(k.N);
     h = h * 1000003u ^ std::hash<int64_t>()(k.K);
-    return h * 31u + size_t(k.dt) * 2u + size_t(k.acc);
+    return (h * 31u + size_t(k.dt) * 2u + size_t(k.acc)) * 257u + size_t(k.threads);
   }
 };
 
@@ -209,7 +213,8 @@ void linear_forward(float* y, const float* x, int64_t M, const LinearWeight& w, 
              accumulate ? 1.0f : 0.0f, y, N);
     return;
   }
-  const auto& prim = prim_cache().get({M, N, K, im->packed_dt, accumulate}, im->packed.get_desc());
+  const auto& prim = prim_cache().get({M, N, K, im->packed_dt, accumulate, omp_get_max_threads()},
+                                      im->packed.get_desc());
   void* src = const_cast<float*>(x);
   thread_local std::vector<uint16_t> xb;  // [M, K] BF16 activations; grows, then reused
   if (im->packed_dt == mdt::bf16) {
