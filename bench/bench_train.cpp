@@ -5,7 +5,7 @@
 // saved activation memory with and without recomputation. Beside it, measured in the same run:
 // the FP32 FMA peak (register-only FMA loop) and the FP32/BF16 GEMM peak (oneDNN). Prints JSON.
 //
-//   bench_train [--config FILE] [--threads 1,2] [--batch 12] [--seq-len 128] [--steps 20]
+//   bench_train [--config FILE] [--threads 1,2] [--batch 16] [--seq-len 128] [--steps 20]
 //               [--vocab 2048] [--seed 0]
 #include <omp.h>
 
@@ -99,7 +99,7 @@ Timing run_steps(ParamStore& store, TrainModel& m, AdamW& opt, const std::vector
 
 int main(int argc, char** argv) {
   std::string config_path, threads_s = "1,2";
-  int64_t batch = 12, seq_len = 128, vocab = 2048;
+  int64_t batch = 16, seq_len = 128, vocab = 2048;
   int steps = 20;
   uint64_t seed = 0;
   for (int i = 1; i < argc; ++i) {

@@ -29,8 +29,8 @@ struct TrainConfig {
   double val_fraction = 0.02;
 
   // Run length and batch.
-  int64_t steps = 400;
-  int64_t batch = 12;
+  int64_t steps = 1500;
+  int64_t batch = 16;
   int64_t seq_len = 128;
   uint64_t seed = 0;
   int threads = 0;  // 0: all cores (the count used is recorded and kept on resume)
@@ -54,9 +54,9 @@ struct TrainConfig {
   bool recompute = false;
 
   // Checkpoints, evaluation, samples, export.
-  int64_t checkpoint_every = 100;  // and at the end; 0: only at the end
+  int64_t checkpoint_every = 250;  // and at the end; 0: only at the end
   int keep_last = 3;
-  int64_t eval_every = 100;  // and at step 0 and at the end; 0: only at the end
+  int64_t eval_every = 250;  // and at step 0 and at the end; 0: only at the end
   int64_t eval_batches = 4;
   int64_t sample_every = -1;  // < 0: eval_every; 0: only at the end
   std::vector<std::string> sample_prompts = {"The", "A man", "Love is", "Q: What"};
