@@ -70,10 +70,19 @@ struct PrimKeyHash {
   }
 };
 
+// A cached matmul and the scratchpad bytes it needs. Primitives run with a user scratchpad:
+// in oneDNN's default "library" mode the scratchpad is shared between primitives unless the
+// library was built with DNNL_ENABLE_CONCURRENT_EXEC (Debian's is not), so two threads executing
+// matmuls at once overwrote each other's scratch (Linear.ConcurrentCalls failed ~15% of runs).
+struct CachedMatmul {
+  dnnl::matmul prim;
+  size_t scratch_bytes = 0;
+};
+
 class PrimCache {
  public:
   // The matmul for x[M, K] (dt) · W(packed as wmd) → y[M, N] f32, with y += when acc.
-  const dnnl::matmul& get(const PrimKey& k, const memory::desc& wmd) {
+  const CachedMatmul& get(const PrimKey& k, const memory::desc& wmd) {
     {
       std::shared_lock lock(mu_);
       auto it = map_.find(k);
@@ -81,6 +90,7 @@ class PrimCache {
     }
     // Created outside the lock (~0.3 ms); a concurrent creator of the same key is harmless.
     dnnl::primitive_attr attr;
+    attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
     if (k.acc) {
       dnnl::post_ops po;
       po.append_sum(1.0f);
@@ -88,14 +98,14 @@ class PrimCache {
     }
     memory::desc src({k.M, k.K}, k.dt, tag::ab), dst({k.M, k.N}, mdt::f32, tag::ab);
     dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(src, wmd, dst), attr, engine());
-    dnnl::matmul prim(pd);
+    CachedMatmul m{dnnl::matmul(pd), pd.scratchpad_desc().get_size()};
     std::unique_lock lock(mu_);
-    return map_.try_emplace(k, std::move(prim)).first->second;
+    return map_.try_emplace(k, std::move(m)).first->second;
   }
 
  private:
   std::shared_mutex mu_;
-  std::unordered_map<PrimKey, dnnl::matmul, PrimKeyHash> map_;
+  std::unordered_map<PrimKey, CachedMatmul, PrimKeyHash> map_;
 };
 
 PrimCache& prim_cache() {
@@ -213,8 +223,8 @@ void linear_forward(float* y, const float* x, int64_t M, const LinearWeight& w, 
              accumulate ? 1.0f : 0.0f, y, N);
     return;
   }
-  const auto& prim = prim_cache().get({M, N, K, im->packed_dt, accumulate, omp_get_max_threads()},
-                                      im->packed.get_desc());
+  const CachedMatmul& mm = prim_cache().get(
+      {M, N, K, im->packed_dt, accumulate, omp_get_max_threads()}, im->packed.get_desc());
   void* src = const_cast<float*>(x);
   thread_local std::vector<uint16_t> xb;  // [M, K] BF16 activations; grows, then reused
   if (im->packed_dt == mdt::bf16) {
@@ -224,8 +234,17 @@ void linear_forward(float* y, const float* x, int64_t M, const LinearWeight& w, 
   }
   memory src_m(memory::desc({M, K}, im->packed_dt, tag::ab), engine(), src);
   memory dst_m(memory::desc({M, N}, mdt::f32, tag::ab), engine(), y);
+  std::unordered_map<int, memory> args = {
+      {DNNL_ARG_SRC, src_m}, {DNNL_ARG_WEIGHTS, im->packed}, {DNNL_ARG_DST, dst_m}};
+  if (mm.scratch_bytes > 0) {
+    thread_local std::vector<uint8_t> scratch;  // this thread's matmul scratchpad; grows
+    if (scratch.size() < mm.scratch_bytes) scratch.resize(mm.scratch_bytes);
+    args.emplace(DNNL_ARG_SCRATCHPAD,
+                 memory(memory::desc({int64_t(mm.scratch_bytes)}, mdt::u8, tag::a), engine(),
+                        scratch.data()));
+  }
   dnnl::stream& s = thread_stream();
-  prim.execute(s, {{DNNL_ARG_SRC, src_m}, {DNNL_ARG_WEIGHTS, im->packed}, {DNNL_ARG_DST, dst_m}});
+  mm.prim.execute(s, args);
   s.wait();
 }
 
