@@ -4,6 +4,7 @@
 // active weight once per token) and BF16 GEMM peak (prefill). Prints JSON.
 //
 //   bench_model [--model DIR] [--threads 1,2] [--prompt 512] [--decode 64]
+//               [--residency huge-page-copy|mmap]
 // Without --model, a random checkpoint is made once under build/bench-1b by `dsv3 init`'s code.
 #include <chrono>
 #include <cstdio>
@@ -40,9 +41,12 @@ double seconds_since(std::chrono::steady_clock::time_point t) {
 int main(int argc, char** argv) {
   std::string model_dir, threads_s = "1,2";
   int64_t prompt = 512, decode = 64;
+  std::string residency = "huge-page-copy";
   for (int i = 1; i + 1 < argc; i += 2) {
     std::string a = argv[i];
-    if (a == "--model")
+    if (a == "--residency")
+      residency = argv[i + 1];
+    else if (a == "--model")
       model_dir = argv[i + 1];
     else if (a == "--threads")
       threads_s = argv[i + 1];
@@ -69,11 +73,16 @@ int main(int argc, char** argv) {
     model::LoadOptions lo;
     lo.compute = cpu::Compute::BF16;
     lo.load_mtp = false;
+    if (residency == "mmap")
+      lo.residency = io::Residency::Map;
+    else if (residency != "huge-page-copy")
+      throw std::runtime_error("--residency must be mmap or huge-page-copy");
     auto m = model::Model::load(model_dir, lo);
     const auto& c = m->config();
     const size_t active = m->active_weight_bytes();
     Rng rng(1);
-    std::printf("{\n  \"benchmark\": \"model\",\n  \"model\": \"%s\",\n", model_dir.c_str());
+    std::printf("{\n  \"benchmark\": \"model\",\n  \"model\": \"%s\",\n  \"residency\": \"%s\",\n",
+                model_dir.c_str(), residency.c_str());
     std::printf("  \"active_weight_bytes_per_token\": %zu,\n  \"total_weight_bytes\": %zu,\n",
                 active, m->total_weight_bytes());
     std::printf("  \"kv_cache_bytes_per_token\": %zu,\n  \"runs\": [\n",

@@ -70,7 +70,43 @@ void atomic_write(const std::string& path, const std::string& bytes) {
   atomic_write(path, [&](int fd) { write_all(fd, bytes.data(), bytes.size(), path); });
 }
 
-std::shared_ptr<MappedFile> MappedFile::open(const std::string& path) {
+namespace {
+
+// Reads the whole file into 2 MiB-aligned anonymous memory advised for huge pages; nullptr when
+// the memory is not available (the caller maps the file instead). Throws on read errors.
+uint8_t* huge_page_copy(int fd, size_t size, size_t* mapped, const std::string& path) {
+  constexpr size_t kHuge = size_t(2) << 20;
+  const size_t bytes = (size + kHuge - 1) / kHuge * kHuge;
+  // Over-allocate by one huge page so the copy can start on a 2 MiB boundary.
+  void* raw = ::mmap(nullptr, bytes + kHuge, PROT_READ | PROT_WRITE,
+                     MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (raw == MAP_FAILED) return nullptr;
+  const uintptr_t r = reinterpret_cast<uintptr_t>(raw);
+  const uintptr_t a = (r + kHuge - 1) / kHuge * kHuge;
+  if (a > r) ::munmap(raw, a - r);
+  const size_t tail = (r + bytes + kHuge) - (a + bytes);
+  if (tail > 0) ::munmap(reinterpret_cast<void*>(a + bytes), tail);
+  auto* p = reinterpret_cast<uint8_t*>(a);
+  ::madvise(p, bytes, MADV_HUGEPAGE);  // advice only: without THP the copy still works
+  size_t off = 0;
+  while (off < size) {
+    const ssize_t n = ::pread(fd, p + off, std::min(size - off, size_t(1) << 30), off_t(off));
+    if (n <= 0) {
+      const int err = errno;
+      ::munmap(p, bytes);
+      DSV3_FAIL("cannot read {} at byte {} of {}: {}", path, off, size,
+                n == 0 ? "unexpected end of file" : std::strerror(err));
+    }
+    off += size_t(n);
+  }
+  ::mprotect(p, bytes, PROT_READ);
+  *mapped = bytes;
+  return p;
+}
+
+}  // namespace
+
+std::shared_ptr<MappedFile> MappedFile::open(const std::string& path, Residency residency) {
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   DSV3_CHECK(fd >= 0, "cannot open {}: {}", path, std::strerror(errno));
   struct stat st;
@@ -85,20 +121,29 @@ std::shared_ptr<MappedFile> MappedFile::open(const std::string& path) {
   std::shared_ptr<MappedFile> m(new MappedFile());
   m->path_ = path;
   m->size_ = size_t(st.st_size);
-  if (m->size_ > 0) {
+  if (m->size_ > 0 && residency == Residency::HugePageCopy) {
+    try {
+      m->data_ = huge_page_copy(fd, m->size_, &m->mapped_, path);
+    } catch (...) {
+      ::close(fd);
+      throw;
+    }
+  }
+  if (m->size_ > 0 && !m->data_) {
     void* p = ::mmap(nullptr, m->size_, PROT_READ, MAP_PRIVATE, fd, 0);
     if (p == MAP_FAILED) {
       ::close(fd);
       DSV3_FAIL("cannot mmap {}: {}", path, std::strerror(errno));
     }
     m->data_ = static_cast<const uint8_t*>(p);
+    m->mapped_ = m->size_;
   }
   ::close(fd);
   return m;
 }
 
 MappedFile::~MappedFile() {
-  if (data_) ::munmap(const_cast<uint8_t*>(data_), size_);
+  if (data_) ::munmap(const_cast<uint8_t*>(data_), mapped_);
 }
 
 }  // namespace dsv3::io

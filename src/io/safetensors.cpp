@@ -29,9 +29,10 @@ namespace {
 constexpr uint64_t kMaxHeader = 100ull << 20;  // as the reference implementation
 }
 
-std::shared_ptr<SafetensorsFile> SafetensorsFile::open(const std::string& path) {
+std::shared_ptr<SafetensorsFile> SafetensorsFile::open(const std::string& path,
+                                                       Residency residency) {
   auto f = std::shared_ptr<SafetensorsFile>(new SafetensorsFile());
-  f->map_ = MappedFile::open(path);
+  f->map_ = MappedFile::open(path, residency);
   const size_t size = f->map_->size();
   DSV3_CHECK(size >= 8,
              "{}: not a safetensors file: {} bytes, shorter than the 8-byte header length", path,
@@ -136,15 +137,15 @@ const TensorInfo& SafetensorsFile::get(const std::string& name) const {
   return *t;
 }
 
-TensorStore TensorStore::open_file(const std::string& path) {
+TensorStore TensorStore::open_file(const std::string& path, Residency residency) {
   TensorStore s;
   s.where_ = path;
-  s.files_.push_back(SafetensorsFile::open(path));
+  s.files_.push_back(SafetensorsFile::open(path, residency));
   for (const auto& t : s.files_[0]->tensors()) s.by_name_[t.name] = &t;
   return s;
 }
 
-TensorStore TensorStore::open_dir(const std::string& dir) {
+TensorStore TensorStore::open_dir(const std::string& dir, Residency residency) {
   namespace fs = std::filesystem;
   fs::path d(dir);
   DSV3_CHECK(fs::is_directory(d), "{}: not a directory", dir);
@@ -153,7 +154,7 @@ TensorStore TensorStore::open_dir(const std::string& dir) {
     fs::path single = d / "model.safetensors";
     DSV3_CHECK(fs::exists(single), "{}: neither model.safetensors nor model.safetensors.index.json",
                dir);
-    TensorStore s = open_file(single.string());
+    TensorStore s = open_file(single.string(), residency);
     s.where_ = dir;
     return s;
   }
@@ -181,7 +182,7 @@ TensorStore TensorStore::open_dir(const std::string& dir) {
                  "{}: weight_map['{}'] = '{}', but {} does not exist or is not a file",
                  index.string(), it.key(), fname, (d / fname).string());
       file_idx[fname] = s.files_.size();
-      s.files_.push_back(SafetensorsFile::open((d / fname).string()));
+      s.files_.push_back(SafetensorsFile::open((d / fname).string(), residency));
     }
     const auto& f = s.files_[file_idx[fname]];
     const TensorInfo* t = f->find(it.key());

@@ -29,7 +29,8 @@ class SafetensorsFile {
  public:
   // Validates the header, every dtype, shape and offset; throws dsv3::Error naming the file and
   // tensor on any inconsistency.
-  static std::shared_ptr<SafetensorsFile> open(const std::string& path);
+  static std::shared_ptr<SafetensorsFile> open(const std::string& path,
+                                               Residency residency = Residency::Map);
 
   const std::string& path() const { return map_->path(); }
   const std::vector<TensorInfo>& tensors() const { return tensors_; }
@@ -48,8 +49,8 @@ class SafetensorsFile {
 // `model.safetensors.index.json` (weight_map name -> file).
 class TensorStore {
  public:
-  static TensorStore open_dir(const std::string& dir);
-  static TensorStore open_file(const std::string& path);
+  static TensorStore open_dir(const std::string& dir, Residency residency = Residency::Map);
+  static TensorStore open_file(const std::string& path, Residency residency = Residency::Map);
 
   const TensorInfo* find(const std::string& name) const;
   const TensorInfo& get(const std::string& name) const;

@@ -151,7 +151,7 @@ std::unique_ptr<Model> Model::load(const std::string& dir, const LoadOptions& op
   m->config_ = load_config(dir);
   const ModelConfig& c = m->config_;
   m->compute_ = opt.compute;
-  m->store_ = io::TensorStore::open_dir(dir);
+  m->store_ = io::TensorStore::open_dir(dir, opt.residency);
   Loader ld(m->store_, opt.compute, m->owned_);
   const int64_t D = c.hidden_size, V = c.vocab_size;
   m->embed_ = ld.float_tensor("model.embed_tokens.weight", {V, D});

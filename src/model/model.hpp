@@ -35,6 +35,9 @@ struct MtpWeights {
 struct LoadOptions {
   cpu::Compute compute = cpu::Compute::F32;
   bool load_mtp = true;  // load the MTP module when the checkpoint has it
+  // Where the weights live: a private huge-page copy (default; faster decode, see
+  // io::Residency) or the mmapped checkpoint (no copy, pages read on first touch).
+  io::Residency residency = io::Residency::HugePageCopy;
 };
 
 // Latent KV cache of every layer (MTP layers after the main ones).

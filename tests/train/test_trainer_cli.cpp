@@ -28,9 +28,10 @@ struct CliRun {
   std::string output;
 };
 
-// Runs DSV3_BIN with args through the shell, stdout and stderr together.
-CliRun run_cli(const std::string& args) {
-  const std::string cmd = std::string(DSV3_BIN) + " " + args + " 2>&1";
+// Runs DSV3_BIN with args through the shell, stdout and stderr together (or stdout alone).
+CliRun run_cli(const std::string& args, bool with_stderr = true) {
+  const std::string cmd =
+      std::string(DSV3_BIN) + " " + args + (with_stderr ? " 2>&1" : " 2>/dev/null");
   CliRun r;
   FILE* p = popen(cmd.c_str(), "r");
   char buf[4096];
@@ -98,6 +99,13 @@ TEST(TrainCli, KilledRunResumesExactly) {
 
   CliRun full = run_cli("train --quiet --options " + opts + " --out " + root + "/full");
   ASSERT_EQ(full.rc, 0) << full.output;
+  // The final model generates text through its own tokenizer: stdout is the prompt and the
+  // decoded continuation, not token ids.
+  CliRun gen = run_cli(
+      "generate --model " + root + "/full/final --prompt 'The' -n 12 --seed 3 --no-stop", false);
+  ASSERT_EQ(gen.rc, 0) << gen.output;
+  EXPECT_EQ(gen.output.rfind("The", 0), 0u) << gen.output;
+  EXPECT_GT(gen.output.size(), 4u) << gen.output;
 
   const std::string killed = root + "/killed";
   pid_t pid = fork();

@@ -1,5 +1,6 @@
 // `dsv3 generate --model DIR (--prompt TEXT | --prompt-ids 1,2,3) [-n N] [sampling flags]`:
-// streams tokens as they are made and ends with prefill and decode speed.
+// streams the text (token ids without a tokenizer) as it is made and ends with prefill and decode
+// speed.
 #include <cstdio>
 #include <sstream>
 
@@ -20,6 +21,7 @@ struct GenerateArgs {
   int64_t top_k = 0;
   uint64_t seed = 0;
   bool no_stop = false;
+  bool mmap = false;
   dsv3::cli::RunFlags run;
 };
 
@@ -39,6 +41,12 @@ std::vector<int32_t> parse_ids(const std::string& s) {
   }
   DSV3_CHECK(!ids.empty(), "--prompt-ids is empty");
   return ids;
+}
+
+// True when text ends in U+FFFD, which the byte-level decoder emits for an incomplete UTF-8
+// sequence (the rest of the character is in a token not yet generated).
+bool ends_with_partial_char(const std::string& text) {
+  return text.size() >= 3 && text.compare(text.size() - 3, 3, "\xEF\xBF\xBD") == 0;
 }
 
 void run_generate(const GenerateArgs& a) {
@@ -72,6 +80,7 @@ void run_generate(const GenerateArgs& a) {
   model::LoadOptions lo;
   lo.compute = a.run.compute();
   lo.load_mtp = false;
+  if (a.mmap) lo.residency = io::Residency::Map;
   auto m = model::Model::load(a.model, lo);
   for (int32_t id : ids)
     DSV3_CHECK(id >= 0 && id < m->config().vocab_size,
@@ -83,16 +92,35 @@ void run_generate(const GenerateArgs& a) {
   go.stop_at_eos = !a.no_stop;
   std::vector<std::vector<int32_t>> prompts(size_t(a.batch), ids);
   serve::GenerateStats st;
-  std::printf("seed %llu\n", (unsigned long long)a.seed);
+  std::fprintf(stderr, "seed %llu\n", (unsigned long long)a.seed);
+  // With a tokenizer the first sequence streams as text: the prompt, then the continuation,
+  // decoded from all tokens so far (multi-byte characters split across tokens are held back
+  // until complete). Without one, token ids.
+  std::vector<int32_t> out;
+  size_t shown = 0;
+  if (tk && !a.prompt.empty()) std::fputs(a.prompt.c_str(), stdout);
+  std::fflush(stdout);
   serve::generate(
       *m, prompts, go,
       [&](int64_t b, int32_t tok) {
-        if (b == 0) {
+        if (b != 0) return;
+        if (!tk) {
           std::printf("%d ", tok);
-          std::fflush(stdout);
+        } else {
+          out.push_back(tok);
+          const std::string text = tk->decode(out, /*skip_special_tokens=*/true);
+          if (text.size() > shown && !ends_with_partial_char(text)) {
+            std::fwrite(text.data() + shown, 1, text.size() - shown, stdout);
+            shown = text.size();
+          }
         }
+        std::fflush(stdout);
       },
       &st);
+  if (tk) {
+    const std::string text = tk->decode(out, true);
+    if (text.size() > shown) std::fwrite(text.data() + shown, 1, text.size() - shown, stdout);
+  }
   std::printf("\n");
   std::fprintf(
       stderr,
@@ -116,6 +144,9 @@ void setup(CLI::App& app) {
   sub->add_option("--top-p", a->top_p, "1 = off")->capture_default_str();
   sub->add_option("--seed", a->seed, "sampling seed")->capture_default_str();
   sub->add_flag("--no-stop", a->no_stop, "do not stop at the end-of-sequence token");
+  sub->add_flag("--mmap", a->mmap,
+                "read weights from the mmapped checkpoint (no copy; default: a huge-page copy, "
+                "faster decode)");
   a->run.add(sub, "bf16");
   sub->callback([a] { run_generate(*a); });
 }
