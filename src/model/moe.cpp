@@ -10,6 +10,8 @@
 #include "backend/cpu/ops.hpp"
 #include "core/parallel.hpp"
 
+#include <omp.h>
+
 namespace dsv3::model {
 
 namespace {
@@ -100,6 +102,42 @@ void moe_gate_forward(Routing& r, const float* x, int64_t N, const MoeWeights& w
       8);
 }
 
+namespace {
+
+// Decode (one or two tokens): an expert's matrices are a few hundred KiB to a few MiB, so
+// splitting each GEMV over the threads pays a fork/join, a barrier and a stream ramp-up per
+// matrix (21+ per MoE layer) for short streams. Instead the threads take whole experts (the
+// shared MLP and every active routed one) in one parallel region and stream them end to end;
+// their GEMVs run inline on the taking thread.
+constexpr int64_t kExpertParallelTokens = 2;
+
+void experts_parallel(float* out, const float* x, int64_t N, const MoeWeights& w,
+                      const ModelConfig& c, const int32_t* offsets, const float* xg, float* y,
+                      MoeScratch& s) {
+  const int64_t E = c.n_routed_experts, D = c.hidden_size;
+  // Jobs: -1 = the shared experts (the largest, taken first), then the active routed experts.
+  std::vector<int64_t> jobs;
+  if (c.n_shared_experts > 0) jobs.push_back(-1);
+  for (int64_t e = 0; e < E; ++e)
+    if (offsets[e + 1] > offsets[e]) jobs.push_back(e);
+  if (c.n_shared_experts == 0) std::fill_n(out, N * D, 0.0f);
+  const int nt = std::min<int>(omp_get_max_threads(), int(jobs.size()));
+  if (s.per_thread.size() < size_t(nt)) s.per_thread.resize(size_t(nt));
+#pragma omp parallel for schedule(dynamic, 1) num_threads(nt)
+  for (size_t j = 0; j < jobs.size(); ++j) {
+    MoeScratch& ts = s.per_thread[size_t(omp_get_thread_num())];
+    const int64_t e = jobs[j];
+    if (e < 0) {
+      mlp_forward(out, x, N, w.shared, ts);
+    } else {
+      const int64_t b = offsets[e];
+      mlp_forward(y + b * D, xg + b * D, offsets[e + 1] - b, w.experts[size_t(e)], ts);
+    }
+  }
+}
+
+}  // namespace
+
 void moe_forward(float* out, const float* x, int64_t N, const MoeWeights& w, const ModelConfig& c,
                  Routing& r, MoeScratch& s) {
   const int64_t E = c.n_routed_experts, K = c.num_experts_per_tok, D = c.hidden_size;
@@ -114,21 +152,25 @@ void moe_forward(float* out, const float* x, int64_t N, const MoeWeights& w, con
     std::vector<int32_t> fill(offsets, offsets + E);
     for (int64_t i = 0; i < N * K; ++i) order[fill[r.indices[i]]++] = int32_t(i);
   }
-  // Shared experts first (always active), then each routed expert's weighted contribution.
-  if (c.n_shared_experts > 0)
-    mlp_forward(out, x, N, w.shared, s);
-  else
-    std::fill_n(out, N * D, 0.0f);
   float* xg = grow(s.gathered, size_t(N * K * D));
   float* y = grow(s.y, size_t(N * K * D));
-  for (int64_t e = 0; e < E; ++e) {
-    const int64_t b = offsets[e], m = offsets[e + 1] - b;
-    if (m == 0) continue;
-    for (int64_t j = 0; j < m; ++j) {
-      const int64_t tok = order[b + j] / K;
-      std::copy(x + tok * D, x + (tok + 1) * D, xg + (b + j) * D);
+  for (int64_t i = 0; i < N * K; ++i) {
+    const int64_t tok = order[i] / K;
+    std::copy(x + tok * D, x + (tok + 1) * D, xg + i * D);
+  }
+  if (N <= kExpertParallelTokens && omp_get_max_threads() > 1 && !omp_in_parallel()) {
+    experts_parallel(out, x, N, w, c, offsets, xg, y, s);
+  } else {
+    // Shared experts first (always active), then each routed expert's weighted contribution;
+    // every GEMM is parallel inside.
+    if (c.n_shared_experts > 0)
+      mlp_forward(out, x, N, w.shared, s);
+    else
+      std::fill_n(out, N * D, 0.0f);
+    for (int64_t e = 0; e < E; ++e) {
+      const int64_t b = offsets[e], m = offsets[e + 1] - b;
+      if (m > 0) mlp_forward(y + b * D, xg + b * D, m, w.experts[size_t(e)], s);
     }
-    mlp_forward(y + b * D, xg + b * D, m, w.experts[size_t(e)], s);
   }
   // Combine in token order so the sum over experts is deterministic.
   std::vector<int32_t> slot(size_t(N * K));

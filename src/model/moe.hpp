@@ -38,6 +38,7 @@ struct Routing {
 struct MoeScratch {
   std::vector<float> logits, gathered, h1, h2, act, y;
   std::vector<int32_t> order, offsets;
+  std::vector<MoeScratch> per_thread;  // expert-parallel decode: one per thread
 };
 
 // out[N, D] = MLP(x): down(silu(gate(x)) * up(x)).
