@@ -106,6 +106,13 @@ uint8_t* huge_page_copy(int fd, size_t size, size_t* mapped, const std::string& 
 
 }  // namespace
 
+Residency residency_for(Residency wanted, uint64_t total_bytes) {
+  if (wanted != Residency::HugePageCopy) return wanted;
+  const long pages = ::sysconf(_SC_PHYS_PAGES), page = ::sysconf(_SC_PAGESIZE);
+  if (pages <= 0 || page <= 0) return Residency::Map;
+  return total_bytes <= uint64_t(pages) * uint64_t(page) / 2 ? wanted : Residency::Map;
+}
+
 std::shared_ptr<MappedFile> MappedFile::open(const std::string& path, Residency residency) {
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   DSV3_CHECK(fd >= 0, "cannot open {}: {}", path, std::strerror(errno));

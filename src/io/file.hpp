@@ -29,6 +29,10 @@ enum class Residency {
   HugePageCopy,
 };
 
+// HugePageCopy only when `total_bytes` (all files to be loaded) fit in half the physical memory;
+// otherwise Map, so a checkpoint near or above the size of RAM is never copied.
+Residency residency_for(Residency wanted, uint64_t total_bytes);
+
 class MappedFile {
  public:
   static std::shared_ptr<MappedFile> open(const std::string& path,

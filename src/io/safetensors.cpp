@@ -6,6 +6,7 @@
 #include <cstring>
 #include <filesystem>
 #include <nlohmann/json.hpp>
+#include <set>
 
 #include "core/error.hpp"
 
@@ -154,7 +155,9 @@ TensorStore TensorStore::open_dir(const std::string& dir, Residency residency) {
     fs::path single = d / "model.safetensors";
     DSV3_CHECK(fs::exists(single), "{}: neither model.safetensors nor model.safetensors.index.json",
                dir);
-    TensorStore s = open_file(single.string(), residency);
+    std::error_code ec;
+    const uint64_t bytes = fs::file_size(single, ec);
+    TensorStore s = open_file(single.string(), residency_for(residency, ec ? 0 : bytes));
     s.where_ = dir;
     return s;
   }
@@ -166,6 +169,17 @@ TensorStore TensorStore::open_dir(const std::string& dir, Residency residency) {
   }
   DSV3_CHECK(j.is_object() && j.contains("weight_map") && j["weight_map"].is_object(),
              "{}: missing 'weight_map' object", index.string());
+  {  // The copy is made only when every shard together fits (io::residency_for).
+    std::set<std::string> names;
+    uint64_t total = 0;
+    for (auto it = j["weight_map"].begin(); it != j["weight_map"].end(); ++it) {
+      std::error_code ec;
+      if (it.value().is_string() && names.insert(it.value().get<std::string>()).second)
+        if (const uint64_t b = fs::file_size(d / it.value().get<std::string>(), ec); !ec)
+          total += b;
+    }
+    residency = residency_for(residency, total);
+  }
   TensorStore s;
   s.where_ = dir;
   std::map<std::string, size_t> file_idx;

@@ -82,3 +82,10 @@ TEST(MappedFile, SafetensorsReadTheSameEitherWay) {
   EXPECT_EQ(std::memcmp(tb.data, v.data(), tb.nbytes), 0);
   fs::remove_all(dir);
 }
+
+TEST(MappedFile, CopyOnlyWhenItFitsInHalfTheMemory) {
+  using io::Residency;
+  EXPECT_EQ(io::residency_for(Residency::HugePageCopy, 1 << 20), Residency::HugePageCopy);
+  EXPECT_EQ(io::residency_for(Residency::HugePageCopy, uint64_t(1) << 60), Residency::Map);
+  EXPECT_EQ(io::residency_for(Residency::Map, 1 << 20), Residency::Map);
+}
