@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "cli_run.hpp"
 #include "core/quant.hpp"
 #include "io/safetensors.hpp"
 
@@ -21,19 +22,10 @@ using namespace dsv3;
 
 namespace {
 
-struct Result {
-  int status;
-  std::string out;
-};
+using Result = dsv3::testing::CliResult;
 
 Result run_dsv3(const std::string& args) {
-  std::string cmd = std::string(DSV3_BIN) + " " + args + " 2>&1";
-  FILE* p = popen(cmd.c_str(), "r");
-  std::string out;
-  std::array<char, 4096> buf;
-  while (size_t n = fread(buf.data(), 1, buf.size(), p)) out.append(buf.data(), n);
-  int st = pclose(p);
-  return {WEXITSTATUS(st), out};
+  return dsv3::testing::run_cli(args);
 }
 
 // The output line that starts with `name` followed by a space.

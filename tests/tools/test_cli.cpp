@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <filesystem>
 
+#include "cli_run.hpp"
 #include "io/safetensors.hpp"
 
 namespace fs = std::filesystem;
@@ -14,19 +15,10 @@ using namespace dsv3;
 
 namespace {
 
-struct Result {
-  int status;
-  std::string out;
-};
+using Result = dsv3::testing::CliResult;
 
 Result run(const std::string& args) {
-  std::string cmd = std::string(DSV3_BIN) + " " + args + " 2>&1";
-  FILE* p = popen(cmd.c_str(), "r");
-  std::string out;
-  std::array<char, 4096> buf;
-  while (size_t n = fread(buf.data(), 1, buf.size(), p)) out.append(buf.data(), n);
-  int st = pclose(p);
-  return {WEXITSTATUS(st), out};
+  return dsv3::testing::run_cli(args);
 }
 
 std::string tmp(const std::string& tag) {

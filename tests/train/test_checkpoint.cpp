@@ -16,6 +16,7 @@
 #include "core/error.hpp"
 #include "core/rng.hpp"
 #include "train/checkpoint.hpp"
+#include "train/temp_dir.hpp"
 
 using namespace dsv3;
 using namespace dsv3::train;
@@ -23,17 +24,8 @@ namespace fs = std::filesystem;
 
 namespace {
 
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    static int counter = 0;
-    path = fs::temp_directory_path() /
-           ("dsv3_test_ckpt_" + std::to_string(::getpid()) + "_" + std::to_string(counter++));
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~TempDir() { fs::remove_all(path); }
-  std::string str() const { return path.string(); }
+struct TempDir : dsv3::train::testing::TempDir {
+  TempDir() : dsv3::train::testing::TempDir("ckpt") {}
 };
 
 // A checkpoint with one tensor of each dtype; values depend on step and seed.

@@ -18,6 +18,7 @@
 #include "core/error.hpp"
 #include "core/rng.hpp"
 #include "train/data.hpp"
+#include "train/temp_dir.hpp"
 
 using namespace dsv3;
 using namespace dsv3::train;
@@ -25,17 +26,8 @@ namespace fs = std::filesystem;
 
 namespace {
 
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    static int counter = 0;
-    path = fs::temp_directory_path() /
-           ("dsv3_test_data_" + std::to_string(::getpid()) + "_" + std::to_string(counter++));
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~TempDir() { fs::remove_all(path); }
-  std::string operator/(const std::string& name) const { return (path / name).string(); }
+struct TempDir : dsv3::train::testing::TempDir {
+  TempDir() : dsv3::train::testing::TempDir("data") {}
 };
 
 void write(const std::string& path, const std::string& bytes) {

@@ -12,6 +12,7 @@
 #include "core/error.hpp"
 #include "io/file.hpp"
 #include "train/metrics.hpp"
+#include "train/temp_dir.hpp"
 
 using namespace dsv3;
 using namespace dsv3::train;
@@ -19,16 +20,8 @@ namespace fs = std::filesystem;
 
 namespace {
 
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    static int counter = 0;
-    path = fs::temp_directory_path() /
-           ("dsv3_test_metrics_" + std::to_string(::getpid()) + "_" + std::to_string(counter++));
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~TempDir() { fs::remove_all(path); }
+struct TempDir : dsv3::train::testing::TempDir {
+  TempDir() : dsv3::train::testing::TempDir("metrics") {}
   std::string file() const { return (path / "metrics.jsonl").string(); }
 };
 

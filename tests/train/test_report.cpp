@@ -17,6 +17,7 @@
 #include "train/metrics.hpp"
 #include "train/progress.hpp"
 #include "train/report.hpp"
+#include "train/temp_dir.hpp"
 
 using namespace dsv3;
 using namespace dsv3::train;
@@ -24,16 +25,8 @@ namespace fs = std::filesystem;
 
 namespace {
 
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    static int counter = 0;
-    path = fs::temp_directory_path() /
-           ("dsv3_test_report_" + std::to_string(::getpid()) + "_" + std::to_string(counter++));
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~TempDir() { fs::remove_all(path); }
+struct TempDir : dsv3::train::testing::TempDir {
+  TempDir() : dsv3::train::testing::TempDir("report") {}
 };
 
 size_t count(const std::string& s, const std::string& what) {

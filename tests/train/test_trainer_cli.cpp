@@ -13,6 +13,7 @@
 #include <nlohmann/json.hpp>
 #include <thread>
 
+#include "cli_run.hpp"
 #include "io/file.hpp"
 #include "train/metrics.hpp"
 #include "train/test_trainer_util.hpp"
@@ -23,33 +24,16 @@ using namespace dsv3::train::testing;
 
 namespace {
 
-struct CliRun {
-  int rc = 0;
-  std::string output;
-};
-
-// Runs DSV3_BIN with args through the shell, stdout and stderr together (or stdout alone).
-CliRun run_cli(const std::string& args, bool with_stderr = true) {
-  const std::string cmd =
-      std::string(DSV3_BIN) + " " + args + (with_stderr ? " 2>&1" : " 2>/dev/null");
-  CliRun r;
-  FILE* p = popen(cmd.c_str(), "r");
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof buf, p)) > 0) r.output.append(buf, n);
-  const int st = pclose(p);
-  r.rc = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-  return r;
-}
+using dsv3::testing::run_cli;
 
 void expect_refused(const std::string& args, const std::string& run_dir,
                     const std::string& message) {
   fs::remove_all(run_dir);
-  CliRun r = run_cli("train --out " + run_dir + " " + args);
-  EXPECT_NE(r.rc, 0) << args;
-  EXPECT_NE(r.output.find(message), std::string::npos)
+  dsv3::testing::CliResult r = run_cli("train --out " + run_dir + " " + args);
+  EXPECT_NE(r.status, 0) << args;
+  EXPECT_NE(r.out.find(message), std::string::npos)
       << args << ": expected '" << message << "' in:\n"
-      << r.output;
+      << r.out;
   EXPECT_FALSE(fs::exists(run_dir)) << args << ": the run dir was created";
 }
 
@@ -82,9 +66,9 @@ TEST(TrainCli, BadFlagsAndDataFailBeforeTraining) {
   expect_refused(data + " --tokenizer " + root + "/no-tokenizer", out, "tokenizer");
   expect_refused(data + " --options " + root + "/missing-options.json", out,
                  "missing-options.json");
-  CliRun r = run_cli("train --resume " + root + "/nothing-here");
-  EXPECT_NE(r.rc, 0);
-  EXPECT_NE(r.output.find("nothing-here"), std::string::npos) << r.output;
+  dsv3::testing::CliResult r = run_cli("train --resume " + root + "/nothing-here");
+  EXPECT_NE(r.status, 0);
+  EXPECT_NE(r.out.find("nothing-here"), std::string::npos) << r.out;
 }
 
 // kill -9 of `dsv3 train` in the middle of the run (possibly inside a checkpoint write), then
@@ -97,15 +81,16 @@ TEST(TrainCli, KilledRunResumesExactly) {
   c.sample_tokens = 0;
   const std::string opts = write_options(root, c);
 
-  CliRun full = run_cli("train --quiet --options " + opts + " --out " + root + "/full");
-  ASSERT_EQ(full.rc, 0) << full.output;
+  dsv3::testing::CliResult full =
+      run_cli("train --quiet --options " + opts + " --out " + root + "/full");
+  ASSERT_EQ(full.status, 0) << full.out;
   // The final model generates text through its own tokenizer: stdout is the prompt and the
   // decoded continuation, not token ids.
-  CliRun gen = run_cli(
+  dsv3::testing::CliResult gen = run_cli(
       "generate --model " + root + "/full/final --prompt 'The' -n 12 --seed 3 --no-stop", false);
-  ASSERT_EQ(gen.rc, 0) << gen.output;
-  EXPECT_EQ(gen.output.rfind("The", 0), 0u) << gen.output;
-  EXPECT_GT(gen.output.size(), 4u) << gen.output;
+  ASSERT_EQ(gen.status, 0) << gen.out;
+  EXPECT_EQ(gen.out.rfind("The", 0), 0u) << gen.out;
+  EXPECT_GT(gen.out.size(), 4u) << gen.out;
 
   const std::string killed = root + "/killed";
   pid_t pid = fork();
@@ -131,8 +116,8 @@ TEST(TrainCli, KilledRunResumesExactly) {
   waitpid(pid, &st, 0);
   ASSERT_TRUE(WIFSIGNALED(st)) << "the run ended before it was killed (" << seen << " steps)";
 
-  CliRun resumed = run_cli("train --quiet --resume " + killed);
-  ASSERT_EQ(resumed.rc, 0) << resumed.output;
+  dsv3::testing::CliResult resumed = run_cli("train --quiet --resume " + killed);
+  ASSERT_EQ(resumed.status, 0) << resumed.out;
   const auto a = read_metrics(root + "/full/metrics.jsonl").steps;
   const auto b = read_metrics(killed + "/metrics.jsonl").steps;
   ASSERT_EQ(a.size(), b.size());
