@@ -64,14 +64,6 @@ class CacheFlusher {
   volatile uint64_t sink_ = 0;
 };
 
-std::vector<int> parse_list(const std::string& s) {
-  std::vector<int> v;
-  std::stringstream ss(s);
-  std::string x;
-  while (std::getline(ss, x, ',')) v.push_back(std::stoi(x));
-  return v;
-}
-
 const char* dtype_label(DType d) {
   return d == DType::F32 ? "F32" : d == DType::BF16 ? "BF16" : "F8_E4M3";
 }
@@ -96,7 +88,7 @@ int main(int argc, char** argv) {
     CacheFlusher flusher;
     bench::JsonWriter j;
     j.begin_object().field("benchmark", "kernels").begin_array("runs");
-    for (int nt : parse_list(threads_s)) {
+    for (int nt : bench::parse_int_list(threads_s)) {
       set_num_threads(nt);
       const double bw = bench::measure_memory_bandwidth_gbs(nt);
       const double peak_f32 = bench::measure_gemm_peak_gflops(false, nt);

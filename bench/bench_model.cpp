@@ -22,21 +22,7 @@
 using namespace dsv3;
 namespace fs = std::filesystem;
 
-namespace {
-
-std::vector<int> parse_list(const std::string& s) {
-  std::vector<int> v;
-  std::stringstream ss(s);
-  std::string x;
-  while (std::getline(ss, x, ',')) v.push_back(std::stoi(x));
-  return v;
-}
-
-double seconds_since(std::chrono::steady_clock::time_point t) {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
-}
-
-}  // namespace
+namespace {}  // namespace
 
 int main(int argc, char** argv) {
   std::string model_dir, threads_s = "1,2";
@@ -87,7 +73,7 @@ int main(int argc, char** argv) {
                 active, m->total_weight_bytes());
     std::printf("  \"kv_cache_bytes_per_token\": %zu,\n  \"runs\": [\n",
                 model::KVCache::bytes_per_token(c));
-    auto threads = parse_list(threads_s);
+    auto threads = bench::parse_int_list(threads_s);
     for (size_t ti = 0; ti < threads.size(); ++ti) {
       const int nt = threads[ti];
       set_num_threads(nt);
@@ -104,7 +90,7 @@ int main(int argc, char** argv) {
         model::KVCache cache(c, 1, prompt + decode + 1, false);
         auto t0 = std::chrono::steady_clock::now();
         m->forward(toks.data(), 1, prompt, 0, cache, logits.data(), fo);
-        best_prefill = std::min(best_prefill, seconds_since(t0));
+        best_prefill = std::min(best_prefill, bench::seconds_since(t0));
       }
       // Decode: batch 1, `decode` steps after a 16-token prompt.
       model::KVCache cache(c, 1, 16 + decode + 1, false);
@@ -115,7 +101,7 @@ int main(int argc, char** argv) {
         m->forward(&tok, 1, 1, 16 + s, cache, logits.data(), fo);
         tok = int32_t(2 + rng.below(uint64_t(c.vocab_size - 2)));
       }
-      const double dt = seconds_since(t0);
+      const double dt = bench::seconds_since(t0);
       const double decode_tps = double(decode) / dt;
       const double decode_gbs = decode_tps * double(active) / 1e9;
       const double prefill_tps = double(prompt) / best_prefill;

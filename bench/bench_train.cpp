@@ -35,18 +35,6 @@ using namespace dsv3::train;
 
 namespace {
 
-std::vector<int> parse_list(const std::string& s) {
-  std::vector<int> v;
-  std::stringstream ss(s);
-  std::string x;
-  while (std::getline(ss, x, ',')) v.push_back(std::stoi(x));
-  return v;
-}
-
-double seconds_since(std::chrono::steady_clock::time_point t) {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
-}
-
 struct Timing {
   double step_s = 0, optimizer_s = 0;
   StepProfile profile;
@@ -79,8 +67,8 @@ Timing run_steps(ParamStore& store, TrainModel& m, AdamW& opt, const std::vector
                   load.data(), int64_t(load.size()), 0.001f);
     }
     if (i >= 0) {
-      t.optimizer_s += seconds_since(t1);
-      t.step_s += seconds_since(t0);
+      t.optimizer_s += bench::seconds_since(t1);
+      t.step_s += bench::seconds_since(t0);
       t.activation_bytes = st.activation_bytes;
       StepProfile& p = t.profile;
       p.gemm_s += st.profile.gemm_s;
@@ -167,7 +155,7 @@ int main(int argc, char** argv) {
     j.field("steps_timed", steps);
     j.field("model_mflop_per_token", flops_per_token / 1e6, 3);
     j.begin_array("runs");
-    for (int threads : parse_list(threads_s)) {
+    for (int threads : bench::parse_int_list(threads_s)) {
       bench::ScopedThreads st(threads);
       const double fma_peak = bench::measure_fma_peak_gflops(threads);
       const double gemm_f32 = bench::measure_gemm_peak_gflops(false, threads);

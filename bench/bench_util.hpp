@@ -2,6 +2,10 @@
 // own numbers — memory bandwidth (read-only stream) and FP32/BF16 GEMM peak (oneDNN matmul with
 // packed weights) — plus a timer and a tiny JSON writer.
 #pragma once
+// GCC 12 flags the _mm*_undefined_* inside its own AVX-512 intrinsic headers once they are inlined
+// (a known false positive; src/backend/cpu/gemv.cpp does the same).
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include <immintrin.h>
 #include <omp.h>
 
@@ -28,6 +32,23 @@ class Timer {
  private:
   std::chrono::steady_clock::time_point t0_;
 };
+
+// Seconds from t to now.
+inline double seconds_since(std::chrono::steady_clock::time_point t) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
+}
+
+// "1,2" -> {1, 2} (the --threads lists of the benchmarks).
+inline std::vector<int> parse_int_list(const std::string& s) {
+  std::vector<int> v;
+  size_t b = 0;
+  while (b <= s.size()) {
+    const size_t e = std::min(s.find(',', b), s.size());
+    if (e > b) v.push_back(std::stoi(s.substr(b, e - b)));
+    b = e + 1;
+  }
+  return v;
+}
 
 // The fastest of `reps` runs of fn(), in seconds.
 template <typename Fn>
