@@ -9,6 +9,7 @@
 
 #include "backend/cpu/ops.hpp"
 #include "core/parallel.hpp"
+#include "model/routing.hpp"
 
 #include <omp.h>
 
@@ -36,7 +37,7 @@ void mlp_forward(float* out, const float* x, int64_t N, const MlpWeights& w, Moe
 void moe_gate_forward(Routing& r, const float* x, int64_t N, const MoeWeights& w,
                       const ModelConfig& c, MoeScratch& s) {
   const int64_t E = c.n_routed_experts, K = c.num_experts_per_tok, D = c.hidden_size;
-  const int64_t G = c.n_group, per = E / G;
+  const int64_t G = c.n_group;
   r.indices.resize(size_t(N * K));
   r.weights.resize(size_t(N * K));
   r.scores.resize(size_t(N * E));
@@ -58,35 +59,8 @@ void moe_gate_forward(Routing& r, const float* x, int64_t N, const MoeWeights& w
             cpu::softmax_rows(p, 1, E);
           }
           for (int64_t i = 0; i < E; ++i) biased[i] = p[i] + (use_bias ? w.bias[i] : 0.0f);
-          if (grouped) {
-            for (int64_t g = 0; g < G; ++g) {
-              const float* q = biased.data() + g * per;
-              if (use_bias) {  // sum of the two largest
-                float m1 = -INFINITY, m2 = -INFINITY;
-                for (int64_t i = 0; i < per; ++i) {
-                  if (q[i] > m1) {
-                    m2 = m1;
-                    m1 = q[i];
-                  } else if (q[i] > m2) {
-                    m2 = q[i];
-                  }
-                }
-                gscore[g] = m1 + m2;
-              } else {
-                gscore[g] = *std::max_element(q, q + per);
-              }
-            }
-            std::iota(gorder.begin(), gorder.end(), 0);
-            std::stable_sort(gorder.begin(), gorder.end(),
-                             [&](int32_t a, int32_t b2) { return gscore[a] > gscore[b2]; });
-            for (int64_t gi = c.topk_group; gi < G; ++gi)
-              std::fill_n(biased.begin() + gorder[gi] * per, per, -INFINITY);
-          }
-          std::iota(order.begin(), order.end(), 0);
-          std::partial_sort(order.begin(), order.begin() + K, order.end(),
-                            [&](int32_t a, int32_t b2) {
-                              return biased[a] > biased[b2] || (biased[a] == biased[b2] && a < b2);
-                            });
+          select_experts(biased.data(), use_bias, E, G, c.topk_group, grouped, K, gscore.data(),
+                         order.data(), gorder.data());
           int32_t* idx = r.indices.data() + n * K;
           float* wt = r.weights.data() + n * K;
           float sum = 0;

@@ -8,6 +8,7 @@
 #include <numeric>
 #include <optional>
 
+#include "model/routing.hpp"
 #include "train/linalg.hpp"
 #include "train/profile.hpp"
 
@@ -62,7 +63,7 @@ void for_each_expert(const int32_t* offsets, int64_t E, std::vector<int32_t>& eo
 template <typename S>
 void moe_router_forward(MoeActs<S>& a, const S* x, const MoeParams<const S>& w, const MoeDims& d,
                         MoeScratch<S>& s) {
-  const int64_t N = d.N, E = d.E, K = d.K, G = d.G, per = E / G;
+  const int64_t N = d.N, E = d.E, K = d.K, G = d.G;
   S* sc = grow(a.scores, size_t(N * E));
   int32_t* idx = grow(a.indices, size_t(N * K));
   S* wt = grow(a.weights, size_t(N * K));
@@ -89,34 +90,8 @@ void moe_router_forward(MoeActs<S>& a, const S* x, const MoeParams<const S>& w, 
             for (int64_t i = 0; i < E; ++i) p[i] /= sum;
           }
           for (int64_t i = 0; i < E; ++i) biased[i] = p[i] + (w.bias ? w.bias[i] : S(0));
-          if (d.grouped) {
-            for (int64_t g = 0; g < G; ++g) {
-              const S* q = biased + g * per;
-              if (w.bias) {  // sum of the two largest
-                S m1 = -INFINITY, m2 = -INFINITY;
-                for (int64_t i = 0; i < per; ++i) {
-                  if (q[i] > m1) {
-                    m2 = m1;
-                    m1 = q[i];
-                  } else if (q[i] > m2) {
-                    m2 = q[i];
-                  }
-                }
-                gscore[g] = m1 + m2;
-              } else {
-                gscore[g] = *std::max_element(q, q + per);
-              }
-            }
-            std::iota(gord, gord + G, 0);
-            std::stable_sort(gord, gord + G,
-                             [&](int32_t x1, int32_t x2) { return gscore[x1] > gscore[x2]; });
-            for (int64_t gi = d.topk_group; gi < G; ++gi)
-              std::fill_n(biased + gord[gi] * per, per, S(-INFINITY));
-          }
-          std::iota(ord, ord + E, 0);
-          std::partial_sort(ord, ord + K, ord + E, [&](int32_t x1, int32_t x2) {
-            return biased[x1] > biased[x2] || (biased[x1] == biased[x2] && x1 < x2);
-          });
+          model::select_experts(biased, w.bias != nullptr, E, G, d.topk_group, d.grouped, K, gscore,
+                                ord, gord);
           S sum = 0;
           for (int64_t k = 0; k < K; ++k) {
             idx[n * K + k] = ord[k];
