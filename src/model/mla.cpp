@@ -8,15 +8,11 @@
 #include "backend/cpu/ops.hpp"
 #include "core/error.hpp"
 #include "core/parallel.hpp"
+#include "core/scratch.hpp"
 
 namespace dsv3::model {
 
 namespace {
-template <typename T>
-T* grow(std::vector<T>& v, size_t n) {
-  if (v.size() < n) v.resize(n);
-  return v.data();
-}
 
 // Query rows attended per block, bounding the score buffer to H * kQueryBlock * S floats.
 constexpr int64_t kQueryBlock = 256;

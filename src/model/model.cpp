@@ -8,17 +8,13 @@
 #include "backend/cpu/ops.hpp"
 #include "core/error.hpp"
 #include "core/log.hpp"
+#include "core/scratch.hpp"
 #include "model/params.hpp"
 #include "model/rope.hpp"
 
 namespace dsv3::model {
 
 namespace {
-template <typename T>
-T* grow(std::vector<T>& v, size_t n) {
-  if (v.size() < n) v.resize(n);
-  return v.data();
-}
 
 int64_t ceil_div(int64_t a, int64_t b) {
   return (a + b - 1) / b;

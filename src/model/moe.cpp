@@ -9,19 +9,12 @@
 
 #include "backend/cpu/ops.hpp"
 #include "core/parallel.hpp"
+#include "core/scratch.hpp"
 #include "model/routing.hpp"
 
 #include <omp.h>
 
 namespace dsv3::model {
-
-namespace {
-template <typename T>
-T* grow(std::vector<T>& v, size_t n) {
-  if (v.size() < n) v.resize(n);
-  return v.data();
-}
-}  // namespace
 
 void mlp_forward(float* out, const float* x, int64_t N, const MlpWeights& w, MoeScratch& s,
                  bool accumulate) {

@@ -9,6 +9,7 @@
 
 #include "backend/cpu/linear.hpp"
 #include "core/parallel.hpp"
+#include "core/scratch.hpp"
 #include "train/profile.hpp"
 
 namespace dsv3::train {
@@ -64,11 +65,6 @@ void linear_backward_weight(S* dW, const S* dy, const S* x, int64_t M, int64_t i
   gemm<S>(true, false, out, in, M, S(1), dy, out, x, in, S(1), dW, in);
 }
 
-// Grows v to at least n elements (never shrinks): steady-state steps do not allocate.
-template <typename T>
-T* grow(std::vector<T>& v, size_t n) {
-  if (v.size() < n) v.resize(n);
-  return v.data();
-}
+using dsv3::grow;  // core/scratch.hpp
 
 }  // namespace dsv3::train

@@ -13,11 +13,15 @@
 namespace dsv3::cpu {
 
 inline __m512 exp_ps(__m512 x) {
+  // The maskz forms with a full mask are the plain instructions; unlike the unmasked intrinsics
+  // they do not go through _mm512_undefined_ps, which GCC 12 flags as maybe-uninitialized.
+  constexpr __mmask16 kAll = 0xFFFF;
   // max/min return their second operand when either is NaN: x stays NaN.
-  x = _mm512_min_ps(_mm512_set1_ps(88.72283935546875f), x);
-  x = _mm512_max_ps(_mm512_set1_ps(-104.0f), x);
-  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  x = _mm512_maskz_min_ps(kAll, _mm512_set1_ps(88.72283935546875f), x);
+  x = _mm512_maskz_max_ps(kAll, _mm512_set1_ps(-104.0f), x);
+  const __m512 n =
+      _mm512_maskz_roundscale_ps(kAll, _mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                 _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
   r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
   __m512 p = _mm512_set1_ps(1.9875691500e-4f);
@@ -27,7 +31,7 @@ inline __m512 exp_ps(__m512 x) {
   p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
   p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
   p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
-  return _mm512_scalef_ps(p, n);
+  return _mm512_maskz_scalef_ps(kAll, p, n);
 }
 
 inline __mmask16 tail_mask(int64_t left) {
@@ -44,7 +48,12 @@ inline float exp_shift_sum(float* dst, const float* src, int64_t n, float shift)
     acc = _mm512_mask_add_ps(acc, m, acc, e);
     if (dst) _mm512_mask_storeu_ps(dst + i, m, e);
   }
-  return _mm512_reduce_add_ps(acc);
+  // Horizontal sum through memory (_mm512_reduce_add_ps trips the same GCC 12 warning).
+  alignas(64) float lanes[16];
+  _mm512_store_ps(lanes, acc);
+  float sum = 0;
+  for (float v : lanes) sum += v;
+  return sum;
 }
 
 inline double exp_shift_sum(double* dst, const double* src, int64_t n, double shift) {
