@@ -169,7 +169,7 @@ TensorStore TensorStore::open_dir(const std::string& dir, Residency residency) {
   }
   DSV3_CHECK(j.is_object() && j.contains("weight_map") && j["weight_map"].is_object(),
              "{}: missing 'weight_map' object", index.string());
-  {  // The copy is made only when every shard together fits (io::residency_for).
+  if (residency == Residency::HugePageCopy) {  // only when every shard together fits
     std::set<std::string> names;
     uint64_t total = 0;
     for (auto it = j["weight_map"].begin(); it != j["weight_map"].end(); ++it) {

@@ -20,13 +20,12 @@ constexpr int64_t kQueryBlock = 256;
 void attend_naive(float* attn, const float* q, int64_t T, int64_t start, const MlaWeights& w,
                   const ModelConfig& c, const float* latent, const float* pe, MlaScratch& s) {
   const int64_t H = c.num_attention_heads, Dn = c.qk_nope_head_dim, Dr = c.qk_rope_head_dim,
-                Dv = c.v_head_dim, Dq = Dn + Dr, R = c.kv_lora_rank, S = start + T;
+                Dv = c.v_head_dim, Dq = Dn + Dr, S = start + T;
   const int64_t Dkv = Dn + Dv;
   const float scale = float(c.softmax_scale());
   // K/V of every attended position, expanded per head: kvfull [S, H*(Dn+Dv)].
   float* kvfull = grow(s.kvfull, size_t(S * H * Dkv));
   cpu::linear_forward(kvfull, latent, S, w.kv_b);
-  (void)R;
   for (int64_t t0 = 0; t0 < T; t0 += kQueryBlock) {
     const int64_t tb = std::min(kQueryBlock, T - t0);
     float* scores = grow(s.scores, size_t(H * tb * S));

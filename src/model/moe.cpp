@@ -83,7 +83,8 @@ void experts_parallel(float* out, const float* x, int64_t N, const MoeWeights& w
                       MoeScratch& s) {
   const int64_t E = c.n_routed_experts, D = c.hidden_size;
   // Jobs: -1 = the shared experts (the largest, taken first), then the active routed experts.
-  std::vector<int64_t> jobs;
+  std::vector<int64_t>& jobs = s.jobs;
+  jobs.clear();
   if (c.n_shared_experts > 0) jobs.push_back(-1);
   for (int64_t e = 0; e < E; ++e)
     if (offsets[e + 1] > offsets[e]) jobs.push_back(e);

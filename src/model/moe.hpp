@@ -38,6 +38,7 @@ struct Routing {
 struct MoeScratch {
   std::vector<float> logits, gathered, h1, h2, act, y;
   std::vector<int32_t> order, offsets;
+  std::vector<int64_t> jobs;           // expert-parallel decode: the experts to run
   std::vector<MoeScratch> per_thread;  // expert-parallel decode: one per thread
 };
 

@@ -97,6 +97,7 @@ void run_generate(const GenerateArgs& a) {
   // decoded from all tokens so far (multi-byte characters split across tokens are held back
   // until complete). Without one, token ids.
   std::vector<int32_t> out;
+  std::string text;  // decoded continuation so far
   size_t shown = 0;
   if (tk && !a.prompt.empty()) std::fputs(a.prompt.c_str(), stdout);
   std::fflush(stdout);
@@ -108,7 +109,7 @@ void run_generate(const GenerateArgs& a) {
           std::printf("%d ", tok);
         } else {
           out.push_back(tok);
-          const std::string text = tk->decode(out, /*skip_special_tokens=*/true);
+          text = tk->decode(out, /*skip_special_tokens=*/true);
           if (text.size() > shown && !ends_with_partial_char(text)) {
             std::fwrite(text.data() + shown, 1, text.size() - shown, stdout);
             shown = text.size();
@@ -117,10 +118,8 @@ void run_generate(const GenerateArgs& a) {
         std::fflush(stdout);
       },
       &st);
-  if (tk) {
-    const std::string text = tk->decode(out, true);
-    if (text.size() > shown) std::fwrite(text.data() + shown, 1, text.size() - shown, stdout);
-  }
+  // What was held back as an incomplete character when generation ended.
+  if (text.size() > shown) std::fwrite(text.data() + shown, 1, text.size() - shown, stdout);
   std::printf("\n");
   std::fprintf(
       stderr,
