@@ -1,8 +1,8 @@
 // AVX-512 small-M kernels for y = x·Wᵀ reading the stored weight (see gemv.hpp).
 //
 // Decode is memory-bound: each weight byte is read once and widened in registers, never written
-// back. A tile keeps MR×NR FP32 accumulators (MR ≤ 4 activation rows, NR ≤ 4 weight rows) and
-// walks K in steps of 32; the horizontal sums happen once per tile.
+// back. Weight rows are walked one after another, front to back, against up to two activation
+// rows at a time, so a thread's share of a matrix is one sequential stream (see rows_mr).
 //
 // Widening: BF16 is a 16-bit shift. FP8 e4m3 goes through FP16: sign-extending the byte to 16 bits
 // and shifting left by 7 puts the sign in bit 15 and exponent/mantissa in bits 13..7 (bit 14, a
@@ -16,12 +16,12 @@
 #include "backend/cpu/gemv.hpp"
 
 // GCC 12 flags the _mm*_undefined_* inside its own AVX-512 intrinsic headers (a known false
-// positive of -Wmaybe-uninitialized once they are inlined).
+// positive of -W(maybe-)uninitialized once they are inlined, e.g. in _mm512_reduce_add_ps).
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
 #include <immintrin.h>
 
 #include <algorithm>
-#include <array>
 #include <vector>
 
 #include "core/error.hpp"
@@ -47,6 +47,7 @@ struct DecF32 {
     lo = _mm512_maskz_loadu_ps(mask16(r), p);
     hi = _mm512_maskz_loadu_ps(mask16(r - 16), p + 16);
   }
+  static __m512 load16(const float* p, __mmask16 m) { return _mm512_maskz_loadu_ps(m, p); }
 };
 
 struct DecBF16 {
@@ -61,6 +62,9 @@ struct DecBF16 {
   static void load_tail(const uint16_t* p, int64_t r, __m512& lo, __m512& hi) {
     lo = widen(_mm256_maskz_loadu_epi16(mask16(r), p));
     hi = widen(_mm256_maskz_loadu_epi16(mask16(r - 16), p + 16));
+  }
+  static __m512 load16(const uint16_t* p, __mmask16 m) {
+    return widen(_mm256_maskz_loadu_epi16(m, p));
   }
 };
 
@@ -87,80 +91,88 @@ struct DecF8 {
   }
 };
 
-template <class D>
-using TileFn = void (*)(float* y, int64_t ldy, const float* x, int64_t ldx, const typename D::T* w,
-                        int64_t K, bool acc);
+// Bytes ahead of the current position that the row kernel prefetches. The weight is one
+// sequential stream (rows are contiguous and read one after another), but a stream that starts
+// cold every few KiB (each matrix, each expert) leaves the hardware prefetcher little time to
+// ramp up; 4 KiB ahead measured best (dev notes in docs/benchmarks.md: 1 KiB to 8 KiB tried).
+constexpr int64_t kPrefetchBytes = 4096;
 
-// y[m, n] (+)= Σ_k x[m, k]·w[n, k] for an MR×NR tile; w rows are K apart.
-template <class D, int MR, int NR>
-void tile(float* y, int64_t ldy, const float* x, int64_t ldx, const typename D::T* w, int64_t K,
-          bool acc) {
-  // With few rows the two FMAs per step into one accumulator would be a latency chain; the low
-  // and high halves then get accumulators of their own while registers allow.
-  constexpr int kH = MR <= 2 ? 2 : 1;
-  __m512 a[MR][NR][kH];
-  for (int m = 0; m < MR; ++m)
-    for (int n = 0; n < NR; ++n)
-      for (int h = 0; h < kH; ++h) a[m][n][h] = _mm512_setzero_ps();
-  // Rows of a tile are short streams (K elements), too short for the hardware prefetchers to
-  // lock on; fetching the same columns of the next tile's rows keeps enough misses in flight.
+// y[m, n] (+)= Σ_k x[m, k]·w[n, k] for MR ≤ 2 activation rows and weight rows [n0, n1). Each weight
+// row is read once, front to back, so the whole range is a single sequential stream; four
+// independent accumulators per activation row cover the FMA latency.
+template <class D, int MR>
+void rows_mr(float* y, int64_t ldy, const float* x, int64_t ldx, const typename D::T* w, int64_t K,
+             int64_t n0, int64_t n1, bool acc) {
   constexpr int64_t kLine = 64 / int64_t(sizeof(typename D::T));  // elements per cache line
-  const typename D::T* next = w + NR * K;
-  int64_t k = 0;
-  for (; k + 32 <= K; k += 32) {
-    for (int n = 0; n < NR; ++n)
-      for (int64_t l = 0; l < 32; l += kLine)
-        _mm_prefetch(reinterpret_cast<const char*>(next + n * K + k + l), _MM_HINT_T0);
-    __m512 wl[NR], wh[NR];
-    for (int n = 0; n < NR; ++n) D::load(w + n * K + k, wl[n], wh[n]);
-    for (int m = 0; m < MR; ++m) {
-      const __m512 xl = _mm512_loadu_ps(x + m * ldx + k);
-      for (int n = 0; n < NR; ++n) a[m][n][0] = _mm512_fmadd_ps(xl, wl[n], a[m][n][0]);
-      const __m512 xh = _mm512_loadu_ps(x + m * ldx + k + 16);
-      for (int n = 0; n < NR; ++n) a[m][n][kH - 1] = _mm512_fmadd_ps(xh, wh[n], a[m][n][kH - 1]);
+  for (int64_t n = n0; n < n1; ++n) {
+    const typename D::T* wr = w + n * K;
+    const char* pf = reinterpret_cast<const char*>(wr) + kPrefetchBytes;
+    __m512 a[MR][4];
+    for (int m = 0; m < MR; ++m)
+      for (int j = 0; j < 4; ++j) a[m][j] = _mm512_setzero_ps();
+    int64_t k = 0;
+    for (; k + 64 <= K; k += 64) {
+      for (int64_t l = 0; l < 64; l += kLine)
+        _mm_prefetch(pf + (k + l) * int64_t(sizeof(typename D::T)), _MM_HINT_T0);
+      __m512 v[4];
+      D::load(wr + k, v[0], v[1]);
+      D::load(wr + k + 32, v[2], v[3]);
+      for (int m = 0; m < MR; ++m)
+        for (int j = 0; j < 4; ++j)
+          a[m][j] = _mm512_fmadd_ps(_mm512_loadu_ps(x + m * ldx + k + 16 * j), v[j], a[m][j]);
     }
-  }
-  if (k < K) {
-    // Lanes past K load zeros in both x and w, so they add exact zeros.
-    const int64_t r = K - k;
-    __m512 wl[NR], wh[NR];
-    for (int n = 0; n < NR; ++n) D::load_tail(w + n * K + k, r, wl[n], wh[n]);
-    for (int m = 0; m < MR; ++m) {
-      const __m512 xl = _mm512_maskz_loadu_ps(mask16(r), x + m * ldx + k);
-      const __m512 xh = _mm512_maskz_loadu_ps(mask16(r - 16), x + m * ldx + k + 16);
-      for (int n = 0; n < NR; ++n) {
-        a[m][n][0] = _mm512_fmadd_ps(xl, wl[n], a[m][n][0]);
-        a[m][n][kH - 1] = _mm512_fmadd_ps(xh, wh[n], a[m][n][kH - 1]);
+    for (; k < K; k += 32) {
+      // Lanes past K load zeros in both x and w, so they add exact zeros.
+      const int64_t r = K - k;
+      __m512 lo, hi;
+      D::load_tail(wr + k, r, lo, hi);
+      for (int m = 0; m < MR; ++m) {
+        a[m][0] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mask16(r), x + m * ldx + k), lo, a[m][0]);
+        a[m][1] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mask16(r - 16), x + m * ldx + k + 16), hi,
+                                  a[m][1]);
       }
     }
-  }
-  for (int m = 0; m < MR; ++m)
-    for (int n = 0; n < NR; ++n) {
-      __m512 t = a[m][n][0];
-      if constexpr (kH == 2) t = _mm512_add_ps(t, a[m][n][1]);
-      const float s = _mm512_reduce_add_ps(t);
+    for (int m = 0; m < MR; ++m) {
+      const float s = _mm512_reduce_add_ps(
+          _mm512_add_ps(_mm512_add_ps(a[m][0], a[m][1]), _mm512_add_ps(a[m][2], a[m][3])));
       float& out = y[m * ldy + n];
       out = acc ? out + s : s;
     }
+  }
 }
 
-template <class D, int MR>
-constexpr std::array<TileFn<D>, 4> tiles_for_mr() {
-  return {tile<D, MR, 1>, tile<D, MR, 2>, tile<D, MR, 3>, tile<D, MR, 4>};
-}
-
-// Rows [n0, n1) of y for all M activation rows; x has leading dimension ldx, y has ldy.
+// Rows [n0, n1) of y for all M activation rows, two at a time; x has leading dimension ldx, y ldy.
 template <class D>
 void rows(float* y, int64_t ldy, const float* x, int64_t ldx, int64_t M, const typename D::T* w,
           int64_t K, int64_t n0, int64_t n1, bool acc) {
-  static constexpr std::array<std::array<TileFn<D>, 4>, 4> kTiles = {
-      tiles_for_mr<D, 1>(), tiles_for_mr<D, 2>(), tiles_for_mr<D, 3>(), tiles_for_mr<D, 4>()};
-  for (int64_t n = n0; n < n1; n += 4) {
-    const int64_t nr = std::min<int64_t>(4, n1 - n);
-    for (int64_t m = 0; m < M; m += 4) {
-      const int64_t mr = std::min<int64_t>(4, M - m);
-      kTiles[mr - 1][nr - 1](y + m * ldy + n, ldy, x + m * ldx, ldx, w + n * K, K, acc);
+  {  // The first kPrefetchBytes, which the in-loop prefetch never covers.
+    const char* b = reinterpret_cast<const char*>(w + n0 * K);
+    const char* e = reinterpret_cast<const char*>(w + n1 * K);
+    for (const char* p = b; p < b + kPrefetchBytes && p < e; p += 64) _mm_prefetch(p, _MM_HINT_T0);
+  }
+  int64_t m = 0;
+  for (; m + 2 <= M; m += 2) rows_mr<D, 2>(y + m * ldy, ldy, x + m * ldx, ldx, w, K, n0, n1, acc);
+  if (m < M) rows_mr<D, 1>(y + m * ldy, ldy, x + m * ldx, ldx, w, K, n0, n1, acc);
+}
+
+// y[c] = Σ_{r<n} x[r]·w[r, c] for all C columns: a product with Wᵀ over n consecutive rows.
+// Columns go in blocks of 256 whose accumulators stay in registers while the rows stream by.
+template <class D>
+void rows_t(float* y, const float* x, const typename D::T* w, int64_t n, int64_t C) {
+  constexpr int kV = 16;  // vectors of 16 columns per block (16 accumulators + a broadcast)
+  for (int64_t c0 = 0; c0 < C; c0 += 16 * kV) {
+    __mmask16 mk[kV];
+    __m512 a[kV];
+    for (int j = 0; j < kV; ++j) {
+      mk[j] = mask16(C - c0 - 16 * j);
+      a[j] = _mm512_setzero_ps();
     }
+    for (int64_t r = 0; r < n; ++r) {
+      const __m512 xr = _mm512_set1_ps(x[r]);
+      const typename D::T* wr = w + r * C + c0;
+      for (int j = 0; j < kV; ++j) a[j] = _mm512_fmadd_ps(xr, D::load16(wr + 16 * j, mk[j]), a[j]);
+    }
+    for (int j = 0; j < kV; ++j) _mm512_mask_storeu_ps(y + c0 + 16 * j, mk[j], a[j]);
   }
 }
 
@@ -191,6 +203,39 @@ bool fp8_has_nan_code(const uint8_t* p, int64_t n) {
     any |= _mm512_cmpeq_epi8_mask(_mm512_and_si512(_mm512_loadu_si512(p + i), mag), mag);
   for (; i < n; ++i) any |= (p[i] & 0x7f) == 0x7f;
   return any != 0;
+}
+
+void gemv_rows(float* y, const float* x, const WeightView& w, int64_t n0, int64_t n1) {
+  DSV3_ASSERT(0 <= n0 && n0 <= n1 && n1 <= w.rows, "gemv_rows: rows [{}, {}) of {}", n0, n1,
+              w.rows);
+  const int64_t K = w.cols;
+  switch (w.dtype) {
+    case DType::F32:
+      rows<DecF32>(y, 0, x, K, 1, static_cast<const float*>(w.data) + n0 * K, K, 0, n1 - n0, false);
+      break;
+    case DType::BF16:
+      rows<DecBF16>(y, 0, x, K, 1, static_cast<const uint16_t*>(w.data) + n0 * K, K, 0, n1 - n0,
+                    false);
+      break;
+    default:
+      DSV3_ASSERT(false, "gemv_rows: unsupported weight dtype {}", dtype_name(w.dtype));
+  }
+}
+
+void gemv_t_rows(float* y, const float* x, const WeightView& w, int64_t r0, int64_t n) {
+  DSV3_ASSERT(0 <= r0 && 0 <= n && r0 + n <= w.rows, "gemv_t_rows: rows [{}, {}) of {}", r0, r0 + n,
+              w.rows);
+  const int64_t C = w.cols;
+  switch (w.dtype) {
+    case DType::F32:
+      rows_t<DecF32>(y, x, static_cast<const float*>(w.data) + r0 * C, n, C);
+      break;
+    case DType::BF16:
+      rows_t<DecBF16>(y, x, static_cast<const uint16_t*>(w.data) + r0 * C, n, C);
+      break;
+    default:
+      DSV3_ASSERT(false, "gemv_t_rows: unsupported weight dtype {}", dtype_name(w.dtype));
+  }
 }
 
 void gemv_forward(float* y, const float* x, int64_t M, const WeightView& w, bool fp8_has_nan,
