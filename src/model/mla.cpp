@@ -5,6 +5,8 @@
 
 #include <algorithm>
 
+#include "backend/cpu/gemm_small.hpp"
+#include "backend/cpu/gemv.hpp"
 #include "backend/cpu/ops.hpp"
 #include "core/error.hpp"
 #include "core/parallel.hpp"
@@ -16,6 +18,11 @@ namespace {
 
 // Query rows attended per block, bounding the score buffer to H * kQueryBlock * S floats.
 constexpr int64_t kQueryBlock = 256;
+// Up to this many new tokens the absorbed path's per-head products are GEMVs on kv_b_proj as
+// stored; from there a GEMM per head amortizes its call over the tokens.
+constexpr int64_t kAbsorbedGemvTokens = 2;
+// Positions per thread below which the decode scores stay on one thread.
+constexpr int64_t kMinPositionsPerThread = 256;
 
 void attend_naive(float* attn, const float* q, int64_t T, int64_t start, const MlaWeights& w,
                   const ModelConfig& c, const float* latent, const float* pe, MlaScratch& s) {
@@ -53,12 +60,24 @@ void attend_absorbed(float* attn, const float* q, int64_t T, int64_t start, cons
   const int64_t Dkv = Dn + Dv;
   const float scale = float(c.softmax_scale());
   const float* wkv = w.kv_b_f32.data();
+  // Decode: the per-head products read kv_b_proj's slices in place (stored BF16/F32: half the
+  // bytes of the FP32 copy, and no GEMM call per head); FP8 goes through the dequantized copy.
+  const bool few = T <= kAbsorbedGemvTokens;
+  cpu::WeightView wv = w.kv_b.view();
+  if (wv.dtype != DType::F32 && wv.dtype != DType::BF16)
+    wv = {DType::F32, H * Dkv, R, wkv, nullptr};
   // q_abs[t, h, :] = q_nope[t, h, :] · W_UK[h]  ([Dn] x [Dn, R] -> [R]).
   float* qabs = grow(s.qabs, size_t(T * H * R));
   parallel_for(H, [&](int64_t hb, int64_t he) {
-    for (int64_t h = hb; h < he; ++h)
-      cpu::gemm_f32(false, false, T, R, Dn, 1.0f, q + h * Dq, H * Dq, wkv + h * Dkv * R, R, 0.0f,
-                    qabs + h * R, H * R);
+    for (int64_t h = hb; h < he; ++h) {
+      if (few) {
+        for (int64_t t = 0; t < T; ++t)
+          cpu::gemv_t_rows(qabs + (t * H + h) * R, q + t * H * Dq + h * Dq, wv, h * Dkv, Dn);
+      } else {
+        cpu::gemm_f32(false, false, T, R, Dn, 1.0f, q + h * Dq, H * Dq, wkv + h * Dkv * R, R, 0.0f,
+                      qabs + h * R, H * R);
+      }
+    }
   });
   float* lat = grow(s.lat, size_t(T * H * R));
   for (int64_t t0 = 0; t0 < T; t0 += kQueryBlock) {
@@ -68,19 +87,54 @@ void attend_absorbed(float* attn, const float* q, int64_t T, int64_t start, cons
     int64_t* valid = grow(s.valid, size_t(rows));
     for (int64_t t = 0; t < tb; ++t)
       for (int64_t h = 0; h < H; ++h) valid[t * H + h] = start + t0 + t + 1;
-    cpu::gemm_f32(false, true, rows, S, R, scale, qabs + t0 * H * R, R, latent, R, 0.0f, scores, S);
-    cpu::gemm_f32(false, true, rows, S, Dr, scale, q + t0 * H * Dq + Dn, Dq, pe, Dr, 1.0f, scores,
-                  S);
+    const float* qa = qabs + t0 * H * R;
+    const float* qpe = q + t0 * H * Dq + Dn;
+    if (few) {
+      // Threads take ranges of positions for the scores and ranges of latent columns for the
+      // weighted sum; each reads its share of the cache once.
+      parallel_for(
+          S,
+          [&](int64_t b, int64_t e) {
+            cpu::gemm_small_nt(rows, e - b, R, scale, qa, R, latent + b * R, R, 0.0f, scores + b,
+                               S);
+            cpu::gemm_small_nt(rows, e - b, Dr, scale, qpe, Dq, pe + b * Dr, Dr, 1.0f, scores + b,
+                               S);
+          },
+          kMinPositionsPerThread);
+    } else {
+      cpu::gemm_f32(false, true, rows, S, R, scale, qa, R, latent, R, 0.0f, scores, S);
+      cpu::gemm_f32(false, true, rows, S, Dr, scale, qpe, Dq, pe, Dr, 1.0f, scores, S);
+    }
     parallel_for(rows, [&](int64_t b, int64_t e) {
       cpu::softmax_rows(scores + b * S, e - b, S, valid + b);
     });
-    cpu::gemm_f32(false, false, rows, R, S, 1.0f, scores, S, latent, R, 0.0f, lat + t0 * H * R, R);
+    if (few) {
+      const int64_t units = (R + 63) / 64;
+      parallel_for(
+          units,
+          [&](int64_t b, int64_t e) {
+            const int64_t c0 = b * 64, c1 = std::min(R, e * 64);
+            cpu::gemm_small_nn(rows, c1 - c0, S, scores, S, latent + c0, R, lat + t0 * H * R + c0,
+                               R, false);
+          },
+          S >= kMinPositionsPerThread ? 1 : units);
+    } else {
+      cpu::gemm_f32(false, false, rows, R, S, 1.0f, scores, S, latent, R, 0.0f, lat + t0 * H * R,
+                    R);
+    }
   }
   // attn[t, h, :] = lat[t, h, :] · W_UV[h]ᵀ  ([R] x [R, Dv] -> [Dv]).
   parallel_for(H, [&](int64_t hb, int64_t he) {
-    for (int64_t h = hb; h < he; ++h)
-      cpu::gemm_f32(false, true, T, Dv, R, 1.0f, lat + h * R, H * R, wkv + (h * Dkv + Dn) * R, R,
-                    0.0f, attn + h * Dv, H * Dv);
+    for (int64_t h = hb; h < he; ++h) {
+      if (few) {
+        for (int64_t t = 0; t < T; ++t)
+          cpu::gemv_rows(attn + (t * H + h) * Dv, lat + (t * H + h) * R, wv, h * Dkv + Dn,
+                         (h + 1) * Dkv);
+      } else {
+        cpu::gemm_f32(false, true, T, Dv, R, 1.0f, lat + h * R, H * R, wkv + (h * Dkv + Dn) * R, R,
+                      0.0f, attn + h * Dv, H * Dv);
+      }
+    }
   });
 }
 }  // namespace

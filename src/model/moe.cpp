@@ -7,6 +7,7 @@
 #include <cmath>
 #include <numeric>
 
+#include "backend/cpu/gemv.hpp"
 #include "backend/cpu/ops.hpp"
 #include "core/parallel.hpp"
 #include "core/scratch.hpp"
@@ -35,7 +36,11 @@ void moe_gate_forward(Routing& r, const float* x, int64_t N, const MoeWeights& w
   r.weights.resize(size_t(N * K));
   r.scores.resize(size_t(N * E));
   float* sc = r.scores.data();
-  cpu::gemm_f32(false, true, N, E, D, 1.0f, x, D, w.router.data(), D, 0.0f, sc, E);
+  // Decode reads the FP32 router with the GEMV kernel (a GEMM call costs more than the product).
+  if (N <= cpu::linear_gemv_max_m(cpu::Compute::F32))
+    cpu::gemv_forward(sc, x, N, {DType::F32, E, D, w.router.data(), nullptr}, false, false);
+  else
+    cpu::gemm_f32(false, true, N, E, D, 1.0f, x, D, w.router.data(), D, 0.0f, sc, E);
   const bool sigmoid = c.scoring_func == ScoringFunc::Sigmoid;
   const bool use_bias = !w.bias.empty();
   const bool grouped = G > 1 && c.topk_method != TopkMethod::Greedy;
