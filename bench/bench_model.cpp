@@ -3,9 +3,12 @@
 // threads, beside the limits measured in the same run: memory bandwidth (decode reads every
 // active weight once per token) and BF16 GEMM peak (prefill). Prints JSON.
 //
-//   bench_model [--model DIR] [--threads 1,2] [--prompt 512] [--decode 64]
+//   bench_model [--model DIR] [--threads 1,2] [--prompt 512] [--decode 128] [--rounds 8]
 //               [--residency huge-page-copy|mmap]
+// Decode runs `--decode` steps in `--rounds` rounds, each set against a bandwidth probe taken
+// right before it; the JSON gives the medians over rounds (and the range of the percentages).
 // Without --model, a random checkpoint is made once under build/bench-1b by `dsv3 init`'s code.
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
@@ -22,11 +25,10 @@
 using namespace dsv3;
 namespace fs = std::filesystem;
 
-namespace {}  // namespace
-
 int main(int argc, char** argv) {
   std::string model_dir, threads_s = "1,2";
-  int64_t prompt = 512, decode = 64;
+  int64_t prompt = 512, decode = 128;
+  int rounds = 8;
   std::string residency = "huge-page-copy";
   for (int i = 1; i + 1 < argc; i += 2) {
     std::string a = argv[i];
@@ -40,6 +42,8 @@ int main(int argc, char** argv) {
       prompt = std::stoll(argv[i + 1]);
     else if (a == "--decode")
       decode = std::stoll(argv[i + 1]);
+    else if (a == "--rounds")
+      rounds = std::stoi(argv[i + 1]);
     else {
       std::fprintf(stderr, "unknown flag %s\n", a.c_str());
       return 2;
@@ -74,10 +78,11 @@ int main(int argc, char** argv) {
     std::printf("  \"kv_cache_bytes_per_token\": %zu,\n  \"runs\": [\n",
                 model::KVCache::bytes_per_token(c));
     auto threads = bench::parse_int_list(threads_s);
+    if (rounds < 1) throw std::runtime_error("--rounds must be at least 1");
+    bench::BandwidthProbe probe;
     for (size_t ti = 0; ti < threads.size(); ++ti) {
       const int nt = threads[ti];
       set_num_threads(nt);
-      const double bw = bench::measure_memory_bandwidth_gbs(nt);
       const double peak = bench::measure_gemm_peak_gflops(true, nt);
       // Prefill: a 512-token prompt, BF16 GEMMs; the best of 3.
       std::vector<int32_t> toks(static_cast<size_t>(prompt));
@@ -92,18 +97,32 @@ int main(int argc, char** argv) {
         m->forward(toks.data(), 1, prompt, 0, cache, logits.data(), fo);
         best_prefill = std::min(best_prefill, bench::seconds_since(t0));
       }
-      // Decode: batch 1, `decode` steps after a 16-token prompt.
-      model::KVCache cache(c, 1, 16 + decode + 1, false);
+      // Decode: batch 1 after a 16-token prompt, in `rounds` rounds of decode/rounds steps, each
+      // beside a bandwidth probe of its own (8 short passes). This VM's bandwidth drifts by up to
+      // 2× within minutes, so each round is set against the probe taken next to it and the
+      // medians over the rounds are reported.
+      const int64_t steps = std::max<int64_t>(1, decode / rounds);
+      model::KVCache cache(c, 1, 16 + steps * rounds + 1, false);
       m->forward(toks.data(), 1, 16, 0, cache, logits.data(), fo);
       int32_t tok = toks[16];
-      auto t0 = std::chrono::steady_clock::now();
-      for (int64_t s = 0; s < decode; ++s) {
-        m->forward(&tok, 1, 1, 16 + s, cache, logits.data(), fo);
-        tok = int32_t(2 + rng.below(uint64_t(c.vocab_size - 2)));
+      int64_t pos = 16;
+      std::vector<double> round_bw, round_tps, round_pct;
+      for (int r = 0; r < rounds; ++r) {
+        const double rbw = probe.gbs(nt, 8);
+        auto t0 = std::chrono::steady_clock::now();
+        for (int64_t s = 0; s < steps; ++s) {
+          m->forward(&tok, 1, 1, pos++, cache, logits.data(), fo);
+          tok = int32_t(2 + rng.below(uint64_t(c.vocab_size - 2)));
+        }
+        const double tps = double(steps) / bench::seconds_since(t0);
+        round_bw.push_back(rbw);
+        round_tps.push_back(tps);
+        round_pct.push_back(100.0 * tps * double(active) / 1e9 / rbw);
       }
-      const double dt = bench::seconds_since(t0);
-      const double decode_tps = double(decode) / dt;
+      const double decode_tps = bench::median(round_tps);
       const double decode_gbs = decode_tps * double(active) / 1e9;
+      const double decode_pct = bench::median(round_pct);
+      const double decode_bw = bench::median(round_bw);
       const double prefill_tps = double(prompt) / best_prefill;
       // Prefill FLOPs: 2 x active parameters (excluding the embedding row) per token, plus
       // attention (QK and PV over the causal half, absorbed: H x (R + Dr) and H x R per pair).
@@ -115,13 +134,14 @@ int main(int argc, char** argv) {
       std::printf(
           "    {\"threads\": %d, \"memory_bandwidth_gbs\": %.1f, \"bf16_gemm_peak_gflops\": %.1f,\n"
           "     \"decode_tokens_per_s\": %.2f, \"decode_weight_gbs\": %.1f, "
-          "\"decode_pct_of_bandwidth\": %.1f,\n"
+          "\"decode_pct_of_bandwidth\": %.1f, \"decode_pct_min_max\": [%.1f, %.1f],\n"
           "     \"prefill_tokens\": %lld, \"prefill_tokens_per_s\": %.1f, \"prefill_gflops\": "
           "%.1f, "
           "\"prefill_pct_of_bf16_peak\": %.1f}%s\n",
-          nt, bw, peak, decode_tps, decode_gbs, 100.0 * decode_gbs / bw, (long long)prompt,
-          prefill_tps, prefill_gflops, 100.0 * prefill_gflops / peak,
-          ti + 1 < threads.size() ? "," : "");
+          nt, decode_bw, peak, decode_tps, decode_gbs, decode_pct,
+          *std::min_element(round_pct.begin(), round_pct.end()),
+          *std::max_element(round_pct.begin(), round_pct.end()), (long long)prompt, prefill_tps,
+          prefill_gflops, 100.0 * prefill_gflops / peak, ti + 1 < threads.size() ? "," : "");
       std::fflush(stdout);
     }
     std::printf("  ]\n}\n");

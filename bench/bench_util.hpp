@@ -76,39 +76,62 @@ class ScopedThreads {
 
 // Read-only bandwidth in GB/s (1e9 bytes/s) on `threads` threads: each pass sums one 64 MiB
 // segment of a 512 MiB buffer (threads take contiguous parts), cycling through the segments so a
-// pass reads what the last seven evicted from every cache; the best of 24 passes. Short passes
-// keep the number stable on a shared machine, where a long pass is likely to be preempted.
-inline double measure_memory_bandwidth_gbs(int threads, size_t bytes = size_t(512) << 20) {
-  constexpr size_t kSegments = 8;
-  const size_t seg = bytes / sizeof(float) / kSegments / 64 * 64, n = seg * kSegments;
-  std::unique_ptr<float, decltype(&std::free)> buf(
-      static_cast<float*>(std::aligned_alloc(64, n * sizeof(float))), &std::free);
-  float* p = buf.get();
-#pragma omp parallel for num_threads(threads) schedule(static)
-  for (size_t i = 0; i < n; ++i) p[i] = float(i & 7);
-  volatile float sink = 0;
-  size_t pass = 0;
-  const double t = best_seconds(24, [&] {
-    const float* q = p + (pass++ % kSegments) * seg;
-    float total = 0;
+// pass reads what the last seven evicted from every cache; the best of `passes` passes. Short
+// passes keep the number stable on a shared machine, where a long pass is likely to be
+// preempted. The buffer is made once, so a benchmark can probe again between its own rounds.
+class BandwidthProbe {
+ public:
+  static constexpr size_t kSegments = 8;
+  explicit BandwidthProbe(size_t bytes = size_t(512) << 20)
+      : seg_(bytes / sizeof(float) / kSegments / 64 * 64),
+        buf_(static_cast<float*>(std::aligned_alloc(64, seg_ * kSegments * sizeof(float))),
+             &std::free) {
+    float* p = buf_.get();
+    const size_t n = seg_ * kSegments;
+#pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < n; ++i) p[i] = float(i & 7);
+  }
+
+  double gbs(int threads, int passes = 24) {
+    volatile float sink = 0;
+    const double t = best_seconds(passes, [&] {
+      const float* q = buf_.get() + (pass_++ % kSegments) * seg_;
+      const size_t seg = seg_;
+      float total = 0;
 #pragma omp parallel num_threads(threads) reduction(+ : total)
-    {
-      const int nt = omp_get_num_threads(), id = omp_get_thread_num();
-      const size_t b = seg / 64 * size_t(id) / size_t(nt) * 64;
-      const size_t e = seg / 64 * size_t(id + 1) / size_t(nt) * 64;
-      __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-      for (size_t i = b; i < e; i += 64) {
-        a0 = _mm512_add_ps(a0, _mm512_load_ps(q + i));
-        a1 = _mm512_add_ps(a1, _mm512_load_ps(q + i + 16));
-        a2 = _mm512_add_ps(a2, _mm512_load_ps(q + i + 32));
-        a3 = _mm512_add_ps(a3, _mm512_load_ps(q + i + 48));
+      {
+        const int nt = omp_get_num_threads(), id = omp_get_thread_num();
+        const size_t b = seg / 64 * size_t(id) / size_t(nt) * 64;
+        const size_t e = seg / 64 * size_t(id + 1) / size_t(nt) * 64;
+        __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+        for (size_t i = b; i < e; i += 64) {
+          a0 = _mm512_add_ps(a0, _mm512_load_ps(q + i));
+          a1 = _mm512_add_ps(a1, _mm512_load_ps(q + i + 16));
+          a2 = _mm512_add_ps(a2, _mm512_load_ps(q + i + 32));
+          a3 = _mm512_add_ps(a3, _mm512_load_ps(q + i + 48));
+        }
+        total += _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
       }
-      total += _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
-    }
-    sink = total;
-  });
-  (void)sink;
-  return double(seg * sizeof(float)) / t / 1e9;
+      sink = total;
+    });
+    (void)sink;
+    return double(seg_ * sizeof(float)) / t / 1e9;
+  }
+
+ private:
+  size_t seg_;
+  std::unique_ptr<float, decltype(&std::free)> buf_;
+  size_t pass_ = 0;
+};
+
+inline double measure_memory_bandwidth_gbs(int threads) {
+  return BandwidthProbe().gbs(threads);
+}
+
+// Median of a list of measurements (the upper middle one for an even count).
+inline double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v.empty() ? 0.0 : v[v.size() / 2];
 }
 
 // FP32 FMA peak in GFLOP/s on `threads` threads: every thread runs a register-only loop of
