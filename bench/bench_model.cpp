@@ -6,7 +6,8 @@
 //   bench_model [--model DIR] [--threads 1,2] [--prompt 512] [--decode 128] [--rounds 8]
 //               [--residency huge-page-copy|mmap]
 // Decode runs `--decode` steps in `--rounds` rounds, each set against a bandwidth probe taken
-// right before it; the JSON gives the medians over rounds (and the range of the percentages).
+// right before it; the JSON gives the medians over rounds (and the range of the percentages)
+// and where a decode step's time goes (mean milliseconds per token by part).
 // Without --model, a random checkpoint is made once under build/bench-1b by `dsv3 init`'s code.
 #include <algorithm>
 #include <chrono>
@@ -107,6 +108,8 @@ int main(int argc, char** argv) {
       int32_t tok = toks[16];
       int64_t pos = 16;
       std::vector<double> round_bw, round_tps, round_pct;
+      model::ForwardTimes times;
+      fo.times = &times;
       for (int r = 0; r < rounds; ++r) {
         const double rbw = probe.gbs(nt, 8);
         auto t0 = std::chrono::steady_clock::now();
@@ -119,6 +122,8 @@ int main(int argc, char** argv) {
         round_tps.push_back(tps);
         round_pct.push_back(100.0 * tps * double(active) / 1e9 / rbw);
       }
+      fo.times = nullptr;
+      const double n_steps = double(steps * rounds);
       const double decode_tps = bench::median(round_tps);
       const double decode_gbs = decode_tps * double(active) / 1e9;
       const double decode_pct = bench::median(round_pct);
@@ -135,13 +140,18 @@ int main(int argc, char** argv) {
           "    {\"threads\": %d, \"memory_bandwidth_gbs\": %.1f, \"bf16_gemm_peak_gflops\": %.1f,\n"
           "     \"decode_tokens_per_s\": %.2f, \"decode_weight_gbs\": %.1f, "
           "\"decode_pct_of_bandwidth\": %.1f, \"decode_pct_min_max\": [%.1f, %.1f],\n"
+          "     \"decode_ms_per_token\": {\"attention\": %.3f, \"ffn\": %.3f, \"head\": %.3f, "
+          "\"other\": %.3f},\n"
           "     \"prefill_tokens\": %lld, \"prefill_tokens_per_s\": %.1f, \"prefill_gflops\": "
           "%.1f, "
           "\"prefill_pct_of_bf16_peak\": %.1f}%s\n",
           nt, decode_bw, peak, decode_tps, decode_gbs, decode_pct,
           *std::min_element(round_pct.begin(), round_pct.end()),
-          *std::max_element(round_pct.begin(), round_pct.end()), (long long)prompt, prefill_tps,
-          prefill_gflops, 100.0 * prefill_gflops / peak, ti + 1 < threads.size() ? "," : "");
+          *std::max_element(round_pct.begin(), round_pct.end()), 1e3 * times.attention / n_steps,
+          1e3 * times.ffn / n_steps, 1e3 * times.head / n_steps,
+          1e3 * (times.total - times.attention - times.ffn - times.head) / n_steps,
+          (long long)prompt, prefill_tps, prefill_gflops, 100.0 * prefill_gflops / peak,
+          ti + 1 < threads.size() ? "," : "");
       std::fflush(stdout);
     }
     std::printf("  ]\n}\n");

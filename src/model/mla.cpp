@@ -18,11 +18,9 @@ namespace {
 
 // Query rows attended per block, bounding the score buffer to H * kQueryBlock * S floats.
 constexpr int64_t kQueryBlock = 256;
-// Up to this many new tokens the absorbed path's per-head products are GEMVs on kv_b_proj as
-// stored; from there a GEMM per head amortizes its call over the tokens.
-constexpr int64_t kAbsorbedGemvTokens = 2;
-// Positions per thread below which the decode scores stay on one thread.
-constexpr int64_t kMinPositionsPerThread = 256;
+// Up to this many new tokens the absorbed path runs attend_absorbed_decode; from there a GEMM
+// per head amortizes its call over the tokens.
+constexpr int64_t kAbsorbedDecodeTokens = 2;
 
 void attend_naive(float* attn, const float* q, int64_t T, int64_t start, const MlaWeights& w,
                   const ModelConfig& c, const float* latent, const float* pe, MlaScratch& s) {
@@ -60,24 +58,12 @@ void attend_absorbed(float* attn, const float* q, int64_t T, int64_t start, cons
   const int64_t Dkv = Dn + Dv;
   const float scale = float(c.softmax_scale());
   const float* wkv = w.kv_b_f32.data();
-  // Decode: the per-head products read kv_b_proj's slices in place (stored BF16/F32: half the
-  // bytes of the FP32 copy, and no GEMM call per head); FP8 goes through the dequantized copy.
-  const bool few = T <= kAbsorbedGemvTokens;
-  cpu::WeightView wv = w.kv_b.view();
-  if (wv.dtype != DType::F32 && wv.dtype != DType::BF16)
-    wv = {DType::F32, H * Dkv, R, wkv, nullptr};
   // q_abs[t, h, :] = q_nope[t, h, :] · W_UK[h]  ([Dn] x [Dn, R] -> [R]).
   float* qabs = grow(s.qabs, size_t(T * H * R));
   parallel_for(H, [&](int64_t hb, int64_t he) {
-    for (int64_t h = hb; h < he; ++h) {
-      if (few) {
-        for (int64_t t = 0; t < T; ++t)
-          cpu::gemv_t_rows(qabs + (t * H + h) * R, q + t * H * Dq + h * Dq, wv, h * Dkv, Dn);
-      } else {
-        cpu::gemm_f32(false, false, T, R, Dn, 1.0f, q + h * Dq, H * Dq, wkv + h * Dkv * R, R, 0.0f,
-                      qabs + h * R, H * R);
-      }
-    }
+    for (int64_t h = hb; h < he; ++h)
+      cpu::gemm_f32(false, false, T, R, Dn, 1.0f, q + h * Dq, H * Dq, wkv + h * Dkv * R, R, 0.0f,
+                    qabs + h * R, H * R);
   });
   float* lat = grow(s.lat, size_t(T * H * R));
   for (int64_t t0 = 0; t0 < T; t0 += kQueryBlock) {
@@ -87,53 +73,59 @@ void attend_absorbed(float* attn, const float* q, int64_t T, int64_t start, cons
     int64_t* valid = grow(s.valid, size_t(rows));
     for (int64_t t = 0; t < tb; ++t)
       for (int64_t h = 0; h < H; ++h) valid[t * H + h] = start + t0 + t + 1;
-    const float* qa = qabs + t0 * H * R;
-    const float* qpe = q + t0 * H * Dq + Dn;
-    if (few) {
-      // Threads take ranges of positions for the scores and ranges of latent columns for the
-      // weighted sum; each reads its share of the cache once.
-      parallel_for(
-          S,
-          [&](int64_t b, int64_t e) {
-            cpu::gemm_small_nt(rows, e - b, R, scale, qa, R, latent + b * R, R, 0.0f, scores + b,
-                               S);
-            cpu::gemm_small_nt(rows, e - b, Dr, scale, qpe, Dq, pe + b * Dr, Dr, 1.0f, scores + b,
-                               S);
-          },
-          kMinPositionsPerThread);
-    } else {
-      cpu::gemm_f32(false, true, rows, S, R, scale, qa, R, latent, R, 0.0f, scores, S);
-      cpu::gemm_f32(false, true, rows, S, Dr, scale, qpe, Dq, pe, Dr, 1.0f, scores, S);
-    }
+    cpu::gemm_f32(false, true, rows, S, R, scale, qabs + t0 * H * R, R, latent, R, 0.0f, scores, S);
+    cpu::gemm_f32(false, true, rows, S, Dr, scale, q + t0 * H * Dq + Dn, Dq, pe, Dr, 1.0f, scores,
+                  S);
     parallel_for(rows, [&](int64_t b, int64_t e) {
       cpu::softmax_rows(scores + b * S, e - b, S, valid + b);
     });
-    if (few) {
-      const int64_t units = (R + 63) / 64;
-      parallel_for(
-          units,
-          [&](int64_t b, int64_t e) {
-            const int64_t c0 = b * 64, c1 = std::min(R, e * 64);
-            cpu::gemm_small_nn(rows, c1 - c0, S, scores, S, latent + c0, R, lat + t0 * H * R + c0,
-                               R, false);
-          },
-          S >= kMinPositionsPerThread ? 1 : units);
-    } else {
-      cpu::gemm_f32(false, false, rows, R, S, 1.0f, scores, S, latent, R, 0.0f, lat + t0 * H * R,
-                    R);
-    }
+    cpu::gemm_f32(false, false, rows, R, S, 1.0f, scores, S, latent, R, 0.0f, lat + t0 * H * R, R);
   }
   // attn[t, h, :] = lat[t, h, :] · W_UV[h]ᵀ  ([R] x [R, Dv] -> [Dv]).
   parallel_for(H, [&](int64_t hb, int64_t he) {
-    for (int64_t h = hb; h < he; ++h) {
-      if (few) {
-        for (int64_t t = 0; t < T; ++t)
-          cpu::gemv_rows(attn + (t * H + h) * Dv, lat + (t * H + h) * R, wv, h * Dkv + Dn,
-                         (h + 1) * Dkv);
-      } else {
-        cpu::gemm_f32(false, true, T, Dv, R, 1.0f, lat + h * R, H * R, wkv + (h * Dkv + Dn) * R, R,
-                      0.0f, attn + h * Dv, H * Dv);
-      }
+    for (int64_t h = hb; h < he; ++h)
+      cpu::gemm_f32(false, true, T, Dv, R, 1.0f, lat + h * R, H * R, wkv + (h * Dkv + Dn) * R, R,
+                    0.0f, attn + h * Dv, H * Dv);
+  });
+}
+
+// The absorbed path for a decode step (T ≤ kAbsorbedDecodeTokens): heads are independent from
+// the query absorption to the output, so the threads take ranges of heads once and run the
+// whole chain on them (one fork/join per layer). The per-head products read kv_b_proj's slices
+// as stored (BF16: half the bytes of the FP32 copy; FP8 goes through that copy), and the scores
+// and the weighted latent sum use the few-row kernels (a library GEMM call per head costs more
+// than the product).
+void attend_absorbed_decode(float* attn, const float* q, int64_t T, int64_t start,
+                            const MlaWeights& w, const ModelConfig& c, const float* latent,
+                            const float* pe, MlaScratch& s) {
+  const int64_t H = c.num_attention_heads, Dn = c.qk_nope_head_dim, Dr = c.qk_rope_head_dim,
+                Dv = c.v_head_dim, Dq = Dn + Dr, R = c.kv_lora_rank, S = start + T;
+  const int64_t Dkv = Dn + Dv;
+  const float scale = float(c.softmax_scale());
+  cpu::WeightView wv = w.kv_b.view();
+  if (wv.dtype != DType::F32 && wv.dtype != DType::BF16)
+    wv = {DType::F32, H * Dkv, R, w.kv_b_f32.data(), nullptr};
+  float* qabs = grow(s.qabs, size_t(T * H * R));      // [T, H, R]
+  float* lat = grow(s.lat, size_t(T * H * R));        // [T, H, R]
+  float* scores = grow(s.scores, size_t(T * H * S));  // [T, H, S]
+  int64_t* valid = grow(s.valid, size_t(T * H));
+  for (int64_t i = 0; i < T * H; ++i) valid[i] = start + i / H + 1;
+  parallel_for(H, [&](int64_t hb, int64_t he) {
+    const int64_t nh = he - hb;
+    for (int64_t t = 0; t < T; ++t) {
+      const int64_t r0 = t * H + hb;  // first (t, h) row of this range
+      // q_abs[t, h, :] = q_nope[t, h, :] · W_UK[h]  ([Dn] x [Dn, R] -> [R]).
+      for (int64_t h = hb; h < he; ++h)
+        cpu::gemv_t_rows(qabs + (t * H + h) * R, q + (t * H + h) * Dq, wv, h * Dkv, Dn);
+      float* sc = scores + r0 * S;
+      cpu::gemm_small_nt(nh, S, R, scale, qabs + r0 * R, R, latent, R, 0.0f, sc, S);
+      cpu::gemm_small_nt(nh, S, Dr, scale, q + r0 * Dq + Dn, Dq, pe, Dr, 1.0f, sc, S);
+      cpu::softmax_rows(sc, nh, S, valid + r0);
+      cpu::gemm_small_nn(nh, R, S, sc, S, latent, R, lat + r0 * R, R, false);
+      // attn[t, h, :] = lat[t, h, :] · W_UV[h]ᵀ  ([R] x [R, Dv] -> [Dv]).
+      for (int64_t h = hb; h < he; ++h)
+        cpu::gemv_rows(attn + (t * H + h) * Dv, lat + (t * H + h) * R, wv, h * Dkv + Dn,
+                       (h + 1) * Dkv);
     }
   });
 }
@@ -188,6 +180,8 @@ void mla_forward(float* out, const float* x, int64_t B, int64_t T, int64_t start
     float* ab = attn + b * T * H * Dv;
     if (impl == AttnImpl::Naive)
       attend_naive(ab, qb, T, start_pos, w, c, lat, pe, s);
+    else if (T <= kAbsorbedDecodeTokens)
+      attend_absorbed_decode(ab, qb, T, start_pos, w, c, lat, pe, s);
     else
       attend_absorbed(ab, qb, T, start_pos, w, c, lat, pe, s);
   }

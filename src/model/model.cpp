@@ -3,6 +3,7 @@
 #include "model/model.hpp"
 
 #include <algorithm>
+#include <chrono>
 #include <filesystem>
 
 #include "backend/cpu/ops.hpp"
@@ -15,6 +16,10 @@
 namespace dsv3::model {
 
 namespace {
+using Clock = std::chrono::steady_clock;
+double seconds_since(Clock::time_point t0) {
+  return std::chrono::duration<double>(Clock::now() - t0).count();
+}
 
 int64_t ceil_div(int64_t a, int64_t b) {
   return (a + b - 1) / b;
@@ -204,15 +209,19 @@ void Model::decoder_layer(float* h, int64_t B, int64_t T, int64_t start_pos, con
   float* xn = grow(xn_, size_t(N * D));
   float* tmp = grow(tmp_, size_t(N * D));
   cpu::rmsnorm_forward(xn, nullptr, h, lw.attn_norm.data(), N, D, eps);
+  auto t0 = Clock::now();
   mla_forward(tmp, xn, B, T, start_pos, lw.attn, c, cos_sin_.data(), cache, opt.attn, mla_s_);
+  if (opt.times) opt.times->attention += seconds_since(t0);
   for (int64_t i = 0; i < N * D; ++i) h[i] += tmp[i];
   cpu::rmsnorm_forward(xn, nullptr, h, lw.ffn_norm.data(), N, D, eps);
+  t0 = Clock::now();
   if (lw.moe) {
     moe_forward(tmp, xn, N, lw.moe_w, c, routing_, moe_s_);
     if (opt.routes) opt.routes->push_back(routing_);
   } else {
     mlp_forward(tmp, xn, N, lw.mlp, moe_s_);
   }
+  if (opt.times) opt.times->ffn += seconds_since(t0);
   for (int64_t i = 0; i < N * D; ++i) h[i] += tmp[i];
 }
 
@@ -224,10 +233,22 @@ void Model::forward(const int32_t* tokens, int64_t B, int64_t T, int64_t start_p
   DSV3_CHECK(start_pos >= 0 && start_pos + T <= c.max_position_embeddings,
              "positions {}..{} exceed max_position_embeddings {}", start_pos, start_pos + T - 1,
              c.max_position_embeddings);
+  const auto t_start = Clock::now();
   float* h = grow(h_, size_t(N * D));
   embed(h, embed_, tokens, N);
   for (int64_t l = 0; l < c.num_hidden_layers; ++l)
     decoder_layer(h, B, T, start_pos, layers_[size_t(l)], cache.layer(l), opt);
+  const auto t_head = Clock::now();
+  // Adds the head and total times when the forward returns.
+  struct HeadTimer {
+    ForwardTimes* t;
+    Clock::time_point head, start;
+    ~HeadTimer() {
+      if (!t) return;
+      t->head += seconds_since(head);
+      t->total += seconds_since(start);
+    }
+  } head_timer{opt.times, t_head, t_start};
   float* xn = grow(xn_, size_t(N * D));
   cpu::rmsnorm_forward(xn, nullptr, h, norm_.data(), N, D, float(c.rms_norm_eps));
   if (opt.final_hidden) std::copy(xn, xn + N * D, opt.final_hidden);

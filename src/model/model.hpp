@@ -55,8 +55,17 @@ class KVCache {
   int64_t slots_, max_seq_;
 };
 
+// Wall time of a forward by part, accumulated (for benchmarks and profiling; seconds).
+struct ForwardTimes {
+  double attention = 0;  // attention blocks (norm excluded)
+  double ffn = 0;        // dense MLP and MoE blocks, router included
+  double head = 0;       // final norm and LM head
+  double total = 0;      // the whole forward
+};
+
 struct ForwardOptions {
   AttnImpl attn = AttnImpl::Auto;
+  ForwardTimes* times = nullptr;  // optional: adds this forward's times
   bool all_logits = true;         // false: logits of the last position of each sequence only
   float* final_hidden = nullptr;  // [B, T, D] after model.norm (the MTP input), optional
   std::vector<Routing>* routes = nullptr;  // one entry per MoE layer, optional

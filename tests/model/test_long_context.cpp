@@ -1,6 +1,6 @@
-// Long-context decode: the absorbed path's decode kernels split the attended positions over the
-// threads once there are enough of them (hundreds), beyond the reference files' 256 positions.
-// On tiny-v3 with max_position_embeddings raised to 1024, single-token absorbed steps after a
+// Long-context decode: the absorbed path's decode kernels (few-row products over the latent
+// cache, heads split over the threads) at more positions than the reference files' 256. On
+// tiny-v3 with max_position_embeddings raised to 1024, single-token absorbed steps after a
 // 700-token prompt must give the logits of one naive prefill over the same tokens.
 #include <gtest/gtest.h>
 

@@ -29,7 +29,16 @@ void nt_tile(int64_t K, float alpha, const float* A, int64_t lda, const float* B
   __m512 acc[MR][NR];
   for (int m = 0; m < MR; ++m)
     for (int n = 0; n < NR; ++n) acc[m][n] = _mm512_setzero_ps();
-  for (int64_t k = 0; k < K; k += 16) {
+  int64_t k = 0;
+  for (; k + 16 <= K; k += 16) {
+    __m512 b[NR];
+    for (int n = 0; n < NR; ++n) b[n] = _mm512_loadu_ps(B + n * ldb + k);
+    for (int m = 0; m < MR; ++m) {
+      const __m512 a = _mm512_loadu_ps(A + m * lda + k);
+      for (int n = 0; n < NR; ++n) acc[m][n] = _mm512_fmadd_ps(a, b[n], acc[m][n]);
+    }
+  }
+  if (k < K) {
     const __mmask16 mk = mask16(K - k);
     __m512 b[NR];
     for (int n = 0; n < NR; ++n) b[n] = _mm512_maskz_loadu_ps(mk, B + n * ldb + k);
@@ -55,20 +64,22 @@ constexpr std::array<NtFn, 4> nt_row() {
 
 constexpr int kNV = 4;  // vectors of 16 columns per A·B tile
 
-template <int MR>
+template <int MR, bool kMasked>
 void nn_tile(int64_t K, int64_t ncols, const float* A, int64_t lda, const float* B, int64_t ldb,
              float* C, int64_t ldc, bool accumulate) {
   __mmask16 mk[kNV];
   __m512 acc[MR][kNV];
   for (int j = 0; j < kNV; ++j) {
-    mk[j] = mask16(ncols - 16 * j);
+    mk[j] = kMasked ? mask16(ncols - 16 * j) : __mmask16(0xffff);
     for (int m = 0; m < MR; ++m)
       acc[m][j] =
           accumulate ? _mm512_maskz_loadu_ps(mk[j], C + m * ldc + 16 * j) : _mm512_setzero_ps();
   }
   for (int64_t k = 0; k < K; ++k) {
     __m512 b[kNV];
-    for (int j = 0; j < kNV; ++j) b[j] = _mm512_maskz_loadu_ps(mk[j], B + k * ldb + 16 * j);
+    for (int j = 0; j < kNV; ++j)
+      b[j] = kMasked ? _mm512_maskz_loadu_ps(mk[j], B + k * ldb + 16 * j)
+                     : _mm512_loadu_ps(B + k * ldb + 16 * j);
     for (int m = 0; m < MR; ++m) {
       const __m512 a = _mm512_set1_ps(A[m * lda + k]);
       for (int j = 0; j < kNV; ++j) acc[m][j] = _mm512_fmadd_ps(a, b[j], acc[m][j]);
@@ -98,12 +109,17 @@ void gemm_small_nn(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda,
                    int64_t ldb, float* C, int64_t ldc, bool accumulate) {
   using NnFn = void (*)(int64_t, int64_t, const float*, int64_t, const float*, int64_t, float*,
                         int64_t, bool);
-  static constexpr std::array<NnFn, 4> kTiles = {nn_tile<1>, nn_tile<2>, nn_tile<3>, nn_tile<4>};
+  // Full 64-column tiles use plain loads (masked loads measured far slower on data that is not
+  // in the caches); the column tail is masked.
+  static constexpr std::array<std::array<NnFn, 4>, 2> kTiles = {
+      {{nn_tile<1, false>, nn_tile<2, false>, nn_tile<3, false>, nn_tile<4, false>},
+       {nn_tile<1, true>, nn_tile<2, true>, nn_tile<3, true>, nn_tile<4, true>}}};
   for (int64_t n = 0; n < N; n += 16 * kNV) {
     const int64_t nc = std::min<int64_t>(16 * kNV, N - n);
     for (int64_t m = 0; m < M; m += 4) {
       const int64_t mr = std::min<int64_t>(4, M - m);
-      kTiles[size_t(mr - 1)](K, nc, A + m * lda, lda, B + n, ldb, C + m * ldc + n, ldc, accumulate);
+      kTiles[nc < 16 * kNV][size_t(mr - 1)](K, nc, A + m * lda, lda, B + n, ldb, C + m * ldc + n,
+                                            ldc, accumulate);
     }
   }
 }

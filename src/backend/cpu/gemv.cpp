@@ -48,6 +48,7 @@ struct DecF32 {
     hi = _mm512_maskz_loadu_ps(mask16(r - 16), p + 16);
   }
   static __m512 load16(const float* p, __mmask16 m) { return _mm512_maskz_loadu_ps(m, p); }
+  static __m512 load16(const float* p) { return _mm512_loadu_ps(p); }
 };
 
 struct DecBF16 {
@@ -65,6 +66,9 @@ struct DecBF16 {
   }
   static __m512 load16(const uint16_t* p, __mmask16 m) {
     return widen(_mm256_maskz_loadu_epi16(m, p));
+  }
+  static __m512 load16(const uint16_t* p) {
+    return widen(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
   }
 };
 
@@ -156,24 +160,34 @@ void rows(float* y, int64_t ldy, const float* x, int64_t ldx, int64_t M, const t
 }
 
 // y[c] = Σ_{r<n} x[r]·w[r, c] for all C columns: a product with Wᵀ over n consecutive rows.
-// Columns go in blocks of 256 whose accumulators stay in registers while the rows stream by.
+// Columns go in blocks of kV vectors whose accumulators stay in registers while the rows stream
+// by. Full blocks use plain loads: masked loads measured 2.7× slower on cold weights here.
+template <class D, int kV, bool kMasked>
+void rows_t_block(float* y, const float* x, const typename D::T* w, int64_t n, int64_t C,
+                  int64_t c0) {
+  __mmask16 mk[kV];
+  __m512 a[kV];
+  for (int j = 0; j < kV; ++j) {
+    mk[j] = kMasked ? mask16(C - c0 - 16 * j) : __mmask16(0xffff);
+    a[j] = _mm512_setzero_ps();
+  }
+  for (int64_t r = 0; r < n; ++r) {
+    const __m512 xr = _mm512_set1_ps(x[r]);
+    const typename D::T* wr = w + r * C + c0;
+    for (int j = 0; j < kV; ++j) {
+      const __m512 v = kMasked ? D::load16(wr + 16 * j, mk[j]) : D::load16(wr + 16 * j);
+      a[j] = _mm512_fmadd_ps(xr, v, a[j]);
+    }
+  }
+  for (int j = 0; j < kV; ++j) _mm512_mask_storeu_ps(y + c0 + 16 * j, mk[j], a[j]);
+}
+
 template <class D>
 void rows_t(float* y, const float* x, const typename D::T* w, int64_t n, int64_t C) {
   constexpr int kV = 16;  // vectors of 16 columns per block (16 accumulators + a broadcast)
-  for (int64_t c0 = 0; c0 < C; c0 += 16 * kV) {
-    __mmask16 mk[kV];
-    __m512 a[kV];
-    for (int j = 0; j < kV; ++j) {
-      mk[j] = mask16(C - c0 - 16 * j);
-      a[j] = _mm512_setzero_ps();
-    }
-    for (int64_t r = 0; r < n; ++r) {
-      const __m512 xr = _mm512_set1_ps(x[r]);
-      const typename D::T* wr = w + r * C + c0;
-      for (int j = 0; j < kV; ++j) a[j] = _mm512_fmadd_ps(xr, D::load16(wr + 16 * j, mk[j]), a[j]);
-    }
-    for (int j = 0; j < kV; ++j) _mm512_mask_storeu_ps(y + c0 + 16 * j, mk[j], a[j]);
-  }
+  int64_t c0 = 0;
+  for (; c0 + 16 * kV <= C; c0 += 16 * kV) rows_t_block<D, kV, false>(y, x, w, n, C, c0);
+  for (; c0 < C; c0 += 16 * kV) rows_t_block<D, kV, true>(y, x, w, n, C, c0);
 }
 
 // FP8 rows [n0, n1): per 128-row block, scale x by that block's column scales (and 2⁸).
