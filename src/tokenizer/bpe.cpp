@@ -1,9 +1,9 @@
 // BPE model: loading, per-piece memo, and the merge loop of HF tokenizers' Word::merge_all.
 #include "tokenizer/bpe.hpp"
 
+#include <algorithm>
 #include <cstring>
 #include <nlohmann/json.hpp>
-#include <queue>
 
 #include "core/error.hpp"
 #include "tokenizer/byte_level.hpp"
@@ -53,23 +53,35 @@ void PairMap::set(int32_t a, int32_t b, uint32_t rank, int32_t merged) {
 }
 
 BpeCache::BpeCache(size_t max_entries) : max_entries_(max_entries) {
-  size_t cap = 16;
-  while (cap < 2 * max_entries) cap *= 2;
-  table_.resize(cap);
+  index_.assign(kMinSlots, Slot{0, 0});
 }
 
 void BpeCache::clear() {
-  std::fill(table_.begin(), table_.end(), Entry{});
+  index_.assign(kMinSlots, Slot{0, 0});
+  entries_.clear();
   keys_.clear();
   ids_.clear();
-  size_ = 0;
+}
+
+void BpeCache::rebuild_index(size_t slots) {
+  index_.assign(slots, Slot{0, 0});
+  const size_t mask = slots - 1;
+  for (size_t e = 0; e < entries_.size(); ++e) {
+    const uint64_t h = entries_[e].hash;
+    size_t i = h & mask;
+    while (index_[i].entry != 0) i = (i + 1) & mask;
+    index_[i] = {uint32_t(h >> 32), uint32_t(e + 1)};
+  }
 }
 
 bool BpeCache::find(std::string_view key, uint64_t hash, std::span<const int32_t>* ids) const {
-  size_t mask = table_.size() - 1;
+  const size_t mask = index_.size() - 1;
+  const uint32_t tag = uint32_t(hash >> 32);
   for (size_t i = hash & mask;; i = (i + 1) & mask) {
-    const Entry& e = table_[i];
-    if (e.hash == 0) return false;
+    const Slot& sl = index_[i];
+    if (sl.entry == 0) return false;
+    if (sl.tag != tag) continue;
+    const Entry& e = entries_[sl.entry - 1];
     if (e.hash != hash || e.key_len != key.size()) continue;
     bool inline_key = key.size() <= kInlineKey;
     const char* k = inline_key ? e.key : keys_.data() + e.spill;
@@ -91,11 +103,9 @@ bool BpeCache::find(std::string_view key, uint64_t hash, std::span<const int32_t
 
 void BpeCache::insert(std::string_view key, uint64_t hash, std::span<const int32_t> ids) {
   if (key.size() > kMaxKeyBytes || ids.size() > 0xFFFF) return;
-  if (size_ >= max_entries_) clear();
-  size_t mask = table_.size() - 1;
-  size_t i = hash & mask;
-  while (table_[i].hash != 0) i = (i + 1) & mask;
-  Entry& e = table_[i];
+  if (entries_.size() >= max_entries_) clear();
+  if (2 * (entries_.size() + 1) > index_.size()) rebuild_index(2 * index_.size());
+  Entry& e = entries_.emplace_back();
   e.hash = hash;
   e.key_len = uint16_t(key.size());
   e.ids_len = uint16_t(ids.size());
@@ -117,7 +127,10 @@ void BpeCache::insert(std::string_view key, uint64_t hash, std::span<const int32
     else
       std::memcpy(e.ids, &off, sizeof(off));
   }
-  ++size_;
+  const size_t mask = index_.size() - 1;
+  size_t i = hash & mask;
+  while (index_[i].entry != 0) i = (i + 1) & mask;
+  index_[i] = {uint32_t(hash >> 32), uint32_t(entries_.size())};
 }
 
 Bpe Bpe::from_json(const nlohmann::json& m) {
@@ -301,7 +314,8 @@ void Bpe::merge_short(std::vector<int32_t>& syms) const {
   syms.resize(n);
 }
 
-// HF's Word::merge_all: a heap of (rank, position) over a linked list of symbols.
+// HF's Word::merge_all: a heap of (rank, position) over a linked list of symbols. The list and
+// the heap live in per-thread buffers (no allocation per piece).
 void Bpe::merge_long(std::vector<int32_t>& syms) const {
   struct Sym {
     int32_t id;
@@ -311,22 +325,29 @@ void Bpe::merge_long(std::vector<int32_t>& syms) const {
   struct Cand {
     uint32_t rank;
     int32_t pos, merged;
-    bool operator>(const Cand& o) const { return rank != o.rank ? rank > o.rank : pos > o.pos; }
+    // Min-heap order for std::push_heap/pop_heap (which build max-heaps): lowest rank, then
+    // leftmost position, on top.
+    bool operator<(const Cand& o) const { return rank != o.rank ? rank > o.rank : pos > o.pos; }
   };
-  int32_t n = int32_t(syms.size());
-  std::vector<Sym> s(n);
+  thread_local std::vector<Sym> s;
+  thread_local std::vector<Cand> heap;
+  const int32_t n = int32_t(syms.size());
+  s.resize(size_t(n));
+  heap.clear();
   for (int32_t i = 0; i < n; ++i) s[i] = {syms[i], i - 1, i + 1 < n ? i + 1 : -1, true};
-  std::priority_queue<Cand, std::vector<Cand>, std::greater<>> heap;
   auto push = [&](int32_t pos) {
     uint32_t r;
     int32_t m;
-    if (s[pos].next >= 0 && merges_.find(s[pos].id, s[s[pos].next].id, &r, &m))
-      heap.push({r, pos, m});
+    if (s[pos].next >= 0 && merges_.find(s[pos].id, s[s[pos].next].id, &r, &m)) {
+      heap.push_back({r, pos, m});
+      std::push_heap(heap.begin(), heap.end());
+    }
   };
   for (int32_t i = 0; i + 1 < n; ++i) push(i);
   while (!heap.empty()) {
-    Cand c = heap.top();
-    heap.pop();
+    std::pop_heap(heap.begin(), heap.end());
+    const Cand c = heap.back();
+    heap.pop_back();
     Sym& left = s[c.pos];
     if (!left.alive || left.next < 0) continue;
     uint32_t r;

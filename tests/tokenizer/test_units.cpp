@@ -99,6 +99,45 @@ TEST(Bpe, MemoAgreesWithFreshEncoding) {
   }
 }
 
+TEST(Bpe, CacheGrowsSpillsAndClearsAtItsLimit) {
+  // 30,000 distinct keys of 1..60 bytes with 1..9 ids (inline and spilled keys and ids) go into
+  // a memo limited to 20,000 entries: its index doubles several times, then it clears once full.
+  // Every key must read back its own ids while present, and nothing else.
+  const uint64_t seed = 78;
+  std::printf("seed %llu\n", (unsigned long long)seed);
+  Rng rng(seed);
+  const size_t kLimit = 20000, kKeys = 30000;
+  BpeCache cache(kLimit);
+  std::vector<std::string> keys;
+  std::vector<std::vector<int32_t>> ids;
+  for (size_t i = 0; i < kKeys; ++i) {
+    std::string k = std::to_string(i) + ":";
+    const size_t len = 1 + rng.below(60);
+    while (k.size() < len) k += char('a' + rng.below(26));
+    std::vector<int32_t> v(1 + rng.below(9));
+    for (auto& x : v) x = int32_t(rng.below(1u << 30));
+    keys.push_back(k);
+    ids.push_back(v);
+  }
+  auto check = [&](size_t i, bool present) {
+    std::span<const int32_t> got;
+    const bool hit = cache.find(keys[i], hash_bytes(keys[i]), &got);
+    ASSERT_EQ(hit, present) << "key " << i;
+    if (hit) ASSERT_EQ(std::vector<int32_t>(got.begin(), got.end()), ids[i]) << "key " << i;
+  };
+  for (size_t i = 0; i < kLimit; ++i) {
+    cache.insert(keys[i], hash_bytes(keys[i]), ids[i]);
+    if (i % 997 == 0)
+      for (size_t j = 0; j <= i; j += 13) check(j, true);
+  }
+  for (size_t i = 0; i < kLimit; ++i) check(i, true);
+  check(kLimit, false);
+  // Full: the next insert starts over.
+  for (size_t i = kLimit; i < kKeys; ++i) cache.insert(keys[i], hash_bytes(keys[i]), ids[i]);
+  for (size_t i = 0; i < kLimit; i += 7) check(i, false);
+  for (size_t i = kLimit; i < kKeys; ++i) check(i, true);
+}
+
 TEST(ChatTemplate, MatchesJinjaRenderings) {
   auto g = test::read_json(test::golden_dir() + "/deepseek_v3_chat_cases.json");
   ASSERT_GE(g.at("cases").size(), 16u);
