@@ -123,7 +123,9 @@ TEST(Bpe, CacheGrowsSpillsAndClearsAtItsLimit) {
     std::span<const int32_t> got;
     const bool hit = cache.find(keys[i], hash_bytes(keys[i]), &got);
     ASSERT_EQ(hit, present) << "key " << i;
-    if (hit) ASSERT_EQ(std::vector<int32_t>(got.begin(), got.end()), ids[i]) << "key " << i;
+    if (hit) {
+      ASSERT_EQ(std::vector<int32_t>(got.begin(), got.end()), ids[i]) << "key " << i;
+    }
   };
   for (size_t i = 0; i < kLimit; ++i) {
     cache.insert(keys[i], hash_bytes(keys[i]), ids[i]);
