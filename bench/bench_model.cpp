@@ -107,11 +107,13 @@ int main(int argc, char** argv) {
       m->forward(toks.data(), 1, 16, 0, cache, logits.data(), fo);
       int32_t tok = toks[16];
       int64_t pos = 16;
-      std::vector<double> round_bw, round_tps, round_pct;
+      std::vector<double> round_bw, round_median_bw, round_tps, round_pct;
       model::ForwardTimes times;
       fo.times = &times;
       for (int r = 0; r < rounds; ++r) {
-        const double rbw = probe.gbs(nt, 8);
+        const auto pr = probe.measure(nt, 8);
+        const double rbw = pr.best;
+        round_median_bw.push_back(pr.median);
         auto t0 = std::chrono::steady_clock::now();
         for (int64_t s = 0; s < steps; ++s) {
           m->forward(&tok, 1, 1, pos++, cache, logits.data(), fo);
@@ -128,6 +130,7 @@ int main(int argc, char** argv) {
       const double decode_gbs = decode_tps * double(active) / 1e9;
       const double decode_pct = bench::median(round_pct);
       const double decode_bw = bench::median(round_bw);
+      const double median_bw = bench::median(round_median_bw);
       const double prefill_tps = double(prompt) / best_prefill;
       // Prefill FLOPs: 2 x active parameters (excluding the embedding row) per token, plus
       // attention (QK and PV over the causal half, absorbed: H x (R + Dr) and H x R per pair).
@@ -137,7 +140,8 @@ int main(int argc, char** argv) {
                           c.num_hidden_layers;
       const double prefill_gflops = prefill_tps * (flops_tok + attn) / 1e9;
       std::printf(
-          "    {\"threads\": %d, \"memory_bandwidth_gbs\": %.1f, \"bf16_gemm_peak_gflops\": %.1f,\n"
+          "    {\"threads\": %d, \"memory_bandwidth_gbs\": %.1f, \"median_pass_gbs\": %.1f, "
+          "\"bf16_gemm_peak_gflops\": %.1f,\n"
           "     \"decode_tokens_per_s\": %.2f, \"decode_weight_gbs\": %.1f, "
           "\"decode_pct_of_bandwidth\": %.1f, \"decode_pct_min_max\": [%.1f, %.1f],\n"
           "     \"decode_ms_per_token\": {\"attention\": %.3f, \"ffn\": %.3f, \"head\": %.3f, "
@@ -145,7 +149,7 @@ int main(int argc, char** argv) {
           "     \"prefill_tokens\": %lld, \"prefill_tokens_per_s\": %.1f, \"prefill_gflops\": "
           "%.1f, "
           "\"prefill_pct_of_bf16_peak\": %.1f}%s\n",
-          nt, decode_bw, peak, decode_tps, decode_gbs, decode_pct,
+          nt, decode_bw, median_bw, peak, decode_tps, decode_gbs, decode_pct,
           *std::min_element(round_pct.begin(), round_pct.end()),
           *std::max_element(round_pct.begin(), round_pct.end()), 1e3 * times.attention / n_steps,
           1e3 * times.ffn / n_steps, 1e3 * times.head / n_steps,

@@ -76,9 +76,10 @@ class ScopedThreads {
 
 // Read-only bandwidth in GB/s (1e9 bytes/s) on `threads` threads: each pass sums one 64 MiB
 // segment of a 512 MiB buffer (threads take contiguous parts), cycling through the segments so a
-// pass reads what the last seven evicted from every cache; the best of `passes` passes. Short
-// passes keep the number stable on a shared machine, where a long pass is likely to be
-// preempted. The buffer is made once, so a benchmark can probe again between its own rounds.
+// pass reads what the last seven evicted from every cache. The limit is the best of `passes`
+// passes: short passes keep it stable on a shared machine, where a long pass is likely to be
+// preempted; the median pass is there for context (what a pass typically got at that moment).
+// The buffer is made once, so a benchmark can probe again between its own rounds.
 class BandwidthProbe {
  public:
   static constexpr size_t kSegments = 8;
@@ -92,12 +93,18 @@ class BandwidthProbe {
     for (size_t i = 0; i < n; ++i) p[i] = float(i & 7);
   }
 
-  double gbs(int threads, int passes = 24) {
+  // Best and median pass, GB/s.
+  struct Result {
+    double best, median;
+  };
+  Result measure(int threads, int passes = 24) {
+    std::vector<double> rates;
     volatile float sink = 0;
-    const double t = best_seconds(passes, [&] {
+    for (int p = 0; p < passes; ++p) {
       const float* q = buf_.get() + (pass_++ % kSegments) * seg_;
       const size_t seg = seg_;
       float total = 0;
+      Timer t;
 #pragma omp parallel num_threads(threads) reduction(+ : total)
       {
         const int nt = omp_get_num_threads(), id = omp_get_thread_num();
@@ -112,10 +119,15 @@ class BandwidthProbe {
         }
         total += _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
       }
+      rates.push_back(double(seg_ * sizeof(float)) / t.seconds() / 1e9);
       sink = total;
-    });
+    }
     (void)sink;
-    return double(seg_ * sizeof(float)) / t / 1e9;
+    std::sort(rates.begin(), rates.end());
+    return {rates.back(), rates[rates.size() / 2]};
+  }
+  double gbs(int threads, int passes = 24) {
+    return measure(threads, passes).best;
   }
 
  private:
