@@ -98,7 +98,9 @@ struct DecF8 {
 // Bytes ahead of the current position that the row kernel prefetches. The weight is one
 // sequential stream (rows are contiguous and read one after another), but a stream that starts
 // cold every few KiB (each matrix, each expert) leaves the hardware prefetcher little time to
-// ramp up; 4 KiB ahead measured best (dev notes in docs/benchmarks.md: 1 KiB to 8 KiB tried).
+// ramp up; 4 KiB ahead measured best (1 KiB to 8 KiB tried; docs/benchmarks.md). The hint is
+// non-temporal: a weight is read once per token, and NTA prefetches streamed 8–15 points of
+// bandwidth more than T0 ones in A/B runs (T1/L2 hints and two-distance mixes were worse).
 constexpr int64_t kPrefetchBytes = 4096;
 
 // y[m, n] (+)= Σ_k x[m, k]·w[n, k] for MR ≤ 2 activation rows and weight rows [n0, n1). Each weight
@@ -117,7 +119,7 @@ void rows_mr(float* y, int64_t ldy, const float* x, int64_t ldx, const typename 
     int64_t k = 0;
     for (; k + 64 <= K; k += 64) {
       for (int64_t l = 0; l < 64; l += kLine)
-        _mm_prefetch(pf + (k + l) * int64_t(sizeof(typename D::T)), _MM_HINT_T0);
+        _mm_prefetch(pf + (k + l) * int64_t(sizeof(typename D::T)), _MM_HINT_NTA);
       __m512 v[4];
       D::load(wr + k, v[0], v[1]);
       D::load(wr + k + 32, v[2], v[3]);
@@ -152,7 +154,7 @@ void rows(float* y, int64_t ldy, const float* x, int64_t ldx, int64_t M, const t
   {  // The first kPrefetchBytes, which the in-loop prefetch never covers.
     const char* b = reinterpret_cast<const char*>(w + n0 * K);
     const char* e = reinterpret_cast<const char*>(w + n1 * K);
-    for (const char* p = b; p < b + kPrefetchBytes && p < e; p += 64) _mm_prefetch(p, _MM_HINT_T0);
+    for (const char* p = b; p < b + kPrefetchBytes && p < e; p += 64) _mm_prefetch(p, _MM_HINT_NTA);
   }
   int64_t m = 0;
   for (; m + 2 <= M; m += 2) rows_mr<D, 2>(y + m * ldy, ldy, x + m * ldx, ldx, w, K, n0, n1, acc);
