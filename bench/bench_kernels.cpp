@@ -51,7 +51,11 @@ Stored make_weight(DType dt, Shape s, uint64_t seed) {
 // Streams a buffer larger than the last-level cache so the next call reads from memory.
 class CacheFlusher {
  public:
-  CacheFlusher() : buf_(size_t(256) << 20 >> 3, 1) {}
+  // Distinct page contents (see BandwidthProbe): identical pages may be merged by the host, and
+  // a stream over one shared page evicts nothing.
+  CacheFlusher() : buf_(size_t(256) << 20 >> 3) {
+    for (size_t i = 0; i < buf_.size(); ++i) buf_[i] = i * 0x9E3779B97F4A7C15ull;
+  }
   void flush() {
     uint64_t s = 0;
 #pragma omp parallel for reduction(+ : s)
