@@ -1,6 +1,12 @@
 // BPE model: loading, per-piece memo, and the merge loop of HF tokenizers' Word::merge_all.
 #include "tokenizer/bpe.hpp"
 
+// GCC 12 flags the _mm*_undefined_* inside its own AVX-512 intrinsic headers (a known false
+// positive of -W(maybe-)uninitialized once they are inlined, e.g. in _mm512_reduce_min_epu32).
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#include <immintrin.h>
+
 #include <algorithm>
 #include <cstring>
 #include <nlohmann/json.hpp>
@@ -277,41 +283,59 @@ void Bpe::word_symbols(std::string_view w, std::vector<int32_t>& syms) const {
   if (unk) syms.push_back(*unk);
 }
 
-// Lowest rank first, leftmost first, by rescanning: fastest for the short words that dominate.
+// Lowest rank first, leftmost first, by rescanning: for pieces of up to kShortMax symbols.
+// Symbols stay in place (a merged-away one gets the rank kNone and leaves the linked list), so
+// array order is piece order and the leftmost lowest rank is the first index holding the
+// minimum, which AVX-512 finds over 16 ranks per instruction; each merge then looks up only the
+// two pairs it changed.
 void Bpe::merge_short(std::vector<int32_t>& syms) const {
   constexpr uint32_t kNone = ~0u;
-  thread_local std::vector<uint32_t> ranks;
-  thread_local std::vector<int32_t> merged;
-  size_t n = syms.size();
-  ranks.resize(n);
-  merged.resize(n);
-  auto look = [&](size_t i) {
+  alignas(64) uint32_t ranks[kShortMax];
+  int32_t merged[kShortMax];
+  int16_t next[kShortMax], prev[kShortMax];
+  const int n = int(syms.size());
+  const int vecs = (n + 15) / 16;
+  auto look = [&](int i) {
     uint32_t r;
     int32_t m;
-    if (merges_.find(syms[i], syms[i + 1], &r, &m)) {
+    if (next[i] >= 0 && merges_.find(syms[i], syms[next[i]], &r, &m)) {
       ranks[i] = r;
       merged[i] = m;
     } else {
       ranks[i] = kNone;
     }
   };
-  for (size_t i = 0; i + 1 < n; ++i) look(i);
-  while (n > 1) {
-    size_t best = 0;
-    for (size_t i = 1; i + 1 < n; ++i)
-      if (ranks[i] < ranks[best]) best = i;
-    if (ranks[best] == kNone) break;
-    syms[best] = merged[best];
-    for (size_t i = best + 1; i + 1 < n; ++i) {
-      syms[i] = syms[i + 1];
-      ranks[i] = ranks[i + 1];
-      merged[i] = merged[i + 1];
-    }
-    --n;
-    if (best + 1 < n) look(best);
-    if (best > 0) look(best - 1);
+  for (int i = 0; i < n; ++i) {
+    next[i] = int16_t(i + 1 < n ? i + 1 : -1);
+    prev[i] = int16_t(i - 1);
   }
-  syms.resize(n);
+  for (int i = 0; i < n; ++i) look(i);
+  for (int i = n; i < vecs * 16; ++i) ranks[i] = kNone;
+  for (;;) {
+    __m512i mn = _mm512_load_si512(ranks);
+    for (int v = 1; v < vecs; ++v) mn = _mm512_min_epu32(mn, _mm512_load_si512(ranks + 16 * v));
+    const uint32_t best_rank = _mm512_reduce_min_epu32(mn);
+    if (best_rank == kNone) break;
+    const __m512i target = _mm512_set1_epi32(int32_t(best_rank));
+    int best = 0;
+    for (int v = 0; v < vecs; ++v) {
+      const __mmask16 eq = _mm512_cmpeq_epu32_mask(_mm512_load_si512(ranks + 16 * v), target);
+      if (eq) {
+        best = 16 * v + __builtin_ctz(eq);
+        break;
+      }
+    }
+    const int right = next[best];
+    syms[best] = merged[best];
+    ranks[right] = kNone;
+    next[best] = next[right];
+    if (next[right] >= 0) prev[next[right]] = int16_t(best);
+    look(best);
+    if (prev[best] >= 0) look(prev[best]);
+  }
+  int out = 0;
+  for (int i = 0; i >= 0; i = next[i]) syms[out++] = syms[i];
+  syms.resize(size_t(out));
 }
 
 // HF's Word::merge_all: a heap of (rank, position) over a linked list of symbols. The list and
@@ -385,7 +409,7 @@ void Bpe::encode_uncached(std::string_view piece, bool raw_bytes, std::vector<in
   } else {
     word_symbols(piece, syms);
   }
-  if (syms.size() <= 48)
+  if (syms.size() <= size_t(kShortMax))
     merge_short(syms);
   else
     merge_long(syms);

@@ -118,6 +118,7 @@ class Bpe {
   void finish();
   void add_merge(const std::string& a, const std::string& b, uint32_t rank);
   void word_symbols(std::string_view word, std::vector<int32_t>& syms) const;
+  static constexpr int kShortMax = 128;  // merge_short up to this many symbols, merge_long above
   void merge_short(std::vector<int32_t>& syms) const;
   void merge_long(std::vector<int32_t>& syms) const;
 

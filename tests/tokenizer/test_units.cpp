@@ -6,6 +6,7 @@
 
 #include <cstdio>
 #include <filesystem>
+#include <map>
 
 #include "core/error.hpp"
 #include "core/rng.hpp"
@@ -138,6 +139,59 @@ TEST(Bpe, CacheGrowsSpillsAndClearsAtItsLimit) {
   for (size_t i = kLimit; i < kKeys; ++i) cache.insert(keys[i], hash_bytes(keys[i]), ids[i]);
   for (size_t i = 0; i < kLimit; i += 7) check(i, false);
   for (size_t i = kLimit; i < kKeys; ++i) check(i, true);
+}
+
+TEST(Bpe, MergeLoopsMatchTextbookBpe) {
+  DSV3_REQUIRE_DEEPSEEK_V3();
+  // Single-piece texts (a CJK run, a run of Latin letters) of 1..140 characters, so both merge
+  // loops (up to 128 symbols and beyond) run, against the textbook algorithm on strings: merge
+  // the leftmost pair of lowest rank until none is left, then look the strings up.
+  const uint64_t seed = 79;
+  std::printf("seed %llu\n", (unsigned long long)seed);
+  const auto j = test::read_json(test::deepseek_v3_dir() + "/tokenizer.json");
+  std::map<std::pair<std::string, std::string>, size_t> rank;
+  size_t r = 0;
+  for (const auto& m : j["model"]["merges"]) {
+    const std::string s = m.get<std::string>();
+    const size_t sp = s.find(' ');
+    rank.emplace(std::make_pair(s.substr(0, sp), s.substr(sp + 1)), r++);
+  }
+  const auto& vocab = j["model"]["vocab"];
+  auto textbook = [&](const std::string& text) {
+    const std::string mapped = byte_level_encode(text);
+    std::vector<std::string> sym;
+    for (size_t i = 0; i < mapped.size();) {
+      const size_t len = utf8_lead_length(static_cast<unsigned char>(mapped[i]));
+      sym.push_back(mapped.substr(i, len));
+      i += len;
+    }
+    for (;;) {
+      size_t best = SIZE_MAX, best_rank = SIZE_MAX;
+      for (size_t i = 0; i + 1 < sym.size(); ++i) {
+        auto it = rank.find({sym[i], sym[i + 1]});
+        if (it != rank.end() && it->second < best_rank) {
+          best_rank = it->second;
+          best = i;
+        }
+      }
+      if (best == SIZE_MAX) break;
+      sym[best] += sym[best + 1];
+      sym.erase(sym.begin() + std::ptrdiff_t(best) + 1);
+    }
+    std::vector<int32_t> ids;
+    for (const auto& s : sym) ids.push_back(vocab.at(s).get<int32_t>());
+    return ids;
+  };
+  const char* cjk[] = {"深", "度", "求", "索", "模", "型", "的", "是", "在", "中", "国", "人",
+                       "大", "学", "生", "语", "言", "数", "据", "の", "は", "カ", "タ"};
+  Rng rng(seed);
+  for (int t = 0; t < 120; ++t) {
+    const int n = 1 + int(rng.below(140));
+    std::string text;
+    for (int i = 0; i < n; ++i)
+      text += t % 2 ? std::string(1, char('a' + rng.below(26))) : cjk[rng.below(std::size(cjk))];
+    ASSERT_EQ(ds->encode(text), textbook(text)) << text;
+  }
 }
 
 TEST(ChatTemplate, MatchesJinjaRenderings) {
