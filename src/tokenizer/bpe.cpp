@@ -58,36 +58,37 @@ void PairMap::set(int32_t a, int32_t b, uint32_t rank, int32_t merged) {
   }
 }
 
-BpeCache::BpeCache(size_t max_entries) : max_entries_(max_entries) {
-  index_.assign(kMinSlots, Slot{0, 0});
+BpeCache::BpeCache(size_t max_entries)
+    : max_entries_(std::min<size_t>(max_entries, kEntryMask - 1)) {
+  index_.assign(kMinSlots, 0);
 }
 
 void BpeCache::clear() {
-  index_.assign(kMinSlots, Slot{0, 0});
+  index_.assign(kMinSlots, 0);
   entries_.clear();
   keys_.clear();
   ids_.clear();
 }
 
 void BpeCache::rebuild_index(size_t slots) {
-  index_.assign(slots, Slot{0, 0});
+  index_.assign(slots, 0);
   const size_t mask = slots - 1;
   for (size_t e = 0; e < entries_.size(); ++e) {
     const uint64_t h = entries_[e].hash;
     size_t i = h & mask;
-    while (index_[i].entry != 0) i = (i + 1) & mask;
-    index_[i] = {uint32_t(h >> 32), uint32_t(e + 1)};
+    while (index_[i] != 0) i = (i + 1) & mask;
+    index_[i] = make_slot(h, e + 1);
   }
 }
 
 bool BpeCache::find(std::string_view key, uint64_t hash, std::span<const int32_t>* ids) const {
   const size_t mask = index_.size() - 1;
-  const uint32_t tag = uint32_t(hash >> 32);
+  const Slot tag = Slot(hash >> 52);
   for (size_t i = hash & mask;; i = (i + 1) & mask) {
-    const Slot& sl = index_[i];
-    if (sl.entry == 0) return false;
-    if (sl.tag != tag) continue;
-    const Entry& e = entries_[sl.entry - 1];
+    const Slot sl = index_[i];
+    if (sl == 0) return false;
+    if ((sl >> kEntryBits) != tag) continue;
+    const Entry& e = entries_[(sl & kEntryMask) - 1];
     if (e.hash != hash || e.key_len != key.size()) continue;
     bool inline_key = key.size() <= kInlineKey;
     const char* k = inline_key ? e.key : keys_.data() + e.spill;
@@ -135,8 +136,8 @@ void BpeCache::insert(std::string_view key, uint64_t hash, std::span<const int32
   }
   const size_t mask = index_.size() - 1;
   size_t i = hash & mask;
-  while (index_[i].entry != 0) i = (i + 1) & mask;
-  index_[i] = {uint32_t(hash >> 32), uint32_t(entries_.size())};
+  while (index_[i] != 0) i = (i + 1) & mask;
+  index_[i] = make_slot(hash, entries_.size());
 }
 
 Bpe Bpe::from_json(const nlohmann::json& m) {

@@ -52,7 +52,7 @@ class PairMap {
   int shift_ = 64;
 };
 
-// Memo of piece -> ids. A compact index (8 bytes a slot: a hash tag and an entry number) points
+// Memo of piece -> ids. A compact index (4 bytes a slot: a hash tag and an entry number) points
 // into entries kept in insertion order; short pieces and their ids live inside their 64-byte
 // entry, longer ones spill into arenas. A miss (most lookups of a first pass over new text)
 // touches only the index, which stays small enough for the caches: sized to the entries (load
@@ -68,10 +68,13 @@ class BpeCache {
 
  private:
   static constexpr size_t kInlineKey = 24, kInlineIds = 6, kMinSlots = 4096;
-  struct Slot {
-    uint32_t tag;    // high half of the hash
-    uint32_t entry;  // entry number + 1; 0: empty
-  };
+  // An index slot: the top 12 bits of the hash, then the entry number + 1 (0: empty).
+  using Slot = uint32_t;
+  static constexpr int kEntryBits = 20;
+  static constexpr Slot kEntryMask = (Slot(1) << kEntryBits) - 1;
+  static Slot make_slot(uint64_t hash, size_t entry1) {
+    return (Slot(hash >> 52) << kEntryBits) | Slot(entry1);
+  }
   struct alignas(64) Entry {
     uint64_t hash = 0;
     uint16_t key_len, ids_len;
