@@ -16,12 +16,10 @@
 #include <algorithm>
 #include <array>
 
+#include "backend/cpu/vmath.hpp"
+
 namespace dsv3::cpu {
 namespace {
-
-inline __mmask16 mask16(int64_t r) {
-  return r >= 16 ? __mmask16(0xffff) : r <= 0 ? __mmask16(0) : __mmask16((1u << r) - 1);
-}
 
 template <int MR, int NR>
 void nt_tile(int64_t K, float alpha, const float* A, int64_t lda, const float* B, int64_t ldb,
@@ -39,7 +37,7 @@ void nt_tile(int64_t K, float alpha, const float* A, int64_t lda, const float* B
     }
   }
   if (k < K) {
-    const __mmask16 mk = mask16(K - k);
+    const __mmask16 mk = tail_mask(K - k);
     __m512 b[NR];
     for (int n = 0; n < NR; ++n) b[n] = _mm512_maskz_loadu_ps(mk, B + n * ldb + k);
     for (int m = 0; m < MR; ++m) {
@@ -70,7 +68,7 @@ void nn_tile(int64_t K, int64_t ncols, const float* A, int64_t lda, const float*
   __mmask16 mk[kNV];
   __m512 acc[MR][kNV];
   for (int j = 0; j < kNV; ++j) {
-    mk[j] = kMasked ? mask16(ncols - 16 * j) : __mmask16(0xffff);
+    mk[j] = kMasked ? tail_mask(ncols - 16 * j) : __mmask16(0xffff);
     for (int m = 0; m < MR; ++m)
       acc[m][j] =
           accumulate ? _mm512_maskz_loadu_ps(mk[j], C + m * ldc + 16 * j) : _mm512_setzero_ps();

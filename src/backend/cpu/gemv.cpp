@@ -24,15 +24,13 @@
 #include <algorithm>
 #include <vector>
 
+#include "backend/cpu/vmath.hpp"
 #include "core/error.hpp"
 #include "core/parallel.hpp"
 
 namespace dsv3::cpu {
 namespace {
 
-inline __mmask16 mask16(int64_t r) {
-  return r >= 16 ? __mmask16(0xffff) : r <= 0 ? __mmask16(0) : __mmask16((1u << r) - 1);
-}
 inline __mmask32 mask32(int64_t r) {
   return r >= 32 ? __mmask32(0xffffffffu) : __mmask32((1u << r) - 1);
 }
@@ -44,8 +42,8 @@ struct DecF32 {
     hi = _mm512_loadu_ps(p + 16);
   }
   static void load_tail(const float* p, int64_t r, __m512& lo, __m512& hi) {
-    lo = _mm512_maskz_loadu_ps(mask16(r), p);
-    hi = _mm512_maskz_loadu_ps(mask16(r - 16), p + 16);
+    lo = _mm512_maskz_loadu_ps(tail_mask(r), p);
+    hi = _mm512_maskz_loadu_ps(tail_mask(r - 16), p + 16);
   }
   static __m512 load16(const float* p, __mmask16 m) { return _mm512_maskz_loadu_ps(m, p); }
   static __m512 load16(const float* p) { return _mm512_loadu_ps(p); }
@@ -61,8 +59,8 @@ struct DecBF16 {
     hi = widen(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 16)));
   }
   static void load_tail(const uint16_t* p, int64_t r, __m512& lo, __m512& hi) {
-    lo = widen(_mm256_maskz_loadu_epi16(mask16(r), p));
-    hi = widen(_mm256_maskz_loadu_epi16(mask16(r - 16), p + 16));
+    lo = widen(_mm256_maskz_loadu_epi16(tail_mask(r), p));
+    hi = widen(_mm256_maskz_loadu_epi16(tail_mask(r - 16), p + 16));
   }
   static __m512 load16(const uint16_t* p, __mmask16 m) {
     return widen(_mm256_maskz_loadu_epi16(m, p));
@@ -133,9 +131,10 @@ void rows_mr(float* y, int64_t ldy, const float* x, int64_t ldx, const typename 
       __m512 lo, hi;
       D::load_tail(wr + k, r, lo, hi);
       for (int m = 0; m < MR; ++m) {
-        a[m][0] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mask16(r), x + m * ldx + k), lo, a[m][0]);
-        a[m][1] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mask16(r - 16), x + m * ldx + k + 16), hi,
-                                  a[m][1]);
+        a[m][0] =
+            _mm512_fmadd_ps(_mm512_maskz_loadu_ps(tail_mask(r), x + m * ldx + k), lo, a[m][0]);
+        a[m][1] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(tail_mask(r - 16), x + m * ldx + k + 16),
+                                  hi, a[m][1]);
       }
     }
     for (int m = 0; m < MR; ++m) {
@@ -170,7 +169,7 @@ void rows_t_block(float* y, const float* x, const typename D::T* w, int64_t n, i
   __mmask16 mk[kV];
   __m512 a[kV];
   for (int j = 0; j < kV; ++j) {
-    mk[j] = kMasked ? mask16(C - c0 - 16 * j) : __mmask16(0xffff);
+    mk[j] = kMasked ? tail_mask(C - c0 - 16 * j) : __mmask16(0xffff);
     a[j] = _mm512_setzero_ps();
   }
   for (int64_t r = 0; r < n; ++r) {

@@ -3,7 +3,8 @@
 // (bench_train). exp_ps is the Cephes single-precision scheme: x = n·ln2 + r with |r| ≤ ln2/2,
 // a degree-6 polynomial for e^r, then 2^n by vscalefps (which also underflows to exactly 0 for
 // x < -104, so exp(-inf) = 0 as a softmax mask needs); max error ~1 ulp. NaN propagates.
-// The double overloads (finite-difference checks) stay scalar std::exp.
+// The double overloads (finite-difference checks) stay scalar std::exp. Also the tail mask the
+// CPU kernels share.
 #pragma once
 #include <immintrin.h>
 
@@ -34,8 +35,9 @@ inline __m512 exp_ps(__m512 x) {
   return _mm512_maskz_scalef_ps(kAll, p, n);
 }
 
+// The first min(left, 16) lanes (none when left ≤ 0): masked loads and stores of a tail.
 inline __mmask16 tail_mask(int64_t left) {
-  return left >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << left) - 1);
+  return left >= 16 ? __mmask16(0xFFFF) : left <= 0 ? __mmask16(0) : __mmask16((1u << left) - 1);
 }
 
 // dst[i] = exp(src[i] - shift) for i < n (dst may be src; nullptr: not stored); returns the sum.
