@@ -295,6 +295,7 @@ void Bpe::merge_short(std::vector<int32_t>& syms) const {
   int32_t merged[kShortMax];
   int16_t next[kShortMax], prev[kShortMax];
   const int n = int(syms.size());
+  if (n < 2) return;  // nothing to merge (word_symbols may give none: unknown chars, no unk)
   const int vecs = (n + 15) / 16;
   auto look = [&](int i) {
     uint32_t r;

@@ -141,6 +141,20 @@ TEST(Bpe, CacheGrowsSpillsAndClearsAtItsLimit) {
   for (size_t i = kLimit; i < kKeys; ++i) check(i, true);
 }
 
+TEST(Bpe, PieceOfUnknownCharactersWithoutUnkGivesNoIds) {
+  // No byte-level alphabet and no unk_token: characters missing from the vocab are dropped, so a
+  // piece can leave no symbols at all, and the merge loop must cope with zero or one.
+  const Bpe bpe = Bpe::from_tokens({"a", "b", "ab"}, {{"a", "b"}});
+  std::vector<int32_t> out;
+  bpe.encode_uncached("zz", false, out);
+  EXPECT_TRUE(out.empty());
+  bpe.encode_uncached("zaz", false, out);
+  EXPECT_EQ(out, std::vector<int32_t>({0}));
+  out.clear();
+  bpe.encode_uncached("abz", false, out);
+  EXPECT_EQ(out, std::vector<int32_t>({2}));
+}
+
 TEST(Bpe, MergeLoopsMatchTextbookBpe) {
   DSV3_REQUIRE_DEEPSEEK_V3();
   // Single-piece texts (a CJK run, a run of Latin letters) of 1..140 characters, so both merge
