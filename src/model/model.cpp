@@ -3,10 +3,10 @@
 #include "model/model.hpp"
 
 #include <algorithm>
-#include <chrono>
 #include <filesystem>
 
 #include "backend/cpu/ops.hpp"
+#include "core/clock.hpp"
 #include "core/error.hpp"
 #include "core/log.hpp"
 #include "core/scratch.hpp"
@@ -16,10 +16,6 @@
 namespace dsv3::model {
 
 namespace {
-using Clock = std::chrono::steady_clock;
-double seconds_since(Clock::time_point t0) {
-  return std::chrono::duration<double>(Clock::now() - t0).count();
-}
 
 int64_t ceil_div(int64_t a, int64_t b) {
   return (a + b - 1) / b;
@@ -239,27 +235,21 @@ void Model::forward(const int32_t* tokens, int64_t B, int64_t T, int64_t start_p
   for (int64_t l = 0; l < c.num_hidden_layers; ++l)
     decoder_layer(h, B, T, start_pos, layers_[size_t(l)], cache.layer(l), opt);
   const auto t_head = Clock::now();
-  // Adds the head and total times when the forward returns.
-  struct HeadTimer {
-    ForwardTimes* t;
-    Clock::time_point head, start;
-    ~HeadTimer() {
-      if (!t) return;
-      t->head += seconds_since(head);
-      t->total += seconds_since(start);
-    }
-  } head_timer{opt.times, t_head, t_start};
   float* xn = grow(xn_, size_t(N * D));
   cpu::rmsnorm_forward(xn, nullptr, h, norm_.data(), N, D, float(c.rms_norm_eps));
   if (opt.final_hidden) std::copy(xn, xn + N * D, opt.final_hidden);
   if (opt.all_logits) {
     cpu::linear_forward(logits, xn, N, lm_head_);
-    return;
+  } else {
+    float* last = grow(tmp_, size_t(B * D));
+    for (int64_t b = 0; b < B; ++b)
+      std::copy(xn + ((b + 1) * T - 1) * D, xn + (b + 1) * T * D, last + b * D);
+    cpu::linear_forward(logits, last, B, lm_head_);
   }
-  float* last = grow(tmp_, size_t(B * D));
-  for (int64_t b = 0; b < B; ++b)
-    std::copy(xn + ((b + 1) * T - 1) * D, xn + (b + 1) * T * D, last + b * D);
-  cpu::linear_forward(logits, last, B, lm_head_);
+  if (opt.times) {
+    opt.times->head += seconds_since(t_head);
+    opt.times->total += seconds_since(t_start);
+  }
 }
 
 void Model::mtp_forward(const float* hidden, const int32_t* next, int64_t B, int64_t T,

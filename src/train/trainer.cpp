@@ -10,6 +10,7 @@
 #include <utility>
 
 #include "backend/cpu/linear.hpp"
+#include "core/clock.hpp"
 #include "core/error.hpp"
 #include "core/log.hpp"
 #include "core/parallel.hpp"
@@ -32,11 +33,6 @@ namespace fs = std::filesystem;
 
 namespace dsv3::train {
 namespace {
-
-using Clock = std::chrono::steady_clock;
-double seconds_since(Clock::time_point t0) {
-  return std::chrono::duration<double>(Clock::now() - t0).count();
-}
 
 // FP32 GEMM peak of this machine with the current thread count: the best of a few timed
 // 512×512×512 oneDNN sgemm calls (~0.3 s).
