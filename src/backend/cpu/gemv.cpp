@@ -96,9 +96,9 @@ struct DecF8 {
 // Bytes ahead of the current position that the row kernel prefetches. The weight is one
 // sequential stream (rows are contiguous and read one after another), but a stream that starts
 // cold every few KiB (each matrix, each expert) leaves the hardware prefetcher little time to
-// ramp up; 4 KiB ahead measured best (1 KiB to 8 KiB tried; docs/benchmarks.md). The hint is
-// non-temporal: a weight is read once per token, and NTA prefetches streamed 8–15 points of
-// bandwidth more than T0 ones in A/B runs (T1/L2 hints and two-distance mixes were worse).
+// ramp up; 4 KiB ahead (2 and 8 KiB did no better in the model's decode; docs/benchmarks.md).
+// The hint is non-temporal: a weight is read once per token, and NTA prefetches gave 5–8 points
+// of bandwidth more than T0 ones in A/B runs of the model's decode.
 constexpr int64_t kPrefetchBytes = 4096;
 
 // y[m, n] (+)= Σ_k x[m, k]·w[n, k] for MR ≤ 2 activation rows and weight rows [n0, n1). Each weight
