@@ -160,7 +160,9 @@ TEST(Linear, NanInfPositions) {
         linear_forward(y.data(), x.data(), M, lw, false);
         ASSERT_EQ(check_linear(y, y0, x, w, M, false, c), 0);
         EXPECT_TRUE(std::isnan(y[5]));
-        if (M > 1) EXPECT_FALSE(std::isnan(y[size_t(N + 4)]));
+        if (M > 1) {
+          EXPECT_FALSE(std::isnan(y[size_t(N + 4)]));
+        }
       }
 }
 
