@@ -101,6 +101,13 @@ struct DecF8 {
 // of bandwidth more than T0 ones in A/B runs of the model's decode.
 constexpr int64_t kPrefetchBytes = 4096;
 
+// The first kPrefetchBytes of the stream [b, e), which the in-loop prefetches never cover.
+inline void prefetch_start(const void* b, const void* e) {
+  const char* p = static_cast<const char*>(b);
+  const char* end = std::min(static_cast<const char*>(e), p + kPrefetchBytes);
+  for (; p < end; p += 64) _mm_prefetch(p, _MM_HINT_NTA);
+}
+
 // y[m, n] (+)= Σ_k x[m, k]·w[n, k] for MR ≤ 2 activation rows and weight rows [n0, n1). Each weight
 // row is read once, front to back, so the whole range is a single sequential stream; four
 // independent accumulators per activation row cover the FMA latency.
@@ -150,11 +157,7 @@ void rows_mr(float* y, int64_t ldy, const float* x, int64_t ldx, const typename 
 template <class D>
 void rows(float* y, int64_t ldy, const float* x, int64_t ldx, int64_t M, const typename D::T* w,
           int64_t K, int64_t n0, int64_t n1, bool acc) {
-  {  // The first kPrefetchBytes, which the in-loop prefetch never covers.
-    const char* b = reinterpret_cast<const char*>(w + n0 * K);
-    const char* e = reinterpret_cast<const char*>(w + n1 * K);
-    for (const char* p = b; p < b + kPrefetchBytes && p < e; p += 64) _mm_prefetch(p, _MM_HINT_NTA);
-  }
+  prefetch_start(w + n0 * K, w + n1 * K);
   int64_t m = 0;
   for (; m + 2 <= M; m += 2) rows_mr<D, 2>(y + m * ldy, ldy, x + m * ldx, ldx, w, K, n0, n1, acc);
   if (m < M) rows_mr<D, 1>(y + m * ldy, ldy, x + m * ldx, ldx, w, K, n0, n1, acc);
@@ -192,11 +195,7 @@ void rows_t_block(float* y, const float* x, const typename D::T* w, int64_t n, i
 template <class D>
 void rows_t(float* y, const float* x, const typename D::T* w, int64_t n, int64_t C) {
   constexpr int kV = 16;  // vectors of 16 columns per block (16 accumulators + a broadcast)
-  {                       // The first kPrefetchBytes, which the in-loop prefetch never covers.
-    const char* b = reinterpret_cast<const char*>(w);
-    const char* e = reinterpret_cast<const char*>(w + n * C);
-    for (const char* p = b; p < b + kPrefetchBytes && p < e; p += 64) _mm_prefetch(p, _MM_HINT_NTA);
-  }
+  prefetch_start(w, w + n * C);
   int64_t c0 = 0;
   for (; c0 + 16 * kV <= C; c0 += 16 * kV) rows_t_block<D, kV, false>(y, x, w, n, C, c0);
   for (; c0 < C; c0 += 16 * kV) rows_t_block<D, kV, true>(y, x, w, n, C, c0);
