@@ -228,6 +228,7 @@ void Bpe::finish() {
     byte_ids_[b] = it == vocab_.end() ? -1 : it->second;
     if (it == vocab_.end()) byte_fast_ = false;
   }
+  find_whole_chars();
 }
 
 std::optional<int32_t> Bpe::token_to_id(std::string_view token) const {
@@ -392,6 +393,16 @@ void Bpe::merge_long(std::vector<int32_t>& syms) const {
 }
 
 void Bpe::encode_uncached(std::string_view piece, bool raw_bytes, std::vector<int32_t>& out) const {
+  encode_with(piece, raw_bytes, true, out);
+}
+
+void Bpe::encode_reference(std::string_view piece, bool raw_bytes,
+                           std::vector<int32_t>& out) const {
+  encode_with(piece, raw_bytes, false, out);
+}
+
+void Bpe::encode_with(std::string_view piece, bool raw_bytes, bool fast,
+                      std::vector<int32_t>& out) const {
   thread_local std::vector<int32_t> syms;
   syms.clear();
   std::string mapped;
@@ -406,12 +417,11 @@ void Bpe::encode_uncached(std::string_view piece, bool raw_bytes, std::vector<in
       return;
     }
   }
-  if (raw_bytes) {
-    for (unsigned char b : piece) syms.push_back(byte_ids_[b]);
-  } else {
+  if (raw_bytes)
+    byte_symbols(piece, fast, syms);
+  else
     word_symbols(piece, syms);
-  }
-  if (syms.size() <= size_t(kShortMax))
+  if (fast && syms.size() <= size_t(kShortMax))
     merge_short(syms);
   else
     merge_long(syms);

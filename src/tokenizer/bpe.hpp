@@ -1,7 +1,8 @@
 // The BPE model of tokenizer.json ("model": {"type": "BPE"}) with HF tokenizers' semantics
 // (models/bpe/model.rs, word.rs): vocab, merges in the "a b" or ["a", "b"] form (a repeated pair
 // keeps its last rank), continuing_subword_prefix, end_of_word_suffix, unk_token/fuse_unk,
-// byte_fallback and ignore_merges. Pieces are merged lowest rank first, leftmost first; results
+// byte_fallback and ignore_merges. Pieces are merged lowest rank first, leftmost first, starting
+// from whole characters where that provably gives the same ids (bpe_whole_chars.cpp); results
 // are memoised per piece in a BpeCache.
 #pragma once
 #include <array>
@@ -39,6 +40,14 @@ class PairMap {
     }
   }
   size_t size() const { return size_; }
+  // f(a, b, rank, merged) for every pair, in no particular order.
+  template <class F>
+  void for_each(F&& f) const {
+    for (const Slot& s : slots_)
+      if (s.key != kEmpty)
+        f(int32_t(uint32_t(s.key >> 32)), int32_t(uint32_t(s.key)), uint32_t(s.val >> 32),
+          int32_t(uint32_t(s.val)));
+  }
 
  private:
   static constexpr uint64_t kEmpty = ~0ull;
@@ -106,6 +115,12 @@ class Bpe {
               std::vector<int32_t>& out) const;
   // Same without memo (reference for tests, and for long pieces).
   void encode_uncached(std::string_view piece, bool raw_bytes, std::vector<int32_t>& out) const;
+  // The plain algorithm for tests: every piece starts from single bytes (no whole-character
+  // start, see whole_chars_) and merges in HF's heap loop.
+  void encode_reference(std::string_view piece, bool raw_bytes, std::vector<int32_t>& out) const;
+  // How many characters below U+10000 encoding starts from as one token: in any piece, and in
+  // pieces of 3-byte characters only (see bpe_whole_chars.cpp).
+  std::array<size_t, 2> whole_char_counts() const;
 
   std::optional<int32_t> token_to_id(std::string_view token) const;
   // The token of id, or nullptr when the vocab has no such id.
@@ -121,6 +136,10 @@ class Bpe {
   void finish();
   void add_merge(const std::string& a, const std::string& b, uint32_t rank);
   void word_symbols(std::string_view word, std::vector<int32_t>& syms) const;
+  void encode_with(std::string_view piece, bool raw_bytes, bool fast,
+                   std::vector<int32_t>& out) const;
+  void byte_symbols(std::string_view piece, bool whole_chars, std::vector<int32_t>& syms) const;
+  void find_whole_chars();
   static constexpr int kShortMax = 128;  // merge_short up to this many symbols, merge_long above
   void merge_short(std::vector<int32_t>& syms) const;
   void merge_long(std::vector<int32_t>& syms) const;
@@ -130,6 +149,10 @@ class Bpe {
   std::vector<bool> has_id_;
   PairMap merges_;
   std::array<int32_t, 256> byte_ids_{};
+  // Token of each 2- or 3-byte character (by code point) that BPE provably assembles before any
+  // merge crosses its edges, or -1: in any piece, and in pieces of 3-byte characters only. Empty
+  // unless byte_fast_ (see bpe_whole_chars.cpp).
+  std::vector<int32_t> whole_chars_, whole_chars_run3_;
   bool byte_fast_ = false;  // every byte's alphabet char is a token and no prefix/suffix is set
   std::optional<std::string> unk_token_, prefix_, suffix_;
   bool fuse_unk_ = false, byte_fallback_ = false, ignore_merges_ = false;

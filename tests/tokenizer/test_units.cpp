@@ -14,6 +14,7 @@
 #include "tokenizer/byte_level.hpp"
 #include "tokenizer/chat_template.hpp"
 #include "tokenizer/regex.hpp"
+#include "tokenizer/trainer.hpp"
 #include "tokenizer/utf8.hpp"
 #include "tokenizer_test_util.hpp"
 
@@ -153,6 +154,146 @@ TEST(Bpe, PieceOfUnknownCharactersWithoutUnkGivesNoIds) {
   out.clear();
   bpe.encode_uncached("abz", false, out);
   EXPECT_EQ(out, std::vector<int32_t>({2}));
+}
+
+// Random raw-byte pieces (characters from whole Unicode blocks, ASCII, stray and truncated
+// UTF-8 bytes) encode to the same ids from whole characters as from single bytes.
+// A piece's characters come from one block per piece, the first one being `chars` (a corpus's).
+void expect_whole_chars_agree(const Bpe& bpe, uint64_t seed, int pieces,
+                              const std::vector<uint32_t>& chars) {
+  std::printf("seed %llu\n", (unsigned long long)seed);
+  Rng rng(seed);
+  const uint32_t blocks[][2] = {{0, 0},           {0x4E00, 0x9FFF}, {0x3040, 0x30FF},
+                                {0xAC00, 0xD7A3}, {0x0400, 0x04FF}, {0x00A0, 0x00FF},
+                                {0x0370, 0x03FF}, {0x0600, 0x06FF}, {0x3000, 0x303F},
+                                {0xFF00, 0xFFEF}, {0x0080, 0xFFFF}};
+  std::vector<int32_t> fast, ref;
+  for (int t = 0; t < pieces; ++t) {
+    const size_t block = rng.below(std::size(blocks));
+    const auto& blk = blocks[block];
+    std::string piece;
+    const int n = 1 + int(rng.below(t % 10 == 0 ? 200 : 24));  // some take the heap loop
+    for (int i = 0; i < n; ++i) {
+      const double u = rng.uniform();
+      if (u < 0.80) {
+        uint32_t cp = block == 0 ? chars[rng.below(chars.size())]
+                                 : blk[0] + uint32_t(rng.below(blk[1] - blk[0] + 1));
+        if (cp >= 0xD800 && cp < 0xE000) cp = 0x4E00;
+        utf8_append(piece, cp);
+      } else if (u < 0.92) {
+        piece += char('a' + rng.below(26));
+      } else if (u < 0.96) {
+        piece += char(0x80 + rng.below(64));  // a stray continuation byte
+      } else {
+        std::string c;
+        utf8_append(c, 0x4E00 + uint32_t(rng.below(0x5000)));
+        piece += c.substr(0, 1 + rng.below(2));  // a truncated character
+      }
+    }
+    fast.clear();
+    ref.clear();
+    bpe.encode_uncached(piece, true, fast);
+    bpe.encode_reference(piece, true, ref);
+    ASSERT_EQ(fast, ref) << "piece " << t << ": " << utf8_lossy(piece);
+  }
+}
+
+TEST(Bpe, WholeCharacterStartMatchesByteStart) {
+  // A hand-made vocabulary where one byte merge reaches across two characters early: "深"
+  // (E6 B7 B1) ends with B1, "度" (E5 BA A6) and "大" (E5 A4 A7) start with E5, and (B1, E5) has
+  // the lowest rank, so none of them may start whole, while "中" (E4 B8 AD), whose edge bytes
+  // merge across nothing, may.
+  const auto& alpha = byte_level_alphabet();
+  auto str = [&](std::initializer_list<int> bytes) {
+    std::string s;
+    for (int b : bytes) s += alpha.byte_to_utf8[b];
+    return s;
+  };
+  std::vector<std::string> tokens;
+  for (int b = 0; b < 256; ++b) tokens.push_back(alpha.byte_to_utf8[b]);
+  std::vector<std::pair<std::string, std::string>> merges = {
+      {str({0xB1}), str({0xE5})},
+      {str({0xE6}), str({0xB7})},
+      {str({0xE6, 0xB7}), str({0xB1})},
+      {str({0xE5}), str({0xBA})},
+      {str({0xE5, 0xBA}), str({0xA6})},
+      {str({0xE5}), str({0xA4})},
+      {str({0xE4}), str({0xB8})},
+      {str({0xE4, 0xB8}), str({0xAD})},
+      {str({0xE4, 0xB8, 0xAD}), str({0xE4, 0xB8, 0xAD})}};
+  for (const auto& [a, b] : merges)
+    if (std::find(tokens.begin(), tokens.end(), a + b) == tokens.end()) tokens.push_back(a + b);
+  const Bpe toy = Bpe::from_tokens(tokens, merges);
+  EXPECT_EQ(toy.whole_char_counts()[0], 1u);  // only 中
+  EXPECT_EQ(toy.whole_char_counts()[1], 1u);
+  std::vector<int32_t> fast, ref;
+  for (const char* text : {"深度", "中中", "度中深", "中深中度大", "a中", "中\x80"}) {
+    fast.clear();
+    ref.clear();
+    toy.encode_uncached(text, true, fast);
+    toy.encode_reference(text, true, ref);
+    EXPECT_EQ(fast, ref) << text;
+  }
+  // 深度: B1+E5 merges first and the two characters never become tokens.
+  fast.clear();
+  toy.encode_uncached("深度", true, fast);
+  EXPECT_EQ(fast.size(), 4u);
+  expect_whole_chars_agree(toy, 80, 2000, {0x4E2D, 0x5927, 0x5EA6, 0x6DF1});
+
+  // Condition (b): a merge that uses the whole "中" ranks before the merges that make it, so in
+  // "za中" the byte run merges "za" while 中 is incomplete and gives [za][中], where starting
+  // from 中 would merge "a中" first and give [z][a中].
+  const std::string zhong = str({0xE4, 0xB8, 0xAD});
+  std::vector<std::string> tokens_b(tokens.begin(), tokens.begin() + 256);
+  const std::vector<std::pair<std::string, std::string>> merges_b = {
+      {"a", zhong}, {str({0xE4}), str({0xB8})}, {"z", "a"}, {str({0xE4, 0xB8}), str({0xAD})}};
+  for (const auto& [a, b] : merges_b) tokens_b.push_back(a + b);
+  const Bpe toy_b = Bpe::from_tokens(tokens_b, merges_b);
+  EXPECT_EQ(toy_b.whole_char_counts()[0], 0u);
+  EXPECT_EQ(toy_b.whole_char_counts()[1], 1u);  // "a" cannot stand left of 中 in a CJK run
+  fast.clear();
+  ref.clear();
+  toy_b.encode_uncached("za中", true, fast);
+  toy_b.encode_reference("za中", true, ref);
+  EXPECT_EQ(fast, ref);
+  EXPECT_EQ(ref, std::vector<int32_t>({256 + 2, 256 + 3}));  // [za][中]
+
+  // A tokenizer trained on short CJK runs of 300 characters (frequent ones complete early, and
+  // byte merges across characters compete with them).
+  BpeTrainerOptions opt;
+  opt.vocab_size = 1500;
+  opt.progress = false;
+  BpeTrainer trainer(opt);
+  std::vector<std::string> texts;
+  Rng rng(81);
+  std::vector<uint32_t> chars;
+  for (int i = 0; i < 300; ++i) chars.push_back(0x4E00 + uint32_t(rng.below(0x51A6)));
+  for (int d = 0; d < 200; ++d) {
+    std::string s;
+    for (int i = 0; i < 100; ++i) {
+      const int run = 1 + int(rng.below(3));
+      for (int k = 0; k < run; ++k) {
+        const double u = rng.uniform();
+        utf8_append(s, chars[size_t(300 * u * u * u)]);  // skewed towards the first ones
+      }
+      s += rng.below(2) ? " " : "，";
+    }
+    texts.push_back(s);
+  }
+  trainer.feed(texts);
+  const Bpe trained =
+      Bpe::from_json(nlohmann::json::parse(trainer.train().tokenizer_json).at("model"));
+  std::printf("trained: %zu whole characters (%zu in CJK runs)\n", trained.whole_char_counts()[0],
+              trained.whole_char_counts()[1]);
+  expect_whole_chars_agree(trained, 82, 3000, chars);
+
+  DSV3_REQUIRE_DEEPSEEK_V3();
+  const Bpe real =
+      Bpe::from_json(test::read_json(test::deepseek_v3_dir() + "/tokenizer.json").at("model"));
+  std::printf("DeepSeek-V3: %zu whole characters (%zu in CJK runs)\n", real.whole_char_counts()[0],
+              real.whole_char_counts()[1]);
+  EXPECT_GT(real.whole_char_counts()[1], real.whole_char_counts()[0]);
+  expect_whole_chars_agree(real, 83, 20000, {0x6DF1, 0x5EA6, 0x6C42, 0x7D22, 0x6A21, 0x578B});
 }
 
 TEST(Bpe, MergeLoopsMatchTextbookBpe) {
