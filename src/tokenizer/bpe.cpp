@@ -428,10 +428,9 @@ void Bpe::encode_with(std::string_view piece, bool raw_bytes, bool fast,
   out.insert(out.end(), syms.begin(), syms.end());
 }
 
-void Bpe::encode(std::string_view piece, bool raw_bytes, BpeCache& cache,
+void Bpe::encode(std::string_view piece, uint64_t h, bool raw_bytes, BpeCache& cache,
                  std::vector<int32_t>& out) const {
   if (piece.size() > BpeCache::kMaxKeyBytes) return encode_uncached(piece, raw_bytes, out);
-  uint64_t h = hash_bytes(piece);
   std::span<const int32_t> hit;
   if (cache.find(piece, h, &hit)) {
     out.insert(out.end(), hit.begin(), hit.end());

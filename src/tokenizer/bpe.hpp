@@ -72,6 +72,16 @@ class BpeCache {
  public:
   explicit BpeCache(size_t max_entries = size_t(1) << 18);
   bool find(std::string_view key, uint64_t hash, std::span<const int32_t>* ids) const;
+  // Prefetches for a later find of `hash`: its index slot, or (once that slot is in the cache)
+  // the entry it points to. A hit costs two dependent cache misses otherwise.
+  void prefetch_slot(uint64_t hash) const {
+    __builtin_prefetch(index_.data() + (hash & (index_.size() - 1)));
+  }
+  void prefetch_entry(uint64_t hash) const {
+    const Slot sl = index_[hash & (index_.size() - 1)];
+    if (sl != 0 && (sl >> kEntryBits) == Slot(hash >> 52))
+      __builtin_prefetch(entries_.data() + ((sl & kEntryMask) - 1));
+  }
   void insert(std::string_view key, uint64_t hash, std::span<const int32_t> ids);
   static constexpr size_t kMaxKeyBytes = 256;  // longer pieces are not cached
 
@@ -112,6 +122,11 @@ class Bpe {
   // Appends the ids of one pre-tokenized piece. raw_bytes: the piece is raw bytes that the
   // byte-level alphabet still has to map (see PreTokenizer::model_maps_bytes).
   void encode(std::string_view piece, bool raw_bytes, BpeCache& cache,
+              std::vector<int32_t>& out) const {
+    encode(piece, hash_bytes(piece), raw_bytes, cache, out);
+  }
+  // Same with the piece's hash_bytes already computed.
+  void encode(std::string_view piece, uint64_t hash, bool raw_bytes, BpeCache& cache,
               std::vector<int32_t>& out) const;
   // Same without memo (reference for tests, and for long pieces).
   void encode_uncached(std::string_view piece, bool raw_bytes, std::vector<int32_t>& out) const;
