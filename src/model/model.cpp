@@ -9,6 +9,7 @@
 #include "core/clock.hpp"
 #include "core/error.hpp"
 #include "core/log.hpp"
+#include "core/parallel.hpp"
 #include "core/scratch.hpp"
 #include "model/params.hpp"
 #include "model/rope.hpp"
@@ -224,11 +225,23 @@ void Model::decoder_layer(float* h, int64_t B, int64_t T, int64_t start_pos, con
 void Model::forward(const int32_t* tokens, int64_t B, int64_t T, int64_t start_pos, KVCache& cache,
                     float* logits, const ForwardOptions& opt) {
   const ModelConfig& c = config_;
-  const int64_t N = B * T, D = c.hidden_size;
+  const int64_t N = B * T;
   DSV3_CHECK(B > 0 && T > 0, "empty batch ({} x {})", B, T);
   DSV3_CHECK(start_pos >= 0 && start_pos + T <= c.max_position_embeddings,
              "positions {}..{} exceed max_position_embeddings {}", start_pos, start_pos + T - 1,
              c.max_position_embeddings);
+  // A decode step (GEMV products, the absorbed attention) is ~80 short parallel regions per
+  // token: they go through one spin team instead of an OpenMP fork/join each.
+  if (N <= kSpinTeamTokens && opt.attn != AttnImpl::Naive)
+    spin_team([&] { forward_layers(tokens, B, T, start_pos, cache, logits, opt); });
+  else
+    forward_layers(tokens, B, T, start_pos, cache, logits, opt);
+}
+
+void Model::forward_layers(const int32_t* tokens, int64_t B, int64_t T, int64_t start_pos,
+                           KVCache& cache, float* logits, const ForwardOptions& opt) {
+  const ModelConfig& c = config_;
+  const int64_t N = B * T, D = c.hidden_size;
   const auto t_start = Clock::now();
   float* h = grow(h_, size_t(N * D));
   embed(h, embed_, tokens, N);

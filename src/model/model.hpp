@@ -97,6 +97,10 @@ class Model {
 
  private:
   Model() = default;
+  // Up to this many tokens per forward run on a spin team (core/parallel.hpp): all GEMV there.
+  static constexpr int64_t kSpinTeamTokens = 2;
+  void forward_layers(const int32_t* tokens, int64_t B, int64_t T, int64_t start_pos,
+                      KVCache& cache, float* logits, const ForwardOptions& opt);
   void embed(float* out, const io::TensorInfo& table, const int32_t* tokens, int64_t n) const;
   void decoder_layer(float* h, int64_t B, int64_t T, int64_t start_pos, const LayerWeights& lw,
                      MlaCache& cache, const ForwardOptions& opt);

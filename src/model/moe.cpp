@@ -13,8 +13,6 @@
 #include "core/scratch.hpp"
 #include "model/routing.hpp"
 
-#include <omp.h>
-
 namespace dsv3::model {
 
 void mlp_forward(float* out, const float* x, int64_t N, const MlpWeights& w, MoeScratch& s,
@@ -94,19 +92,18 @@ void experts_parallel(float* out, const float* x, int64_t N, const MoeWeights& w
   for (int64_t e = 0; e < E; ++e)
     if (offsets[e + 1] > offsets[e]) jobs.push_back(e);
   if (c.n_shared_experts == 0) std::fill_n(out, N * D, 0.0f);
-  const int nt = std::min<int>(omp_get_max_threads(), int(jobs.size()));
+  const int nt = region_threads();
   if (s.per_thread.size() < size_t(nt)) s.per_thread.resize(size_t(nt));
-#pragma omp parallel for schedule(dynamic, 1) num_threads(nt)
-  for (size_t j = 0; j < jobs.size(); ++j) {
-    MoeScratch& ts = s.per_thread[size_t(omp_get_thread_num())];
-    const int64_t e = jobs[j];
+  parallel_jobs(int64_t(jobs.size()), [&](int64_t j, int thread) {
+    MoeScratch& ts = s.per_thread[size_t(thread)];
+    const int64_t e = jobs[size_t(j)];
     if (e < 0) {
       mlp_forward(out, x, N, w.shared, ts);
     } else {
       const int64_t b = offsets[e];
       mlp_forward(y + b * D, xg + b * D, offsets[e + 1] - b, w.experts[size_t(e)], ts);
     }
-  }
+  });
 }
 
 }  // namespace
@@ -131,7 +128,7 @@ void moe_forward(float* out, const float* x, int64_t N, const MoeWeights& w, con
     const int64_t tok = order[i] / K;
     std::copy(x + tok * D, x + (tok + 1) * D, xg + i * D);
   }
-  if (N <= kExpertParallelTokens && omp_get_max_threads() > 1 && !omp_in_parallel()) {
+  if (N <= kExpertParallelTokens && region_threads() > 1) {
     experts_parallel(out, x, N, w, c, offsets, xg, y, s);
   } else {
     // Shared experts first (always active), then each routed expert's weighted contribution;
