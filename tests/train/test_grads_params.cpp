@@ -54,8 +54,12 @@ TEST(ParamStore, InitSaveLoadRoundTrips) {
     std::printf("[params] init seed 42 scheme %d\n", int(scheme));
     for (const auto& e : p.entries()) {
       const float* v = p.params() + e.offset;
-      if (e.role == model::ParamRole::Norm) EXPECT_EQ(v[0], 1.0f) << e.name;
-      if (e.role == model::ParamRole::RouterBias) EXPECT_EQ(v[0], 0.0f) << e.name;
+      if (e.role == model::ParamRole::Norm) {
+        EXPECT_EQ(v[0], 1.0f) << e.name;
+      }
+      if (e.role == model::ParamRole::RouterBias) {
+        EXPECT_EQ(v[0], 0.0f) << e.name;
+      }
       if (e.role == model::ParamRole::Linear) {
         double ss = 0;
         for (int64_t i = 0; i < e.numel; ++i) ss += double(v[i]) * v[i];
