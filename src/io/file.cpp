@@ -41,8 +41,12 @@ void atomic_write(const std::string& path, const std::function<void(int fd)>& wr
   namespace fs = std::filesystem;
   fs::path target(path);
   fs::path dir = target.has_parent_path() ? target.parent_path() : fs::path(".");
-  std::string tmp =
-      (dir / ("." + target.filename().string() + ".tmp." + std::to_string(getpid()))).string();
+  // Appended piece by piece: GCC 12 warns (-Wrestrict, a false positive) on "." + string.
+  std::string name = ".";
+  name += target.filename().string();
+  name += ".tmp.";
+  name += std::to_string(getpid());
+  const std::string tmp = (dir / name).string();
   int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   DSV3_CHECK(fd >= 0, "cannot create {}: {}", tmp, std::strerror(errno));
   try {
@@ -72,11 +76,13 @@ void atomic_write(const std::string& path, const std::string& bytes) {
 
 namespace {
 
-// Reads the whole file into 2 MiB-aligned anonymous memory advised for huge pages; nullptr when
-// the memory is not available (the caller maps the file instead). Throws on read errors.
-uint8_t* huge_page_copy(int fd, size_t size, size_t* mapped, const std::string& path) {
+// Reads the whole file into anonymous memory advised for huge pages, `lead` bytes after a 2 MiB
+// boundary (*base, *mapped: the mapping); nullptr when the memory is not available (the caller
+// maps the file instead). Throws on read errors.
+uint8_t* huge_page_copy(int fd, size_t size, size_t lead, uint8_t** base, size_t* mapped,
+                        const std::string& path) {
   constexpr size_t kHuge = size_t(2) << 20;
-  const size_t bytes = (size + kHuge - 1) / kHuge * kHuge;
+  const size_t bytes = (lead + size + kHuge - 1) / kHuge * kHuge;
   // Over-allocate by one huge page so the copy can start on a 2 MiB boundary.
   void* raw = ::mmap(nullptr, bytes + kHuge, PROT_READ | PROT_WRITE,
                      MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
@@ -86,20 +92,22 @@ uint8_t* huge_page_copy(int fd, size_t size, size_t* mapped, const std::string& 
   if (a > r) ::munmap(raw, a - r);
   const size_t tail = (r + bytes + kHuge) - (a + bytes);
   if (tail > 0) ::munmap(reinterpret_cast<void*>(a + bytes), tail);
-  auto* p = reinterpret_cast<uint8_t*>(a);
-  ::madvise(p, bytes, MADV_HUGEPAGE);  // advice only: without THP the copy still works
+  auto* b = reinterpret_cast<uint8_t*>(a);
+  ::madvise(b, bytes, MADV_HUGEPAGE);  // advice only: without THP the copy still works
+  uint8_t* p = b + lead;
   size_t off = 0;
   while (off < size) {
     const ssize_t n = ::pread(fd, p + off, std::min(size - off, size_t(1) << 30), off_t(off));
     if (n <= 0) {
       const int err = errno;
-      ::munmap(p, bytes);
+      ::munmap(b, bytes);
       DSV3_FAIL("cannot read {} at byte {} of {}: {}", path, off, size,
                 n == 0 ? "unexpected end of file" : std::strerror(err));
     }
     off += size_t(n);
   }
-  ::mprotect(p, bytes, PROT_READ);
+  ::mprotect(b, bytes, PROT_READ);
+  *base = b;
   *mapped = bytes;
   return p;
 }
@@ -113,7 +121,8 @@ Residency residency_for(Residency wanted, uint64_t total_bytes) {
   return total_bytes <= uint64_t(pages) * uint64_t(page) / 2 ? wanted : Residency::Map;
 }
 
-std::shared_ptr<MappedFile> MappedFile::open(const std::string& path, Residency residency) {
+std::shared_ptr<MappedFile> MappedFile::open(const std::string& path, Residency residency,
+                                             size_t align_at) {
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   DSV3_CHECK(fd >= 0, "cannot open {}: {}", path, std::strerror(errno));
   struct stat st;
@@ -130,7 +139,8 @@ std::shared_ptr<MappedFile> MappedFile::open(const std::string& path, Residency 
   m->size_ = size_t(st.st_size);
   if (m->size_ > 0 && residency == Residency::HugePageCopy) {
     try {
-      m->data_ = huge_page_copy(fd, m->size_, &m->mapped_, path);
+      const size_t lead = (kCopyAlign - align_at % kCopyAlign) % kCopyAlign;
+      m->data_ = huge_page_copy(fd, m->size_, lead, &m->base_, &m->mapped_, path);
     } catch (...) {
       ::close(fd);
       throw;
@@ -143,6 +153,7 @@ std::shared_ptr<MappedFile> MappedFile::open(const std::string& path, Residency 
       DSV3_FAIL("cannot mmap {}: {}", path, std::strerror(errno));
     }
     m->data_ = static_cast<const uint8_t*>(p);
+    m->base_ = static_cast<uint8_t*>(p);
     m->mapped_ = m->size_;
   }
   ::close(fd);
@@ -150,7 +161,7 @@ std::shared_ptr<MappedFile> MappedFile::open(const std::string& path, Residency 
 }
 
 MappedFile::~MappedFile() {
-  if (data_) ::munmap(const_cast<uint8_t*>(data_), mapped_);
+  if (base_) ::munmap(base_, mapped_);
 }
 
 }  // namespace dsv3::io

@@ -35,8 +35,13 @@ Residency residency_for(Residency wanted, uint64_t total_bytes);
 
 class MappedFile {
  public:
+  // With HugePageCopy the copy puts byte `align_at` of the file on a kCopyAlign boundary (a
+  // safetensors file's data section: weight rows then start on cache lines, and the GEMV's
+  // 32-byte loads never straddle two). A mapping keeps the file's own alignment.
+  static constexpr size_t kCopyAlign = 4096;
   static std::shared_ptr<MappedFile> open(const std::string& path,
-                                          Residency residency = Residency::Map);
+                                          Residency residency = Residency::Map,
+                                          size_t align_at = 0);
   ~MappedFile();
   const uint8_t* data() const { return data_; }
   size_t size() const { return size_; }
@@ -46,7 +51,8 @@ class MappedFile {
   MappedFile() = default;
   const uint8_t* data_ = nullptr;
   size_t size_ = 0;
-  size_t mapped_ = 0;  // bytes mapped at data_ (HugePageCopy rounds up to 2 MiB)
+  uint8_t* base_ = nullptr;  // the mapping: data_ or a little before it (HugePageCopy)
+  size_t mapped_ = 0;        // bytes mapped at base_ (HugePageCopy rounds up to 2 MiB)
   std::string path_;
 };
 

@@ -2,6 +2,9 @@
 // JSON, dtypes, shapes and offsets are all validated before any tensor byte is touched.
 #include "io/safetensors.hpp"
 
+#include <fcntl.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <cstring>
 #include <filesystem>
@@ -28,12 +31,26 @@ std::string TensorInfo::shape_str() const {
 
 namespace {
 constexpr uint64_t kMaxHeader = 100ull << 20;  // as the reference implementation
+
+// Where the data section would start (8 + header length), read ahead of the copy so that the copy
+// can align it; 0 when the file is too short or unreadable (open then reports the problem).
+size_t data_section_offset(const std::string& path) {
+  uint8_t len[8];
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return 0;
+  const ssize_t n = ::pread(fd, len, 8, 0);
+  ::close(fd);
+  if (n != 8) return 0;
+  uint64_t hlen = 0;
+  for (int i = 7; i >= 0; --i) hlen = (hlen << 8) | len[i];
+  return hlen <= kMaxHeader ? size_t(8 + hlen) : 0;
 }
+}  // namespace
 
 std::shared_ptr<SafetensorsFile> SafetensorsFile::open(const std::string& path,
                                                        Residency residency) {
   auto f = std::shared_ptr<SafetensorsFile>(new SafetensorsFile());
-  f->map_ = MappedFile::open(path, residency);
+  f->map_ = MappedFile::open(path, residency, data_section_offset(path));
   const size_t size = f->map_->size();
   DSV3_CHECK(size >= 8,
              "{}: not a safetensors file: {} bytes, shorter than the 8-byte header length", path,

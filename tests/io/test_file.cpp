@@ -44,6 +44,14 @@ TEST(MappedFile, HugePageCopyHoldsTheSameBytes) {
     EXPECT_NE(a->data(), b->data());
     // The copy starts on a 2 MiB boundary so it can be backed by huge pages.
     EXPECT_EQ(reinterpret_cast<uintptr_t>(b->data()) % (uintptr_t(2) << 20), 0u) << size;
+    // Or so that a chosen byte (a safetensors data section) starts a 4 KiB page.
+    for (size_t at : {size_t(8), size_t(4095), size_t(4096), size_t(100'003)}) {
+      auto c = io::MappedFile::open(path, io::Residency::HugePageCopy, at);
+      ASSERT_EQ(c->size(), size);
+      EXPECT_EQ(std::memcmp(c->data(), bytes.data(), size), 0) << size << " at " << at;
+      EXPECT_EQ((reinterpret_cast<uintptr_t>(c->data()) + at) % io::MappedFile::kCopyAlign, 0u)
+          << size << " at " << at;
+    }
   }
   fs::remove_all(dir);
 }
@@ -71,15 +79,22 @@ TEST(MappedFile, SafetensorsReadTheSameEitherWay) {
   for (size_t i = 0; i < v.size(); ++i) v[i] = float(i) * 0.5f - 7.0f;
   io::SafetensorsWriter w;
   w.add("x", DType::F32, {30, 100}, v.data());
+  w.add("y", DType::F32, {7}, v.data() + 5);
   w.write(path);
   auto a = io::TensorStore::open_file(path, io::Residency::Map);
   auto b = io::TensorStore::open_file(path, io::Residency::HugePageCopy);
-  const auto& ta = a.get("x");
-  const auto& tb = b.get("x");
-  EXPECT_EQ(ta.shape, tb.shape);
-  ASSERT_EQ(ta.nbytes, tb.nbytes);
-  EXPECT_EQ(std::memcmp(ta.data, tb.data, ta.nbytes), 0);
-  EXPECT_EQ(std::memcmp(tb.data, v.data(), tb.nbytes), 0);
+  for (const char* name : {"x", "y"}) {
+    const auto& ta = a.get(name);
+    const auto& tb = b.get(name);
+    EXPECT_EQ(ta.shape, tb.shape);
+    ASSERT_EQ(ta.nbytes, tb.nbytes);
+    EXPECT_EQ(std::memcmp(ta.data, tb.data, ta.nbytes), 0);
+  }
+  EXPECT_EQ(std::memcmp(b.get("x").data, v.data(), b.get("x").nbytes), 0);
+  EXPECT_EQ(std::memcmp(b.get("y").data, v.data() + 5, b.get("y").nbytes), 0);
+  // The copy's data section starts a page, so the first tensor (offset 0) is page-aligned
+  // whatever the header length.
+  EXPECT_EQ(reinterpret_cast<uintptr_t>(b.get("x").data) % io::MappedFile::kCopyAlign, 0u);
   fs::remove_all(dir);
 }
 
