@@ -124,8 +124,8 @@ void spin_team(Body&& body) {
   if (error) std::rethrow_exception(error);
 }
 
-// fn(begin, end) is called on disjoint ranges covering [0, n). Runs inline when n is small or
-// when already inside a parallel region (or a spin team's job).
+// fn(begin, end) is called on disjoint ranges covering [0, n), possibly several per thread.
+// Runs inline when n is small or when already inside a parallel region (or a spin team's job).
 template <typename Fn>
 void parallel_for(int64_t n, Fn&& fn, int64_t min_chunk = 1) {
   const int nt = region_threads();
@@ -136,6 +136,30 @@ void parallel_for(int64_t n, Fn&& fn, int64_t min_chunk = 1) {
     return;
   }
   if (detail::SpinTeam* team = detail::idle_team()) {
+    if (chunks == 2 && n >= 8) {
+      // Two threads meet where they meet: each takes a fixed 3/8 of the range from its own end
+      // (thread 0 from the front, thread 1 from the back), then the middle in pieces of n/32
+      // claimed through one counter, so whichever runs faster does more. Equal halves left the
+      // faster thread idle 6.6 µs of a 38.7 µs GEMV region on average (the two threads' speeds
+      // differ at random from region to region); paired A/B of decode: 1.033, 1.011, 1.001.
+      alignas(64) std::atomic<int64_t> claimed{0};
+      const int64_t first = n * 3 / 8, piece = std::max<int64_t>(1, n / 32);
+      auto job = [&](int c) {
+        if (c >= 2) return;
+        int64_t taken = 0, k = first;
+        for (;;) {
+          const int64_t before = claimed.fetch_add(k, std::memory_order_relaxed);
+          if (before >= n) break;
+          k = std::min(k, n - before);
+          const int64_t b = c == 0 ? taken : n - taken - k;  // the two ends never cross
+          fn(b, b + k);
+          taken += k;
+          k = piece;
+        }
+      };
+      team->run(job);
+      return;
+    }
     auto job = [&](int c) {
       const int64_t b = n * c / chunks, e = n * (c + 1) / chunks;
       if (c < chunks && b < e) fn(b, e);

@@ -56,6 +56,9 @@ TEST_F(Parallel, ForCoversEachIndexOnceInsideAndOutsideASpinTeam) {
       regions_with_two_threads += threads_seen.load() == 2;
     }
     EXPECT_EQ(sum.load(), 5000 * 3);
+    // Two threads claiming the middle of a range from both ends, many times over.
+    for (int r = 0; r < 300; ++r)
+      for (int64_t n : {8, 9, 33, 64, 1000}) expect_covers_once(n, 1);
   });
   if (num_threads() >= 2) {
     EXPECT_EQ(regions_with_two_threads, 5000);
