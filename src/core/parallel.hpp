@@ -1,5 +1,6 @@
 // Threading: one OpenMP pool shared with oneDNN. parallel_for splits [0, n) into contiguous
-// chunks, one per thread, so each thread touches one range of memory.
+// chunks, one per thread, so each thread touches one range of memory (on a spin team of two, a
+// few more ranges so that the faster thread takes more).
 //
 // A run of many short parallel regions (a decode step: ~80 regions of 10-50 µs per token) can go
 // through a SpinTeam instead: one OpenMP region for the whole run, whose other threads spin on a
