@@ -134,8 +134,11 @@ class ByteLevelStage : public PreTokenizerStage {
   }
   void apply(const Piece& in, std::vector<Piece>& out, PieceArena& arena) const override {
     Piece p = in;
-    if (add_prefix_space_ && (p.text.empty() || p.text[0] != ' '))
-      p.text = arena.add(" " + std::string(p.text));
+    if (add_prefix_space_ && (p.text.empty() || p.text[0] != ' ')) {
+      std::string spaced(1, ' ');  // not " " + string: a GCC 12 -Wrestrict false positive
+      spaced += p.text;
+      p.text = arena.add(std::move(spaced));
+    }
     size_t first = out.size();
     if (re_.empty()) {
       if (!p.text.empty()) out.push_back(p);
