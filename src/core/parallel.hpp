@@ -26,6 +26,9 @@ class SpinTeam {
   int threads() const { return threads_; }
   bool busy() const { return busy_; }
 
+  // An exception from fn(0) is rethrown once the other threads are done with fn: they hold
+  // references into the caller's frame. (One on another thread ends the program, as it would
+  // inside an OpenMP region.)
   template <typename Fn>
   void run(Fn& fn) {
     busy_ = true;
@@ -33,9 +36,15 @@ class SpinTeam {
     ctx_ = &fn;
     done_.store(0, std::memory_order_relaxed);
     gen_.fetch_add(1, std::memory_order_release);  // publishes call_, ctx_ and done_
-    fn(0);
+    std::exception_ptr error;
+    try {
+      fn(0);
+    } catch (...) {
+      error = std::current_exception();
+    }
     while (done_.load(std::memory_order_acquire) != threads_ - 1) _mm_pause();
     busy_ = false;
+    if (error) std::rethrow_exception(error);
   }
 
   // The loop of every thread but the master, until stop().
@@ -96,7 +105,9 @@ inline int region_threads() {
 // Runs body() on this thread with the pool's other threads spinning beside it, so that the
 // parallel_for and parallel_jobs calls inside it cost a flag round trip instead of an OpenMP
 // fork/join. Only for runs of short regions that call nothing with its own OpenMP regions (those
-// would run on one thread): decode steps. Exceptions from body() propagate.
+// would run on one thread): decode steps. Exceptions thrown on this thread (by body() or by the
+// part of a job it runs) propagate; one thrown on another thread ends the program, as inside
+// any OpenMP region.
 template <typename Body>
 void spin_team(Body&& body) {
   if (region_threads() <= 1 || detail::current_team()) {

@@ -96,6 +96,31 @@ TEST_F(Parallel, JobsRunOnceEachOnAThreadOfTheRegion) {
   }
 }
 
+TEST_F(Parallel, AJobThrowingOnTheCallingThreadWaitsForTheOthers) {
+  // The other thread is still inside the job (it reads the caller's frame) when the calling
+  // thread's part throws: the exception must wait for it, and the team must stay usable.
+  std::atomic<int> finished{0};
+  spin_team([&] {
+    for (int r = 0; r < 50; ++r) {
+      try {
+        parallel_for(2, [&](int64_t b, int64_t) {
+          if (b == 0) throw std::runtime_error("from a job");
+          volatile double x = 0;
+          for (int i = 0; i < 20000; ++i) x = x + 1e-3;
+          finished++;
+        });
+        ADD_FAILURE() << "no exception";
+      } catch (const std::runtime_error&) {
+      }
+    }
+    EXPECT_EQ(region_threads(), num_threads());  // not left busy
+    expect_covers_once(1000, 1);
+  });
+  if (num_threads() >= 2) {
+    EXPECT_EQ(finished.load(), 50);  // every other-thread part ran to its end
+  }
+}
+
 TEST_F(Parallel, SpinTeamPassesExceptionsOnAndCanRunAgain) {
   EXPECT_THROW(spin_team([] {
                  parallel_for(4, [](int64_t, int64_t) {});
