@@ -15,12 +15,13 @@
 // them), so by (a) no merge across c's edges can be the lowest-ranked pair before c is whole.
 // Meanwhile the byte run's other merges are the ones the whole-character start makes: the only
 // pairs that start has in addition are (X, c) and (c, Y) with c still incomplete in the byte run,
-// ranked above R_c by (b), hence above the pair the byte run picks (which ranks below c's
+// ranked above R_c by (b), hence above the pair the byte run picks (which ranks at or below c's
 // pending merge). Ranks are distinct per pair and positions keep their order, so leftmost-first
 // ties agree too.
 //
 // Two contexts. In any piece, X and Y can be any token. In a piece made only of 3-byte
-// characters (the CJK runs that DeepSeek-V3's pre-tokenizer isolates), X can only be a token
+// characters (any such piece; in practice the CJK runs that DeepSeek-V3's pre-tokenizer
+// isolates), X can only be a token
 // whose bytes end a run of 3-byte characters and Y one whose bytes begin such a run, which
 // leaves out the early cross-character merges of other scripts (Hebrew's (continuation, D7),
 // ...) that disqualify many CJK characters in general.
