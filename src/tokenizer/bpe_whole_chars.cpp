@@ -198,24 +198,16 @@ void Bpe::byte_symbols(std::string_view piece, bool whole_chars, std::vector<int
     }
     return;
   }
-  auto cont = [&](size_t i) { return i < n && is_cont(p[i]); };
   for (size_t i = 0; i < n;) {
-    const unsigned char b = p[i];
     uint32_t cp = 0;
-    size_t len = 1;
-    if ((b & 0xE0) == 0xC0 && cont(i + 1)) {
-      cp = (uint32_t(b & 0x1F) << 6) | (p[i + 1] & 0x3F);
-      len = cp >= 0x80 ? 2 : 1;  // an overlong form is not the character's bytes
-    } else if (is_lead3(b) && cont(i + 1) && cont(i + 2)) {
-      cp = cp3(i);
-      len = cp >= 0x800 ? 3 : 1;
-    }
-    const int32_t t = len > 1 ? whole_chars_[cp] : -1;
+    // utf8_decode rejects overlong forms and surrogates, which are not a character's bytes.
+    const size_t len = p[i] < 0x80 ? 1 : utf8_decode(p + i, n - i, &cp);
+    const int32_t t = len == 2 || len == 3 ? whole_chars_[cp] : -1;
     if (t >= 0) {
       syms.push_back(t);
       i += len;
     } else {
-      syms.push_back(byte_ids_[b]);
+      syms.push_back(byte_ids_[p[i]]);
       ++i;
     }
   }
