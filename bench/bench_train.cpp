@@ -21,13 +21,13 @@
 #include "bench_util.hpp"
 
 #include "core/error.hpp"
+#include "core/profile.hpp"
 #include "core/rng.hpp"
 #include "model/config.hpp"
 #include "train/balance.hpp"
 #include "train/model_train.hpp"
 #include "train/optimizer.hpp"
 #include "train/params.hpp"
-#include "train/profile.hpp"
 #include "train/train_config.hpp"
 
 using namespace dsv3;

@@ -1,63 +1,182 @@
-// MLA forward, both attention paths; see mla.hpp for the glossary. Follows DeepSeek's reference
-// inference code (model.py, MLA.forward): RMSNorm on the q and kv latents, interleaved-pair RoPE
-// on the decoupled parts, softmax scale with the YaRN mscale², causal mask.
+// MLA: the projections, the naive attention (training and long prefill), the absorbed attention
+// of decode, and the backward; see mla.hpp for the glossary.
 #include "model/mla.hpp"
 
+#include <omp.h>
+
 #include <algorithm>
+#include <cmath>
 
 #include "backend/cpu/gemm_small.hpp"
 #include "backend/cpu/gemv.hpp"
 #include "backend/cpu/ops.hpp"
+#include "backend/cpu/vmath.hpp"
 #include "core/error.hpp"
 #include "core/parallel.hpp"
+#include "core/profile.hpp"
 #include "core/scratch.hpp"
 
 namespace dsv3::model {
 
+MlaDims mla_dims(const ModelConfig& c, int64_t B, int64_t T) {
+  MlaDims d;
+  d.B = B;
+  d.T = T;
+  d.D = c.hidden_size;
+  d.H = c.num_attention_heads;
+  d.Qr = c.q_lora_rank ? *c.q_lora_rank : 0;
+  d.R = c.kv_lora_rank;
+  d.Dn = c.qk_nope_head_dim;
+  d.Dr = c.qk_rope_head_dim;
+  d.Dv = c.v_head_dim;
+  d.eps = c.rms_norm_eps;
+  d.scale = c.softmax_scale();
+  return d;
+}
+
+template <typename S>
+size_t MlaActs<S>::bytes() const {
+  size_t n = qa.size() + qa_rstd.size() + kv.size() + kv_rstd.size() + lse.size() + attn.size() +
+             qa_n.size() + q.size() + ckv.size() + kvup.size();
+  return n * sizeof(S);
+}
+
 namespace {
 
-// Query rows attended per block, bounding the score buffer to H * kQueryBlock * S floats.
+// Query rows per attention task, bounding a score tile to kQueryBlock * S values.
 constexpr int64_t kQueryBlock = 256;
 // Up to this many new tokens the absorbed path runs attend_absorbed_decode; from there a GEMM
 // per head amortizes its call over the tokens.
 constexpr int64_t kAbsorbedDecodeTokens = 2;
 
-void attend_naive(float* attn, const float* q, int64_t T, int64_t start, const MlaWeights& w,
-                  const ModelConfig& c, const float* latent, const float* pe, MlaScratch& s) {
-  const int64_t H = c.num_attention_heads, Dn = c.qk_nope_head_dim, Dr = c.qk_rope_head_dim,
-                Dv = c.v_head_dim, Dq = Dn + Dr, S = start + T;
-  const int64_t Dkv = Dn + Dv;
-  const float scale = float(c.softmax_scale());
-  // K/V of every attended position, expanded per head: kvfull [S, H*(Dn+Dv)].
-  float* kvfull = grow(s.kvfull, size_t(S * H * Dkv));
-  cpu::linear_forward(kvfull, latent, S, w.kv_b);
-  for (int64_t t0 = 0; t0 < T; t0 += kQueryBlock) {
-    const int64_t tb = std::min(kQueryBlock, T - t0);
-    float* scores = grow(s.scores, size_t(H * tb * S));
-    int64_t* valid = grow(s.valid, size_t(tb));
-    for (int64_t t = 0; t < tb; ++t) valid[t] = start + t0 + t + 1;
-    parallel_for(H, [&](int64_t hb, int64_t he) {
-      for (int64_t h = hb; h < he; ++h) {
-        float* sc = scores + h * tb * S;
-        const float* qh = q + t0 * H * Dq + h * Dq;
-        cpu::gemm_f32(false, true, tb, S, Dn, scale, qh, H * Dq, kvfull + h * Dkv, H * Dkv, 0.0f,
-                      sc, S);
-        cpu::gemm_f32(false, true, tb, S, Dr, scale, qh + Dn, H * Dq, pe, Dr, 1.0f, sc, S);
-        cpu::softmax_rows(sc, tb, S, valid);
-        cpu::gemm_f32(false, false, tb, Dv, S, 1.0f, sc, S, kvfull + h * Dkv + Dn, H * Dkv, 0.0f,
-                      attn + t0 * H * Dv + h * Dv, H * Dv);
-      }
-    });
-  }
+// ---- Projections (eqs. 1-5 and 6-9), shared by every path ----
+
+// The q latent: qa = x·W_DQᵀ [N, Qr] and qa_n = RMSNorm(qa) (rstd saved when non-null).
+template <typename S>
+void q_latent(S* qa, S* qa_n, S* rstd, const S* x, const MlaW<W<S>>& w, const MlaDims& d) {
+  cpu::linear_forward(qa, x, d.N(), w.q_a);
+  cpu::rmsnorm_forward(qa_n, rstd, qa, w.q_a_norm, d.N(), d.Qr, S(d.eps));
 }
 
-void attend_absorbed(float* attn, const float* q, int64_t T, int64_t start, const MlaWeights& w,
-                     const ModelConfig& c, const float* latent, const float* pe, MlaScratch& s) {
-  const int64_t H = c.num_attention_heads, Dn = c.qk_nope_head_dim, Dr = c.qk_rope_head_dim,
-                Dv = c.v_head_dim, Dq = Dn + Dr, R = c.kv_lora_rank, S = start + T;
-  const int64_t Dkv = Dn + Dv;
-  const float scale = float(c.softmax_scale());
-  const float* wkv = w.kv_b_f32.data();
+// q [N, H, Dq] with the rope part rotated, from qa_n (q_lora) or x (direct q_proj).
+template <typename S>
+void queries(S* q, const S* x, const S* qa_n, const MlaW<W<S>>& w, const MlaDims& d,
+             const float* cos_sin, const int64_t* pos) {
+  if (d.Qr)
+    cpu::linear_forward(q, qa_n, d.N(), w.q_b);
+  else
+    cpu::linear_forward(q, x, d.N(), w.q);
+  cpu::rope_forward(q, d.N(), d.H, d.Dq(), d.Dn, d.Dr, cos_sin, pos);
+}
+
+// kv [N, R+Dr] = x·W_DKVᵀ with the shared k_pe part rotated.
+template <typename S>
+void kv_latent(S* kv, const S* x, const MlaW<W<S>>& w, const MlaDims& d, const float* cos_sin,
+               const int64_t* pos) {
+  cpu::linear_forward(kv, x, d.N(), w.kv_a);
+  cpu::rope_forward(kv, d.N(), 1, d.R + d.Dr, d.R, d.Dr, cos_sin, pos);
+}
+
+// ---- Naive attention ----
+
+// attn[T, H*Dv] of B sequences (rows b·T..) for queries q [T, H, Dq] at positions
+// start..start+T-1 over the S = start + T positions of each sequence: kvup [S, H, Dn+Dv] (k_nope
+// and v per head, rows b·S..), kpe [S, ld_pe] (rows b·S..). lse [B, H, T] saved when non-null.
+template <typename S>
+void attend_naive(S* attn, S* lse, const S* q, int64_t B, int64_t T, int64_t start, const S* kvup,
+                  const S* kpe, int64_t ld_pe, const MlaDims& d, MlaScratch<S>& s) {
+  ProfileScope ps(&StepProfile::attention_s);
+  GroupedScope grouped;
+  const int64_t H = d.H, Dq = d.Dq(), Dkv = d.Dkv(), Dv = d.Dv, Sk = start + T;
+  const int64_t blocks = (T + kQueryBlock - 1) / kQueryBlock, tbmax = std::min(T, kQueryBlock);
+  S* tiles = grow(s.tile, size_t(omp_get_max_threads() * tbmax * Sk));
+  parallel_for(B * H * blocks, [&](int64_t tb, int64_t te) {
+    S* sc = tiles + omp_get_thread_num() * tbmax * Sk;
+    for (int64_t task = tb; task < te; ++task) {
+      const int64_t b = task / (H * blocks), h = task / blocks % H,
+                    t0 = task % blocks * kQueryBlock;
+      const int64_t rows = std::min(kQueryBlock, T - t0), keys = start + t0 + rows;
+      const S* qh = q + (b * T + t0) * H * Dq + h * Dq;
+      const S* kvb = kvup + b * Sk * H * Dkv + h * Dkv;
+      cpu::gemm(false, true, rows, keys, d.Dn, S(d.scale), qh, H * Dq, kvb, H * Dkv, S(0), sc,
+                keys);
+      cpu::gemm(false, true, rows, keys, d.Dr, S(d.scale), qh + d.Dn, H * Dq, kpe + b * Sk * ld_pe,
+                ld_pe, S(1), sc, keys);
+      for (int64_t t = 0; t < rows; ++t) {
+        S* p = sc + t * keys;
+        const int64_t valid = start + t0 + t + 1;  // causal: positions 0..start+t0+t
+        S mx = p[0];
+        for (int64_t j = 1; j < valid; ++j) mx = std::max(mx, p[j]);
+        const S sum = cpu::exp_shift_sum(p, p, valid, mx);
+        const S inv = S(1) / sum;
+        for (int64_t j = 0; j < valid; ++j) p[j] *= inv;
+        std::fill(p + valid, p + keys, S(0));
+        if (lse) lse[(b * H + h) * T + t0 + t] = mx + std::log(sum);
+      }
+      cpu::gemm(false, false, rows, Dv, keys, S(1), sc, keys, kvb + d.Dn, H * Dkv, S(0),
+                attn + (b * T + t0) * H * Dv + h * Dv, H * Dv);
+    }
+  });
+}
+
+// Backward of attend_naive with start = 0: dq [N, H, Dq], dkvup [N, H, Dn+Dv] (overwritten) and
+// the per-head k_pe gradients dkpe_heads [H, N, Dr]. Recomputes the probabilities from lse.
+template <typename S>
+void attend_naive_backward(S* dq, S* dkvup, S* dkpe_heads, const S* dattn, const S* lse, const S* q,
+                           const S* kvup, const S* kv, const MlaDims& d, MlaScratch<S>& s) {
+  ProfileScope ps(&StepProfile::attention_s);
+  GroupedScope grouped;
+  const int64_t T = d.T, H = d.H, Dq = d.Dq(), Dkv = d.Dkv(), Dv = d.Dv, Dn = d.Dn, Dr = d.Dr,
+                R = d.R, N = d.N();
+  S* tiles = grow(s.tile, size_t(omp_get_max_threads() * 2 * T * T));
+  parallel_for(d.B * H, [&](int64_t tb, int64_t te) {
+    S* p = tiles + omp_get_thread_num() * 2 * T * T;
+    S* dp = p + T * T;
+    for (int64_t task = tb; task < te; ++task) {
+      const int64_t b = task / H, h = task % H;
+      const S* qh = q + b * T * H * Dq + h * Dq;
+      const S* kvb = kvup + b * T * H * Dkv + h * Dkv;
+      const S* kpe = kv + b * T * (R + Dr) + R;
+      cpu::gemm(false, true, T, T, Dn, S(d.scale), qh, H * Dq, kvb, H * Dkv, S(0), p, T);
+      cpu::gemm(false, true, T, T, Dr, S(d.scale), qh + Dn, H * Dq, kpe, R + Dr, S(1), p, T);
+      const S* l = lse + (b * H + h) * T;
+      for (int64_t t = 0; t < T; ++t) {
+        S* r = p + t * T;
+        cpu::exp_shift_sum(r, r, t + 1, l[t]);
+        std::fill(r + t + 1, r + T, S(0));
+      }
+      const S* dO = dattn + b * T * H * Dv + h * Dv;
+      S* dkvb = dkvup + b * T * H * Dkv + h * Dkv;
+      S* dqh = dq + b * T * H * Dq + h * Dq;
+      // dP = dO·Vᵀ, dV = Pᵀ·dO
+      cpu::gemm(false, true, T, T, Dv, S(1), dO, H * Dv, kvb + Dn, H * Dkv, S(0), dp, T);
+      cpu::gemm(true, false, T, Dv, T, S(1), p, T, dO, H * Dv, S(0), dkvb + Dn, H * Dkv);
+      // dS = P ∘ (dP − rowsum(P ∘ dP)) · scale
+      for (int64_t t = 0; t < T; ++t) {
+        const S* pr = p + t * T;
+        S* dr = dp + t * T;
+        S dot = 0;
+        for (int64_t j = 0; j <= t; ++j) dot += pr[j] * dr[j];
+        for (int64_t j = 0; j <= t; ++j) dr[j] = pr[j] * (dr[j] - dot) * S(d.scale);
+        std::fill(dr + t + 1, dr + T, S(0));
+      }
+      cpu::gemm(false, false, T, Dn, T, S(1), dp, T, kvb, H * Dkv, S(0), dqh, H * Dq);
+      cpu::gemm(false, false, T, Dr, T, S(1), dp, T, kpe, R + Dr, S(0), dqh + Dn, H * Dq);
+      cpu::gemm(true, false, T, Dn, T, S(1), dp, T, qh, H * Dq, S(0), dkvb, H * Dkv);
+      cpu::gemm(true, false, T, Dr, T, S(1), dp, T, qh + Dn, H * Dq, S(0),
+                dkpe_heads + h * N * Dr + b * T * Dr, Dr);
+    }
+  });
+}
+
+// ---- Absorbed attention (inference) ----
+
+void attend_absorbed(float* attn, const float* q, int64_t T, int64_t start, const MlaW<W<float>>& w,
+                     const MlaDims& d, const float* latent, const float* pe, MlaScratch<float>& s) {
+  const int64_t H = d.H, Dn = d.Dn, Dr = d.Dr, Dv = d.Dv, Dq = d.Dq(), R = d.R, S = start + T;
+  const int64_t Dkv = d.Dkv();
+  const float scale = float(d.scale);
+  const float* wkv = w.kv_b_f32;
   // q_abs[t, h, :] = q_nope[t, h, :] · W_UK[h]  ([Dn] x [Dn, R] -> [R]).
   float* qabs = grow(s.qabs, size_t(T * H * R));
   parallel_for(H, [&](int64_t hb, int64_t he) {
@@ -96,15 +215,14 @@ void attend_absorbed(float* attn, const float* q, int64_t T, int64_t start, cons
 // and the weighted latent sum use the few-row kernels (a library GEMM call per head costs more
 // than the product).
 void attend_absorbed_decode(float* attn, const float* q, int64_t T, int64_t start,
-                            const MlaWeights& w, const ModelConfig& c, const float* latent,
-                            const float* pe, MlaScratch& s) {
-  const int64_t H = c.num_attention_heads, Dn = c.qk_nope_head_dim, Dr = c.qk_rope_head_dim,
-                Dv = c.v_head_dim, Dq = Dn + Dr, R = c.kv_lora_rank, S = start + T;
-  const int64_t Dkv = Dn + Dv;
-  const float scale = float(c.softmax_scale());
+                            const MlaW<W<float>>& w, const MlaDims& d, const float* latent,
+                            const float* pe, MlaScratch<float>& s) {
+  const int64_t H = d.H, Dn = d.Dn, Dr = d.Dr, Dv = d.Dv, Dq = d.Dq(), R = d.R, S = start + T;
+  const int64_t Dkv = d.Dkv();
+  const float scale = float(d.scale);
   cpu::WeightView wv = w.kv_b.view();
   if (wv.dtype != DType::F32 && wv.dtype != DType::BF16)
-    wv = {DType::F32, H * Dkv, R, w.kv_b_f32.data(), nullptr};
+    wv = {DType::F32, H * Dkv, R, w.kv_b_f32, nullptr};
   float* qabs = grow(s.qabs, size_t(T * H * R));      // [T, H, R]
   float* lat = grow(s.lat, size_t(T * H * R));        // [T, H, R]
   float* scores = grow(s.scores, size_t(T * H * S));  // [T, H, S]
@@ -129,13 +247,117 @@ void attend_absorbed_decode(float* attn, const float* q, int64_t T, int64_t star
     }
   });
 }
+
 }  // namespace
 
-void mla_forward(float* out, const float* x, int64_t B, int64_t T, int64_t start_pos,
-                 const MlaWeights& w, const ModelConfig& c, const float* cos_sin, MlaCache& cache,
-                 AttnImpl impl, MlaScratch& s) {
-  const int64_t N = B * T, H = c.num_attention_heads, Dn = c.qk_nope_head_dim,
-                Dr = c.qk_rope_head_dim, Dv = c.v_head_dim, Dq = Dn + Dr, R = c.kv_lora_rank;
+// ---- Training forward and backward ----
+
+template <typename S>
+void mla_forward(S* out, const S* x, const MlaW<W<S>>& w, const MlaDims& d, const float* cos_sin,
+                 bool recompute, MlaActs<S>& a, MlaScratch<S>& s) {
+  const int64_t N = d.N(), H = d.H, Dq = d.Dq(), R = d.R, Dr = d.Dr, Qr = d.Qr;
+  int64_t* pos = grow(s.pos, size_t(N));
+  for (int64_t i = 0; i < N; ++i) pos[i] = i % d.T;
+  auto keep = [&](std::vector<S>& act, std::vector<S>& scratch, size_t n) {
+    return recompute ? grow(scratch, n) : grow(act, n);
+  };
+  S* qa_n = nullptr;
+  if (Qr) {
+    qa_n = keep(a.qa_n, s.qa_n, size_t(N * Qr));
+    q_latent(grow(a.qa, size_t(N * Qr)), qa_n, grow(a.qa_rstd, size_t(N)), x, w, d);
+  }
+  S* q = keep(a.q, s.q, size_t(N * H * Dq));
+  queries(q, x, qa_n, w, d, cos_sin, pos);
+  S* kv = grow(a.kv, size_t(N * (R + Dr)));
+  kv_latent(kv, x, w, d, cos_sin, pos);
+  S* ckv = keep(a.ckv, s.ckv, size_t(N * R));
+  cpu::rmsnorm_forward(ckv, grow(a.kv_rstd, size_t(N)), kv, w.kv_a_norm, N, R, S(d.eps), R + Dr, R);
+  S* kvup = keep(a.kvup, s.kvup, size_t(N * H * d.Dkv()));
+  cpu::linear_forward(kvup, ckv, N, w.kv_b);
+  S* attn = grow(a.attn, size_t(N * H * d.Dv));
+  attend_naive(attn, grow(a.lse, size_t(d.B * H * d.T)), q, d.B, d.T, 0, kvup, kv + R, R + Dr, d,
+               s);
+  cpu::linear_forward(out, attn, N, w.o);
+}
+
+template <typename S>
+void mla_backward(S* dx, const MlaW<G<S>>& dw, const S* dout, const S* x, const MlaW<W<S>>& w,
+                  const MlaDims& d, const float* cos_sin, bool recompute, const MlaActs<S>& a,
+                  MlaScratch<S>& s, bool accumulate) {
+  const int64_t N = d.N(), H = d.H, Dq = d.Dq(), R = d.R, Dr = d.Dr, Qr = d.Qr, D = d.D,
+                Dkv = d.Dkv(), Dv = d.Dv;
+  const S eps = S(d.eps);
+  int64_t* pos = grow(s.pos, size_t(N));
+  for (int64_t i = 0; i < N; ++i) pos[i] = i % d.T;
+  const S *qa_n = a.qa_n.data(), *q = a.q.data(), *ckv = a.ckv.data(), *kvup = a.kvup.data();
+  if (recompute) {
+    if (Qr) {
+      S* t = grow(s.qa_n, size_t(N * Qr));
+      cpu::rmsnorm_forward(t, grow(s.rstd, size_t(N)), a.qa.data(), w.q_a_norm, N, Qr, eps);
+      qa_n = t;
+    }
+    S* tq = grow(s.q, size_t(N * H * Dq));
+    queries(tq, x, qa_n, w, d, cos_sin, pos);
+    q = tq;
+    S* tc = grow(s.ckv, size_t(N * R));
+    cpu::rmsnorm_forward(tc, grow(s.rstd, size_t(N)), a.kv.data(), w.kv_a_norm, N, R, eps, R + Dr,
+                         R);
+    ckv = tc;
+    S* tk = grow(s.kvup, size_t(N * H * Dkv));
+    cpu::linear_forward(tk, ckv, N, w.kv_b);
+    kvup = tk;
+  }
+  // Output projection.
+  S* dattn = grow(s.dattn, size_t(N * H * Dv));
+  cpu::linear_backward_input(dattn, dout, N, w.o);
+  cpu::linear_backward_weight(dw.o, dout, a.attn.data(), N, H * Dv, D);
+  // Attention.
+  S* dq = grow(s.dq, size_t(N * H * Dq));
+  S* dkvup = grow(s.dkvup, size_t(N * H * Dkv));
+  S* dkpe_h = grow(s.dkpe_heads, size_t(H * N * Dr));
+  attend_naive_backward(dq, dkvup, dkpe_h, dattn, a.lse.data(), q, kvup, a.kv.data(), d, s);
+  cpu::rope_backward(dq, N, H, Dq, d.Dn, Dr, cos_sin, pos);
+  // kv path: kv_b, kv_a_layernorm, the shared k_pe, kv_a.
+  S* dckv = grow(s.dckv, size_t(N * R));
+  cpu::linear_backward_input(dckv, dkvup, N, w.kv_b);
+  cpu::linear_backward_weight(dw.kv_b, dkvup, ckv, N, R, H * Dkv);
+  S* dkv = grow(s.dkv, size_t(N * (R + Dr)));
+  cpu::rmsnorm_backward(dkv, dw.kv_a_norm, dckv, a.kv.data(), w.kv_a_norm, a.kv_rstd.data(), N, R,
+                        R + Dr, R);
+  parallel_for(N, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) {
+      S* dst = dkv + i * (R + Dr) + R;
+      for (int64_t j = 0; j < Dr; ++j) dst[j] = dkpe_h[i * Dr + j];
+      for (int64_t h = 1; h < H; ++h)
+        for (int64_t j = 0; j < Dr; ++j) dst[j] += dkpe_h[(h * N + i) * Dr + j];
+    }
+  });
+  cpu::rope_backward(dkv, N, 1, R + Dr, R, Dr, cos_sin, pos);
+  cpu::linear_backward_input(dx, dkv, N, w.kv_a, accumulate);
+  cpu::linear_backward_weight(dw.kv_a, dkv, x, N, D, R + Dr);
+  // q path.
+  if (Qr) {
+    S* dqa = grow(s.dqa, size_t(N * Qr));
+    S* dqa_n = grow(s.dkvup, size_t(N * std::max(Qr, H * Dkv)));  // dkvup is consumed
+    cpu::linear_backward_input(dqa_n, dq, N, w.q_b);
+    cpu::linear_backward_weight(dw.q_b, dq, qa_n, N, Qr, H * Dq);
+    cpu::rmsnorm_backward(dqa, dw.q_a_norm, dqa_n, a.qa.data(), w.q_a_norm, a.qa_rstd.data(), N,
+                          Qr);
+    cpu::linear_backward_input(dx, dqa, N, w.q_a, true);
+    cpu::linear_backward_weight(dw.q_a, dqa, x, N, D, Qr);
+  } else {
+    cpu::linear_backward_input(dx, dq, N, w.q, true);
+    cpu::linear_backward_weight(dw.q, dq, x, N, D, H * Dq);
+  }
+}
+
+// ---- Inference on the latent cache ----
+
+void mla_forward_cached(float* out, const float* x, int64_t B, int64_t T, int64_t start_pos,
+                        const MlaW<W<float>>& w, const ModelConfig& c, const float* cos_sin,
+                        MlaCache& cache, AttnImpl impl, MlaScratch<float>& s) {
+  const MlaDims d = mla_dims(c, B, T);
+  const int64_t N = d.N(), H = d.H, Dq = d.Dq(), Dr = d.Dr, Dv = d.Dv, R = d.R, Dkv = d.Dkv();
   DSV3_CHECK(B <= cache.slots, "batch {} exceeds the KV cache's {} sequences", B, cache.slots);
   DSV3_CHECK(start_pos + T <= cache.max_seq,
              "positions up to {} exceed the KV cache length {} (max_position_embeddings or "
@@ -144,48 +366,56 @@ void mla_forward(float* out, const float* x, int64_t B, int64_t T, int64_t start
   int64_t* pos = grow(s.pos, size_t(N));
   for (int64_t i = 0; i < N; ++i) pos[i] = start_pos + i % T;
 
-  // Queries: q [N, H, Dq], rope part rotated.
-  float* q = grow(s.q, size_t(N * H * Dq));
-  if (c.q_lora_rank) {
-    const int64_t Qr = *c.q_lora_rank;
-    float* qa = grow(s.qa, size_t(N * Qr));
-    cpu::linear_forward(qa, x, N, w.q_a);
-    cpu::rmsnorm_forward(qa, nullptr, qa, w.q_a_norm.data(), N, Qr, float(c.rms_norm_eps));
-    cpu::linear_forward(q, qa, N, w.q_b);
-  } else {
-    cpu::linear_forward(q, x, N, w.q);
+  float* qa_n = nullptr;
+  if (d.Qr) {
+    qa_n = grow(s.qa_n, size_t(N * d.Qr));
+    q_latent(grow(s.qa, size_t(N * d.Qr)), qa_n, static_cast<float*>(nullptr), x, w, d);
   }
-  cpu::rope_forward(q, N, H, Dq, Dn, Dr, cos_sin, pos);
-
-  // Latent kv [N, R + Dr]: normalize c_kv, rotate k_pe, append both to the cache.
+  float* q = grow(s.q, size_t(N * H * Dq));
+  queries(q, x, qa_n, w, d, cos_sin, pos);
+  // Latent kv: c_kv normalized straight into the cache, k_pe copied beside it.
   float* kv = grow(s.kv, size_t(N * (R + Dr)));
-  cpu::linear_forward(kv, x, N, w.kv_a);
-  cpu::rope_forward(kv, N, 1, R + Dr, R, Dr, cos_sin, pos);
+  kv_latent(kv, x, w, d, cos_sin, pos);
   for (int64_t b = 0; b < B; ++b) {
     float* lat = cache.latent.data() + (b * cache.max_seq + start_pos) * R;
     float* pe = cache.pe.data() + (b * cache.max_seq + start_pos) * Dr;
     const float* src = kv + b * T * (R + Dr);
-    cpu::rmsnorm_forward(lat, nullptr, src, w.kv_a_norm.data(), T, R, float(c.rms_norm_eps), R + Dr,
-                         R);
+    cpu::rmsnorm_forward(lat, static_cast<float*>(nullptr), src, w.kv_a_norm, T, R,
+                         float(c.rms_norm_eps), R + Dr, R);
     for (int64_t t = 0; t < T; ++t)
       std::copy(src + t * (R + Dr) + R, src + (t + 1) * (R + Dr), pe + t * Dr);
   }
 
   if (impl == AttnImpl::Auto) impl = T >= kNaiveMinTokens ? AttnImpl::Naive : AttnImpl::Absorbed;
   float* attn = grow(s.attn, size_t(N * H * Dv));
+  const int64_t S = start_pos + T;
   for (int64_t b = 0; b < B; ++b) {
     const float* lat = cache.latent.data() + b * cache.max_seq * R;
     const float* pe = cache.pe.data() + b * cache.max_seq * Dr;
     const float* qb = q + b * T * H * Dq;
     float* ab = attn + b * T * H * Dv;
-    if (impl == AttnImpl::Naive)
-      attend_naive(ab, qb, T, start_pos, w, c, lat, pe, s);
-    else if (T <= kAbsorbedDecodeTokens)
-      attend_absorbed_decode(ab, qb, T, start_pos, w, c, lat, pe, s);
-    else
-      attend_absorbed(ab, qb, T, start_pos, w, c, lat, pe, s);
+    if (impl == AttnImpl::Naive) {
+      // K/V of every attended position, expanded per head: kvup [S, H*(Dn+Dv)].
+      float* kvup = grow(s.kvup, size_t(S * H * Dkv));
+      cpu::linear_forward(kvup, lat, S, w.kv_b);
+      attend_naive(ab, static_cast<float*>(nullptr), qb, 1, T, start_pos, kvup, pe, Dr, d, s);
+    } else if (T <= kAbsorbedDecodeTokens) {
+      attend_absorbed_decode(ab, qb, T, start_pos, w, d, lat, pe, s);
+    } else {
+      attend_absorbed(ab, qb, T, start_pos, w, d, lat, pe, s);
+    }
   }
   cpu::linear_forward(out, attn, N, w.o);
 }
+
+#define DSV3_MLA_INSTANTIATE(S)                                                               \
+  template struct MlaActs<S>;                                                                 \
+  template void mla_forward<S>(S*, const S*, const MlaW<W<S>>&, const MlaDims&, const float*, \
+                               bool, MlaActs<S>&, MlaScratch<S>&);                            \
+  template void mla_backward<S>(S*, const MlaW<G<S>>&, const S*, const S*, const MlaW<W<S>>&, \
+                                const MlaDims&, const float*, bool, const MlaActs<S>&,        \
+                                MlaScratch<S>&, bool);
+DSV3_MLA_INSTANTIATE(float)
+DSV3_MLA_INSTANTIATE(double)
 
 }  // namespace dsv3::model

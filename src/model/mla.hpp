@@ -1,20 +1,26 @@
-// Multi-head Latent Attention (DeepSeek-V3 report §2.1.1, eqs. 1-11) on a latent KV cache.
+// Multi-head Latent Attention (DeepSeek-V3 report §2.1.1, eqs. 1-11): the forward of training
+// (saving activations), its backward, and the cached forward of inference on the latent KV cache
+// (prefill and decode). Follows DeepSeek's reference code (model.py, MLA.forward): RMSNorm on
+// the q and kv latents, interleaved-pair RoPE (YaRN table) on the decoupled parts, softmax scale
+// with the YaRN mscale², causal mask.
 //
-// Dimension glossary: B batch, T new tokens, S = start_pos + T attended positions, D hidden,
-// H heads, R kv_lora_rank, Qr q_lora_rank, Dn qk_nope_head_dim, Dr qk_rope_head_dim,
-// Dv v_head_dim, Dq = Dn + Dr.
+// Glossary: B batch, T new tokens per sequence, N = B·T, S = start_pos + T attended positions,
+// D hidden, H heads, Qr q_lora_rank (0: direct q_proj), R kv_lora_rank, Dn qk_nope_head_dim,
+// Dr qk_rope_head_dim, Dv v_head_dim, Dq = Dn + Dr.
 //
 // Per token and layer the cache stores only the normalized latent c_kv [R] and the rotated
-// shared rope key k_pe [Dr]. Two paths read it:
-//   naive    expands K/V per head through kv_b_proj (long prefill);
+// shared rope key k_pe [Dr]. Two attention paths read it:
+//   naive    expands K/V per head through kv_b_proj (training and long prefill; one function);
 //   absorbed folds kv_b_proj into the query and the output so attention runs on the latent
 //            (decode; the paper's "absorbed weights").
+// Training attention saves only the per-row log-sum-exp of the scores; the backward recomputes
+// the probabilities (O(T) memory per head instead of O(T²)).
 #pragma once
 #include <cstdint>
 #include <vector>
 
-#include "backend/cpu/linear.hpp"
 #include "model/config.hpp"
+#include "model/weights.hpp"
 
 namespace dsv3::model {
 
@@ -23,17 +29,14 @@ namespace dsv3::model {
 enum class AttnImpl { Naive, Absorbed, Auto };
 constexpr int64_t kNaiveMinTokens = 32;
 
-struct MlaWeights {
-  cpu::LinearWeight q_a;         // [Qr, D]       (q_lora_rank set)
-  std::vector<float> q_a_norm;   // [Qr]
-  cpu::LinearWeight q_b;         // [H*Dq, Qr]
-  cpu::LinearWeight q;           // [H*Dq, D]     (no q_lora_rank)
-  cpu::LinearWeight kv_a;        // [R+Dr, D]
-  std::vector<float> kv_a_norm;  // [R]
-  cpu::LinearWeight kv_b;        // [H*(Dn+Dv), R]
-  std::vector<float> kv_b_f32;   // [H*(Dn+Dv), R] effective weight for the absorbed path
-  cpu::LinearWeight o;           // [D, H*Dv]
+struct MlaDims {
+  int64_t B = 0, T = 0, D = 0, H = 0, Qr = 0, R = 0, Dn = 0, Dr = 0, Dv = 0;
+  double eps = 1e-6, scale = 1;
+  int64_t N() const { return B * T; }
+  int64_t Dq() const { return Dn + Dr; }
+  int64_t Dkv() const { return Dn + Dv; }
 };
+MlaDims mla_dims(const ModelConfig& c, int64_t B, int64_t T);
 
 // One layer's latent cache for `slots` sequences of up to `max_seq` positions.
 struct MlaCache {
@@ -42,16 +45,55 @@ struct MlaCache {
   int64_t slots = 0, max_seq = 0;
 };
 
-// Reusable buffers (grown on demand, never shrunk) so steady-state steps do not allocate.
-struct MlaScratch {
-  std::vector<float> qa, q, kv, attn, kvfull, qabs, scores, lat;
-  std::vector<int64_t> pos, valid;
+// Activations one layer keeps from forward to backward. The recomputable ones (normalized
+// latents and up-projections) live in MlaScratch instead when recompute is on.
+template <typename S>
+struct MlaActs {
+  std::vector<S> qa;       // [N, Qr] q_a_proj output (before q_a_layernorm)
+  std::vector<S> qa_rstd;  // [N]
+  std::vector<S> kv;       // [N, R+Dr] kv_a_proj output, k_pe part rotated
+  std::vector<S> kv_rstd;  // [N]
+  std::vector<S> lse;      // [B, H, T] log-sum-exp of each score row
+  std::vector<S> attn;     // [N, H*Dv] attention output (o_proj input)
+  // Recomputable (empty when recompute is on):
+  std::vector<S> qa_n;  // [N, Qr] q latent after RMSNorm
+  std::vector<S> q;     // [N, H, Dq] queries, rope part rotated
+  std::vector<S> ckv;   // [N, R] kv latent after RMSNorm
+  std::vector<S> kvup;  // [N, H, Dn+Dv] kv_b_proj output: k_nope and v per head
+  size_t bytes() const;
 };
 
-// out[B*T, D] = MLA(x[B*T, D]) for tokens at positions start_pos..start_pos+T-1 of cache slots
-// 0..B-1; appends their latent entries to the cache first. cos_sin: RoPE table [max_pos, Dr/2, 2].
-void mla_forward(float* out, const float* x, int64_t B, int64_t T, int64_t start_pos,
-                 const MlaWeights& w, const ModelConfig& c, const float* cos_sin, MlaCache& cache,
-                 AttnImpl impl, MlaScratch& s);
+// Buffers shared by all layers; they only grow, so steady-state steps do not allocate.
+template <typename S>
+struct MlaScratch {
+  std::vector<S> qa, qa_n, q, kv, ckv, kvup, attn;  // forward targets (recompute, inference)
+  std::vector<S> dattn, dq, dkvup, dckv, dkv;       // gradients
+  std::vector<S> dqa, dkpe_heads;                   // [N, Qr], [H, N, Dr]
+  std::vector<S> tile;               // per thread: scores/probabilities (and dP in backward)
+  std::vector<S> rstd;               // [N] rstd recomputed with the norms
+  std::vector<S> qabs, scores, lat;  // absorbed path
+  std::vector<int64_t> pos, valid;   // [N]
+};
+
+// Training: out[N, D] = MLA(x[N, D]) causal over positions 0..T-1 of each of the B sequences;
+// cos_sin: RoPE table [>= T, Dr/2, 2].
+template <typename S>
+void mla_forward(S* out, const S* x, const MlaW<W<S>>& w, const MlaDims& d, const float* cos_sin,
+                 bool recompute, MlaActs<S>& a, MlaScratch<S>& s);
+
+// dx[N, D] (+= when accumulate) and dw (+=) of mla_forward, given dout[N, D].
+// Reads the saved x (the layer's input), qa, qa_rstd, kv, kv_rstd, lse, attn; with recompute
+// it recomputes qa_n, q, ckv and kvup into the scratch, otherwise reads them from `a`.
+template <typename S>
+void mla_backward(S* dx, const MlaW<G<S>>& dw, const S* dout, const S* x, const MlaW<W<S>>& w,
+                  const MlaDims& d, const float* cos_sin, bool recompute, const MlaActs<S>& a,
+                  MlaScratch<S>& s, bool accumulate = false);
+
+// Inference: out[B*T, D] = MLA(x[B*T, D]) for tokens at positions start_pos..start_pos+T-1 of
+// cache slots 0..B-1; appends their latent entries to the cache first. cos_sin: RoPE table
+// [max_pos, Dr/2, 2].
+void mla_forward_cached(float* out, const float* x, int64_t B, int64_t T, int64_t start_pos,
+                        const MlaW<W<float>>& w, const ModelConfig& c, const float* cos_sin,
+                        MlaCache& cache, AttnImpl impl, MlaScratch<float>& s);
 
 }  // namespace dsv3::model

@@ -1,132 +1,20 @@
-// Model loading and the forward loop; see model.hpp. Reads top to bottom like the paper:
-// embedding -> L x (x + MLA(norm(x)); x + FFN(norm(x))) -> norm -> head, then the MTP module.
+// The model loops; see model.hpp. Each reads top to bottom like the paper: embedding ->
+// L x (x + MLA(norm(x)); x + FFN(norm(x))) -> norm -> head, then the MTP modules; the training
+// backward replays the same list in reverse (MTP depths D..1 first, their gradient on h^0 joins
+// the main head's, then the layers L-1..0, then the embedding).
 #include "model/model.hpp"
 
 #include <algorithm>
-#include <filesystem>
+#include <type_traits>
 
 #include "backend/cpu/ops.hpp"
 #include "core/clock.hpp"
 #include "core/error.hpp"
-#include "core/log.hpp"
 #include "core/parallel.hpp"
 #include "core/scratch.hpp"
-#include "model/params.hpp"
 #include "model/rope.hpp"
 
 namespace dsv3::model {
-
-namespace {
-
-int64_t ceil_div(int64_t a, int64_t b) {
-  return (a + b - 1) / b;
-}
-
-// Loads the tensors of one checkpoint into the weight structs, validating every shape.
-class Loader {
- public:
-  Loader(const io::TensorStore& s, cpu::Compute c, std::vector<std::vector<uint8_t>>& owned)
-      : store_(s), compute_(c), owned_(owned) {}
-
-  bool has(const std::string& n) const { return store_.find(n) != nullptr; }
-
-  std::vector<float> vec(const std::string& n, int64_t size) {
-    return io::read_f32(float_tensor(n, {size}));
-  }
-
-  std::vector<float> matrix(const std::string& n, int64_t rows, int64_t cols) {
-    cpu::WeightView v = view(n, rows, cols);
-    return cpu::dequantize(v);
-  }
-
-  cpu::WeightView view(const std::string& n, int64_t rows, int64_t cols) {
-    const io::TensorInfo& t = store_.get(n, {rows, cols});
-    cpu::WeightView v{t.dtype, rows, cols, t.data, nullptr};
-    switch (t.dtype) {
-      case DType::F32:
-      case DType::BF16:
-        return v;
-      case DType::F8_E4M3: {
-        const io::TensorInfo& s =
-            store_.get(n + "_scale_inv", {ceil_div(rows, 128), ceil_div(cols, 128)});
-        DSV3_CHECK(s.dtype == DType::F32, "{}: tensor '{}' has dtype {}, expected F32", s.file,
-                   s.name, dtype_name(s.dtype));
-        v.scale_inv = reinterpret_cast<const float*>(s.data);
-        return v;
-      }
-      case DType::F16: {  // converted once to F32
-        owned_.emplace_back(size_t(rows * cols) * 4);
-        to_f32(reinterpret_cast<float*>(owned_.back().data()), t.data, t.dtype,
-               size_t(rows * cols));
-        v.dtype = DType::F32;
-        v.data = owned_.back().data();
-        return v;
-      }
-      default:
-        DSV3_FAIL("{}: tensor '{}' has dtype {}, expected F32, BF16, F16 or F8_E4M3", t.file, n,
-                  dtype_name(t.dtype));
-    }
-  }
-
-  cpu::LinearWeight linear(const std::string& n, int64_t rows, int64_t cols) {
-    return cpu::LinearWeight(view(n, rows, cols), compute_);
-  }
-
-  const io::TensorInfo& float_tensor(const std::string& n, const std::vector<int64_t>& shape) {
-    const io::TensorInfo& t = store_.get(n, shape);
-    DSV3_CHECK(t.dtype == DType::F32 || t.dtype == DType::BF16 || t.dtype == DType::F16,
-               "{}: tensor '{}' has dtype {}, expected F32, BF16 or F16", t.file, n,
-               dtype_name(t.dtype));
-    return t;
-  }
-
-  void mlp(MlpWeights& w, const std::string& p, int64_t F, int64_t D) {
-    w.gate = linear(p + "gate_proj.weight", F, D);
-    w.up = linear(p + "up_proj.weight", F, D);
-    w.down = linear(p + "down_proj.weight", D, F);
-  }
-
-  void layer(LayerWeights& lw, const ModelConfig& c, int64_t l, bool moe) {
-    const std::string p = layer_prefix(l);
-    const int64_t D = c.hidden_size, H = c.num_attention_heads, R = c.kv_lora_rank;
-    const int64_t Dq = c.qk_head_dim(), Dkv = c.qk_nope_head_dim + c.v_head_dim;
-    lw.attn_norm = vec(p + "input_layernorm.weight", D);
-    lw.ffn_norm = vec(p + "post_attention_layernorm.weight", D);
-    MlaWeights& a = lw.attn;
-    if (c.q_lora_rank) {
-      a.q_a = linear(p + "self_attn.q_a_proj.weight", *c.q_lora_rank, D);
-      a.q_a_norm = vec(p + "self_attn.q_a_layernorm.weight", *c.q_lora_rank);
-      a.q_b = linear(p + "self_attn.q_b_proj.weight", H * Dq, *c.q_lora_rank);
-    } else {
-      a.q = linear(p + "self_attn.q_proj.weight", H * Dq, D);
-    }
-    a.kv_a = linear(p + "self_attn.kv_a_proj_with_mqa.weight", R + c.qk_rope_head_dim, D);
-    a.kv_a_norm = vec(p + "self_attn.kv_a_layernorm.weight", R);
-    a.kv_b = linear(p + "self_attn.kv_b_proj.weight", H * Dkv, R);
-    a.kv_b_f32 = cpu::dequantize(a.kv_b.view());
-    a.o = linear(p + "self_attn.o_proj.weight", D, H * c.v_head_dim);
-    lw.moe = moe;
-    if (!moe) {
-      mlp(lw.mlp, p + "mlp.", c.intermediate_size, D);
-      return;
-    }
-    const int64_t E = c.n_routed_experts, F = c.moe_intermediate_size;
-    lw.moe_w.router = matrix(p + "mlp.gate.weight", E, D);
-    if (c.topk_method == TopkMethod::NoauxTc)
-      lw.moe_w.bias = vec(p + "mlp.gate.e_score_correction_bias", E);
-    lw.moe_w.experts.resize(size_t(E));
-    for (int64_t e = 0; e < E; ++e)
-      mlp(lw.moe_w.experts[size_t(e)], p + "mlp.experts." + std::to_string(e) + ".", F, D);
-    if (c.n_shared_experts > 0)
-      mlp(lw.moe_w.shared, p + "mlp.shared_experts.", F * c.n_shared_experts, D);
-  }
-
- private:
-  const io::TensorStore& store_;
-  cpu::Compute compute_;
-  std::vector<std::vector<uint8_t>>& owned_;
-};
-}  // namespace
 
 KVCache::KVCache(const ModelConfig& c, int64_t slots, int64_t max_seq, bool with_mtp)
     : slots_(slots), max_seq_(max_seq) {
@@ -144,82 +32,37 @@ size_t KVCache::bytes_per_token(const ModelConfig& c) {
   return size_t(c.num_hidden_layers * (c.kv_lora_rank + c.qk_rope_head_dim)) * sizeof(float);
 }
 
-std::unique_ptr<Model> Model::load(const std::string& dir, const LoadOptions& opt) {
+// ---- Inference ----
+
+std::unique_ptr<Model> Model::view(const ModelConfig& c, const ParamLayout& layout,
+                                   const float* params, bool with_mtp, bool tie_mtp) {
   std::unique_ptr<Model> m(new Model());
-  m->config_ = load_config(dir);
-  const ModelConfig& c = m->config_;
-  m->compute_ = opt.compute;
-  m->store_ = io::TensorStore::open_dir(dir, opt.residency);
-  Loader ld(m->store_, opt.compute, m->owned_);
-  const int64_t D = c.hidden_size, V = c.vocab_size;
-  m->embed_ = ld.float_tensor("model.embed_tokens.weight", {V, D});
-  m->layers_.resize(size_t(c.num_hidden_layers));
-  for (int64_t l = 0; l < c.num_hidden_layers; ++l)
-    ld.layer(m->layers_[size_t(l)], c, l, c.is_moe_layer(l));
-  m->norm_ = ld.vec("model.norm.weight", D);
-  m->lm_head_ = ld.linear("lm_head.weight", V, D);
-  if (opt.load_mtp && c.num_nextn_predict_layers > 0) {
-    const int64_t L = c.num_hidden_layers;
-    if (!ld.has(layer_prefix(L) + "eh_proj.weight")) {
-      log_warn(dir + ": config has num_nextn_predict_layers = " +
-               std::to_string(c.num_nextn_predict_layers) +
-               " but the checkpoint has no MTP layer; MTP disabled");
-    } else {
-      m->mtp_.resize(size_t(c.num_nextn_predict_layers));
-      for (int64_t k = 0; k < c.num_nextn_predict_layers; ++k) {
-        const std::string p = layer_prefix(L + k);
-        MtpWeights& t = m->mtp_[size_t(k)];
-        // The embedding and head are shared with the main model; the release stores copies.
-        t.embed = ld.has(p + "embed_tokens.weight")
-                      ? ld.float_tensor(p + "embed_tokens.weight", {V, D})
-                      : m->embed_;
-        t.enorm = ld.vec(p + "enorm.weight", D);
-        t.hnorm = ld.vec(p + "hnorm.weight", D);
-        t.eh_proj = ld.linear(p + "eh_proj.weight", D, 2 * D);
-        ld.layer(t.layer, c, L + k, c.n_routed_experts > 0);
-        t.head_norm = ld.vec(p + "shared_head.norm.weight", D);
-        t.head = ld.has(p + "shared_head.head.weight")
-                     ? ld.linear(p + "shared_head.head.weight", V, D)
-                     : ld.linear("lm_head.weight", V, D);
-      }
-    }
-  }
-  m->cos_sin_ = rope_cos_sin(c, c.max_position_embeddings);
+  m->config_ = c;
+  m->w_ =
+      bind_arena<W<float>>(c, layout, params, with_mtp ? c.num_nextn_predict_layers : 0, tie_mtp);
+  m->arena_bytes_ = size_t(layout.total()) * sizeof(float);
+  m->prepare();
   return m;
 }
 
-void Model::embed(float* out, const io::TensorInfo& table, const int32_t* tokens, int64_t n) const {
-  const int64_t D = config_.hidden_size, V = config_.vocab_size;
-  const size_t row = size_t(D) * dtype_size(table.dtype);
-  for (int64_t i = 0; i < n; ++i) {
-    DSV3_CHECK(tokens[i] >= 0 && tokens[i] < V,
-               "token id {} at position {} is outside the vocabulary [0, {})", tokens[i], i, V);
-    to_f32(out + i * D, table.data + size_t(tokens[i]) * row, table.dtype, size_t(D));
-  }
-}
-
-void Model::decoder_layer(float* h, int64_t B, int64_t T, int64_t start_pos, const LayerWeights& lw,
-                          MlaCache& cache, const ForwardOptions& opt) {
+void Model::prepare() {
   const ModelConfig& c = config_;
-  const int64_t N = B * T, D = c.hidden_size;
-  const float eps = float(c.rms_norm_eps);
-  float* xn = grow(xn_, size_t(N * D));
-  float* tmp = grow(tmp_, size_t(N * D));
-  cpu::rmsnorm_forward(xn, nullptr, h, lw.attn_norm.data(), N, D, eps);
-  auto t0 = Clock::now();
-  mla_forward(tmp, xn, B, T, start_pos, lw.attn, c, cos_sin_.data(), cache, opt.attn, mla_s_);
-  if (opt.times) opt.times->attention += seconds_since(t0);
-  for (int64_t i = 0; i < N * D; ++i) h[i] += tmp[i];
-  cpu::rmsnorm_forward(xn, nullptr, h, lw.ffn_norm.data(), N, D, eps);
-  t0 = Clock::now();
-  if (lw.moe) {
-    moe_forward(tmp, xn, N, lw.moe_w, c, routing_, moe_s_);
-    if (opt.routes) opt.routes->push_back(routing_);
-  } else {
-    mlp_forward(tmp, xn, N, lw.mlp, moe_s_);
-  }
-  if (opt.times) opt.times->ffn += seconds_since(t0);
-  for (int64_t i = 0; i < N * D; ++i) h[i] += tmp[i];
+  // The absorbed path multiplies by kv_b_proj's slices in FP32: the stored weight itself when it
+  // is F32 (an arena), else a dequantized copy kept here.
+  auto absorbed = [&](MlaW<W<float>>& a) {
+    const cpu::WeightView& v = a.kv_b.view();
+    if (v.dtype == DType::F32) {
+      a.kv_b_f32 = static_cast<const float*>(v.data);
+      return;
+    }
+    const std::vector<float> f = cpu::dequantize(v);
+    owned_.emplace_back(f.size() * sizeof(float));
+    std::copy(f.begin(), f.end(), reinterpret_cast<float*>(owned_.back().data()));
+    a.kv_b_f32 = reinterpret_cast<const float*>(owned_.back().data());
+  };
+  for (auto& l : w_.layers) absorbed(l.attn);
+  for (auto& t : w_.mtp) absorbed(t.layer.attn);
+  cos_sin_ = rope_cos_sin(c, c.max_position_embeddings);
 }
 
 void Model::forward(const int32_t* tokens, int64_t B, int64_t T, int64_t start_pos, KVCache& cache,
@@ -244,20 +87,21 @@ void Model::forward_layers(const int32_t* tokens, int64_t B, int64_t T, int64_t 
   const int64_t N = B * T, D = c.hidden_size;
   const auto t_start = Clock::now();
   float* h = grow(h_, size_t(N * D));
-  embed(h, embed_, tokens, N);
+  embedding_forward<float>(h, w_.embed, tokens, N);
   for (int64_t l = 0; l < c.num_hidden_layers; ++l)
-    decoder_layer(h, B, T, start_pos, layers_[size_t(l)], cache.layer(l), opt);
+    decoder_layer_cached(h, B, T, start_pos, w_.layers[size_t(l)], c, cos_sin_.data(),
+                         cache.layer(l), opt.attn, ds_, opt.times, opt.routes);
   const auto t_head = Clock::now();
   float* xn = grow(xn_, size_t(N * D));
-  cpu::rmsnorm_forward(xn, nullptr, h, norm_.data(), N, D, float(c.rms_norm_eps));
+  cpu::rmsnorm_forward(xn, static_cast<float*>(nullptr), h, w_.norm, N, D, float(c.rms_norm_eps));
   if (opt.final_hidden) std::copy(xn, xn + N * D, opt.final_hidden);
-  if (opt.all_logits) {
-    cpu::linear_forward(logits, xn, N, lm_head_);
-  } else {
-    float* last = grow(tmp_, size_t(B * D));
+  if (opt.head && opt.all_logits) {
+    cpu::linear_forward(logits, xn, N, w_.head);
+  } else if (opt.head) {
+    float* last = grow(last_, size_t(B * D));
     for (int64_t b = 0; b < B; ++b)
       std::copy(xn + ((b + 1) * T - 1) * D, xn + (b + 1) * T * D, last + b * D);
-    cpu::linear_forward(logits, last, B, lm_head_);
+    cpu::linear_forward(logits, last, B, w_.head);
   }
   if (opt.times) {
     opt.times->head += seconds_since(t_head);
@@ -267,33 +111,36 @@ void Model::forward_layers(const int32_t* tokens, int64_t B, int64_t T, int64_t 
 
 void Model::mtp_forward(const float* hidden, const int32_t* next, int64_t B, int64_t T,
                         int64_t start_pos, KVCache& cache, float* logits, const ForwardOptions& opt,
-                        float* mtp_hidden) {
+                        float* mtp_hidden, int64_t depth) {
   DSV3_CHECK(has_mtp(), "this checkpoint has no MTP module");
-  const ModelConfig& c = config_;
-  const int64_t N = B * T, D = c.hidden_size;
-  const float eps = float(c.rms_norm_eps);
-  const MtpWeights& m = mtp_[0];
-  // cat[N, 2D] = [enorm(embed(t_{i+1})), hnorm(h_i)] (embedding first, as the implementations).
-  std::vector<float> e(size_t(N * D)), cat(size_t(N * 2 * D));
-  embed(e.data(), m.embed, next, N);
-  cpu::rmsnorm_forward(cat.data(), nullptr, e.data(), m.enorm.data(), N, D, eps, D, 2 * D);
-  cpu::rmsnorm_forward(cat.data() + D, nullptr, hidden, m.hnorm.data(), N, D, eps, D, 2 * D);
-  std::vector<float> x(size_t(N * D));
-  cpu::linear_forward(x.data(), cat.data(), N, m.eh_proj);
-  decoder_layer(x.data(), B, T, start_pos, m.layer, cache.layer(c.num_hidden_layers), opt);
-  if (mtp_hidden) std::copy(x.begin(), x.end(), mtp_hidden);
-  float* xn = grow(xn_, size_t(N * D));
-  cpu::rmsnorm_forward(xn, nullptr, x.data(), m.head_norm.data(), N, D, eps);
-  cpu::linear_forward(logits, xn, N, m.head);
+  DSV3_CHECK(depth >= 0 && depth < int64_t(w_.mtp.size()),
+             "MTP depth {} requested; the model has {} MTP module(s)", depth + 1, w_.mtp.size());
+  mtp_forward_cached(logits, mtp_hidden, hidden, next, B, T, start_pos, w_.mtp[size_t(depth)],
+                     config_, cos_sin_.data(), cache.layer(config_.num_hidden_layers + depth),
+                     opt.attn, ms_, ds_, opt.times, opt.routes);
+}
+
+double Model::cross_entropy(const int32_t* tokens, int64_t B, int64_t T, KVCache& cache,
+                            int64_t* count) {
+  const int64_t N = B * T, D = config_.hidden_size;
+  DSV3_CHECK(T >= 2, "cross-entropy needs sequences of at least 2 tokens, got {}", T);
+  ForwardOptions o;
+  o.final_hidden = grow(hidden_, size_t(N * D));
+  o.head = false;
+  forward(tokens, B, T, 0, cache, nullptr, o);
+  int32_t* tgt = grow(targets_, size_t(N));
+  for (int64_t i = 0; i < N; ++i) tgt[i] = i % T + 1 < T ? tokens[i + 1] : -1;
+  return head_cross_entropy<float>(nullptr, nullptr, hidden_.data(), w_.head, tgt, N, 1.0f, count,
+                                   hs_);
 }
 
 size_t Model::active_weight_bytes() const {
   const ModelConfig& c = config_;
-  auto mlp_bytes = [](const MlpWeights& w) {
+  auto mlp_bytes = [](const MlpW<W<float>>& w) {
     return w.gate.stored_bytes() + w.up.stored_bytes() + w.down.stored_bytes();
   };
-  size_t n = lm_head_.stored_bytes() + size_t(c.hidden_size) * dtype_size(embed_.dtype);
-  for (const auto& l : layers_) {
+  size_t n = w_.head.stored_bytes() + size_t(c.hidden_size) * dtype_size(w_.embed.dtype);
+  for (const auto& l : w_.layers) {
     const auto& a = l.attn;
     if (c.q_lora_rank)
       n += a.q_a.stored_bytes() + a.q_b.stored_bytes();
@@ -304,7 +151,7 @@ size_t Model::active_weight_bytes() const {
       n += mlp_bytes(l.mlp);
       continue;
     }
-    n += l.moe_w.router.size() * 4;
+    n += size_t(c.n_routed_experts * c.hidden_size) * sizeof(float);  // the router
     if (c.n_shared_experts > 0) n += mlp_bytes(l.moe_w.shared);
     n += size_t(c.num_experts_per_tok) * mlp_bytes(l.moe_w.experts[0]);
   }
@@ -312,9 +159,174 @@ size_t Model::active_weight_bytes() const {
 }
 
 size_t Model::total_weight_bytes() const {
+  if (arena_bytes_) return arena_bytes_;
   size_t n = 0;
   for (const auto& name : store_.names()) n += store_.find(name)->nbytes;
   return n;
 }
+
+// ---- Training ----
+
+template <typename S>
+TrainModelT<S>::TrainModelT(const ModelConfig& c, const ParamLayout& layout, const S* params,
+                            S* grads)
+    : c_(c), layout_(&layout), params_(params), grads_(grads) {
+  bind(true);
+  acts_.resize(size_t(c_.num_hidden_layers));
+  mtp_acts_.resize(size_t(c_.num_nextn_predict_layers));
+}
+
+template <typename S>
+void TrainModelT<S>::bind(bool tie) {
+  w_ = bind_arena<W<S>>(c_, *layout_, params_, c_.num_nextn_predict_layers, tie);
+  g_ = bind_arena<G<S>>(c_, *layout_, grads_, c_.num_nextn_predict_layers, tie);
+  bound_tie_ = tie;
+}
+
+template <typename S>
+double TrainModelT<S>::balance(MoeActs<S>& a, int64_t B, int64_t T, const TrainOptions& o) {
+  if (o.balance_alpha <= 0) {
+    a.dscores.clear();
+    return 0;
+  }
+  if constexpr (std::is_same_v<S, float>) {
+    const int64_t E = c_.n_routed_experts, K = c_.num_experts_per_tok;
+    a.dscores.assign(size_t(B * T * E), 0.0f);
+    // Its gradient on the scores joins the gate-weight gradient in moe_backward.
+    return balance_loss(a.scores.data(), a.indices.data(), B, T, E, K, float(o.balance_alpha),
+                        a.dscores.data());
+  } else {
+    DSV3_FAIL("the sequence-wise balance loss is implemented for float models only");
+  }
+}
+
+template <typename S>
+double TrainModelT<S>::run(const int32_t* tokens, int64_t B, int64_t T, const TrainOptions& o,
+                           bool backward, StepStats* stats) {
+  const int64_t N = B * T, D = c_.hidden_size, L = c_.num_hidden_layers;
+  DSV3_CHECK(B > 0 && T >= 2,
+             "a training batch needs B >= 1 sequences of T >= 2 tokens, got {} x {}", B, T);
+  DSV3_CHECK(T <= c_.max_position_embeddings, "{} tokens exceed max_position_embeddings {}", T,
+             c_.max_position_embeddings);
+  const int64_t depth =
+      o.mtp_lambda > 0 ? (o.mtp_depth > 0 ? o.mtp_depth : c_.num_nextn_predict_layers) : 0;
+  DSV3_CHECK(depth <= c_.num_nextn_predict_layers,
+             "MTP depth {} needs {} MTP layers; the config has num_nextn_predict_layers = {}",
+             depth, depth, c_.num_nextn_predict_layers);
+  DSV3_CHECK(o.mtp_lambda <= 0 || depth > 0,
+             "mtp_lambda > 0 but the config has no MTP layer (num_nextn_predict_layers = 0)");
+  DSV3_CHECK(T >= depth + 2, "MTP depth {} needs sequences of at least {} tokens", depth,
+             depth + 2);
+  if (o.tie_mtp_embeddings != bound_tie_) bind(o.tie_mtp_embeddings);
+  if (T > rope_len_) {
+    cos_sin_ = rope_cos_sin(c_, T);
+    rope_len_ = T;
+  }
+  const float* cs = cos_sin_.data();
+  const bool rc = o.recompute;
+  const auto t_start = std::chrono::steady_clock::now();
+  set_profiling(o.profile);
+  if (o.profile) step_profile() = StepProfile{};
+  if (stats) {
+    stats->moe_layer.clear();
+    stats->mtp_loss.assign(size_t(depth), 0.0);
+  }
+  size_t n_moe = 0;
+  auto record_load = [&](const MoeActs<S>& a, int64_t layer) {
+    if (!stats) return;
+    if (stats->expert_load.size() <= n_moe) stats->expert_load.resize(n_moe + 1);
+    stats->expert_load[n_moe++].assign(a.load.begin(), a.load.end());
+    stats->moe_layer.push_back(layer);
+  };
+
+  // Forward: embedding, decoder layers, final norm, head + CE (its backward runs at once).
+  int32_t* tgt = grow(targets_, size_t(N));
+  for (int64_t i = 0; i < N; ++i) tgt[i] = i % T + 1 < T ? tokens[i + 1] : -1;
+  S* h = grow(h_, size_t(N * D));
+  embedding_forward<S>(h, w_.embed, tokens, N);
+  double bal = 0;
+  const DecoderDims dd{B, T, rc};
+  for (int64_t l = 0; l < L; ++l) {
+    decoder_layer_forward(h, w_.layers[size_t(l)], c_, dd, cs, acts_[size_t(l)], ds_);
+    if (w_.layers[size_t(l)].moe) {
+      bal += balance(acts_[size_t(l)].moe, B, T, o);
+      record_load(acts_[size_t(l)].moe, l);
+    }
+  }
+  S* hf = grow(hf_, size_t(N * D));
+  S* rstd = grow(final_rstd_, size_t(N));
+  cpu::rmsnorm_forward(hf, rstd, h, w_.norm, N, D, S(c_.rms_norm_eps));
+  const int64_t n_main = B * (T - 1);
+  S* dhf = backward ? grow(dhf_, size_t(N * D)) : nullptr;
+  int64_t cnt = 0;
+  const double main_loss =
+      head_cross_entropy<S>(dhf, g_.head, hf, w_.head, tgt, N, S(1.0 / double(n_main)), &cnt, hs_) /
+      double(n_main);
+  // MTP depths 1..D.
+  double mtp_sum = 0;
+  const S* prev = hf;
+  for (int64_t k = 1; k <= depth; ++k) {
+    const int64_t n_k = B * (T - 1 - k);
+    const double w = o.mtp_lambda / double(depth);
+    MtpActs<S>& ma = mtp_acts_[size_t(k - 1)];
+    const double ce = mtp_forward(prev, tokens, B, T, k, w_.mtp[size_t(k - 1)],
+                                  backward ? &g_.mtp[size_t(k - 1)] : nullptr, S(w / double(n_k)),
+                                  c_, rc, cs, ma, ms_, ds_) /
+                      double(n_k);
+    if (stats) stats->mtp_loss[size_t(k - 1)] = ce;
+    mtp_sum += w * ce;
+    if (w_.mtp[size_t(k - 1)].layer.moe) {
+      bal += balance(ma.layer.moe, B, T - k, o);
+      record_load(ma.layer.moe, L + k - 1);
+    }
+    prev = ma.y.data();
+  }
+  const double total = main_loss + mtp_sum + bal;
+
+  if (backward) {
+    for (int64_t k = depth; k >= 1; --k) {
+      S* dprev = k == 1 ? dhf : mtp_acts_[size_t(k - 2)].dy.data();
+      mtp_backward(dprev, g_.mtp[size_t(k - 1)], w_.mtp[size_t(k - 1)], B, T, k, c_, rc, cs,
+                   mtp_acts_[size_t(k - 1)], ms_, ds_);
+    }
+    S* dh = grow(dh_, size_t(N * D));
+    cpu::rmsnorm_backward(dh, g_.norm, dhf, h, w_.norm, rstd, N, D);
+    for (int64_t l = L - 1; l >= 0; --l)
+      decoder_layer_backward(dh, g_.layers[size_t(l)], w_.layers[size_t(l)], c_, dd, cs,
+                             acts_[size_t(l)], ds_);
+    embedding_backward(g_.embed, dh, tokens, N, D);
+  }
+
+  if (stats) {
+    stats->loss = total;
+    stats->main_loss = main_loss;
+    stats->balance_loss = bal;
+    stats->expert_load.resize(n_moe);
+    size_t bytes = (h_.size() + hf_.size() + final_rstd_.size()) * sizeof(S) +
+                   targets_.size() * sizeof(int32_t);
+    for (const auto& a : acts_) bytes += a.bytes();
+    for (int64_t k = 0; k < depth; ++k) bytes += mtp_acts_[size_t(k)].bytes();
+    stats->activation_bytes = bytes;
+    stats->step_s =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
+    if (o.profile) stats->profile = step_profile();
+  }
+  return total;
+}
+
+template <typename S>
+double TrainModelT<S>::forward_backward(const int32_t* tokens, int64_t B, int64_t T,
+                                        const TrainOptions& o, StepStats* stats) {
+  return run(tokens, B, T, o, true, stats);
+}
+
+template <typename S>
+double TrainModelT<S>::forward_loss(const int32_t* tokens, int64_t B, int64_t T,
+                                    const TrainOptions& o, StepStats* stats) {
+  return run(tokens, B, T, o, false, stats);
+}
+
+template class TrainModelT<float>;
+template class TrainModelT<double>;
 
 }  // namespace dsv3::model

@@ -1,36 +1,31 @@
-// The DeepSeek-V3 model for inference: weights loaded from a Hugging Face checkpoint directory
-// (config.json + safetensors, BF16 / F32 / F16 / FP8 block-scaled), the forward pass over a
-// latent KV cache, and the MTP module (report §2.2).
+// The DeepSeek-V3 model: one set of layer functions (mla, moe, mlp, decoder, mtp, embed_head)
+// driven by two loops over the same weight view (weights.hpp):
+//   Model          inference: the forward over a latent KV cache and the MTP step, on a Hugging
+//                  Face checkpoint (BF16 / F32 / F16 / FP8 block-scaled) or, without copying, on
+//                  a training arena of FP32 parameters;
+//   TrainModelT<S> training: forward saving activations, the explicit backward in reverse order,
+//                  and the objective of the report (§2.2 eq. 25 and §2.1.2 eq. 20):
+//                    loss = CE_main + λ/D · Σ_k CE_MTP_k  (+ the sequence-wise balance loss)
+//                  CE_main is the mean over the B·(T-1) next-token predictions, CE_MTP_k over
+//                  B·(T-1-k). Gradients are ADDED into the gradient arena.
 //
-// Glossary: B batch, T tokens in this call, D hidden, V vocab, L main layers.
+// Glossary: B batch, T tokens per sequence (or new tokens of a call), N = B·T, D hidden,
+// V vocab, L main layers, E routed experts, K experts per token.
 #pragma once
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "backend/cpu/linear.hpp"
+#include "core/profile.hpp"
 #include "io/safetensors.hpp"
 #include "model/config.hpp"
-#include "model/mla.hpp"
-#include "model/moe.hpp"
+#include "model/decoder.hpp"
+#include "model/mtp.hpp"
+#include "model/params.hpp"
+#include "model/weights.hpp"
 
 namespace dsv3::model {
-
-struct LayerWeights {
-  std::vector<float> attn_norm, ffn_norm;  // [D]
-  MlaWeights attn;
-  bool moe = false;
-  MlpWeights mlp;    // dense layers
-  MoeWeights moe_w;  // MoE layers
-};
-
-struct MtpWeights {
-  io::TensorInfo embed;  // [V, D] (the MTP layer's copy, or the main embedding)
-  std::vector<float> enorm, hnorm, head_norm;  // [D]
-  cpu::LinearWeight eh_proj;                   // [D, 2D]
-  LayerWeights layer;
-  cpu::LinearWeight head;  // [V, D]
-};
 
 struct LoadOptions {
   cpu::Compute compute = cpu::Compute::F32;
@@ -55,28 +50,26 @@ class KVCache {
   int64_t slots_, max_seq_;
 };
 
-// Wall time of a forward by part, accumulated (for benchmarks and profiling; seconds).
-struct ForwardTimes {
-  double attention = 0;  // attention blocks (norm excluded)
-  double ffn = 0;        // dense MLP and MoE blocks, router included
-  double head = 0;       // final norm and LM head
-  double total = 0;      // the whole forward
-};
-
 struct ForwardOptions {
   AttnImpl attn = AttnImpl::Auto;
   ForwardTimes* times = nullptr;  // optional: adds this forward's times
   bool all_logits = true;         // false: logits of the last position of each sequence only
   float* final_hidden = nullptr;  // [B, T, D] after model.norm (the MTP input), optional
+  bool head = true;               // false: stop after model.norm (logits untouched)
   std::vector<Routing>* routes = nullptr;  // one entry per MoE layer, optional
 };
 
 class Model {
  public:
   static std::unique_ptr<Model> load(const std::string& dir, const LoadOptions& opt = {});
+  // The model over a training arena of FP32 parameters laid out by `layout` (kept by pointer;
+  // both must outlive the model): nothing is copied, so it sees the arena's current values.
+  // MTP modules are the arena's, using the main embedding and head when tie_mtp.
+  static std::unique_ptr<Model> view(const ModelConfig& c, const ParamLayout& layout,
+                                     const float* params, bool with_mtp, bool tie_mtp = true);
 
   const ModelConfig& config() const { return config_; }
-  bool has_mtp() const { return !mtp_.empty(); }
+  bool has_mtp() const { return !w_.mtp.empty(); }
   cpu::Compute compute() const { return compute_; }
 
   // tokens [B, T] at positions start_pos..start_pos+T-1 of cache slots 0..B-1.
@@ -84,11 +77,19 @@ class Model {
   void forward(const int32_t* tokens, int64_t B, int64_t T, int64_t start_pos, KVCache& cache,
                float* logits, const ForwardOptions& opt = {});
 
-  // MTP depth 1: from the main model's post-norm hidden states h[B, T, D] at positions
-  // start_pos.. and the next tokens next[B, T] (t_{i+1}), logits[B, T, V] for t_{i+2}.
+  // MTP module `depth` (0-based; report §2.2): from the previous depth's hidden states
+  // h[B, T, D] at positions start_pos.. (depth 0: the main model's post-norm output) and the
+  // tokens next[B, T] that follow them, logits[B, T, V] of the token after those.
+  // mtp_hidden[B, T, D] receives h^{depth+1} (the next depth's input) when non-null.
   void mtp_forward(const float* hidden, const int32_t* next, int64_t B, int64_t T,
                    int64_t start_pos, KVCache& cache, float* logits, const ForwardOptions& opt = {},
-                   float* mtp_hidden = nullptr);
+                   float* mtp_hidden = nullptr, int64_t depth = 0);
+
+  // Next-token cross-entropy of tokens [B, T] from position 0 (evaluation): the SUM over the
+  // B·(T-1) predictions of -log p(t_{i+1}); *count receives B·(T-1). The head runs in chunks, so
+  // the [B, T, V] logits are never held.
+  double cross_entropy(const int32_t* tokens, int64_t B, int64_t T, KVCache& cache,
+                       int64_t* count = nullptr);
 
   // Bytes of weights read to decode one token (attention + dense/shared + K routed experts +
   // head), for bandwidth accounting.
@@ -101,26 +102,88 @@ class Model {
   static constexpr int64_t kSpinTeamTokens = 2;
   void forward_layers(const int32_t* tokens, int64_t B, int64_t T, int64_t start_pos,
                       KVCache& cache, float* logits, const ForwardOptions& opt);
-  void embed(float* out, const io::TensorInfo& table, const int32_t* tokens, int64_t n) const;
-  void decoder_layer(float* h, int64_t B, int64_t T, int64_t start_pos, const LayerWeights& lw,
-                     MlaCache& cache, const ForwardOptions& opt);
+  void prepare();  // derived weights (absorbed kv_b) and the RoPE table
 
   ModelConfig config_;
   cpu::Compute compute_ = cpu::Compute::F32;
-  io::TensorStore store_;
-  std::vector<std::vector<uint8_t>> owned_;  // converted copies (e.g. F16 weights)
-  io::TensorInfo embed_;
-  std::vector<LayerWeights> layers_;
-  std::vector<float> norm_;
-  cpu::LinearWeight lm_head_;
-  std::vector<MtpWeights> mtp_;
+  io::TensorStore store_;                    // the checkpoint (empty for an arena view)
+  size_t arena_bytes_ = 0;                   // an arena view's parameter bytes
+  std::vector<std::vector<uint8_t>> owned_;  // converted copies (F16 weights, norms, kv_b FP32)
+  ModelW<W<float>> w_;
   std::vector<float> cos_sin_;  // [max_position_embeddings, Dr/2, 2]
 
   // Scratch, reused across calls.
-  std::vector<float> h_, xn_, tmp_;
-  MlaScratch mla_s_;
-  MoeScratch moe_s_;
-  Routing routing_;
+  std::vector<float> h_, xn_, last_, hidden_;
+  std::vector<int32_t> targets_;
+  HeadScratch<float> hs_;
+  DecoderScratch<float> ds_;
+  MtpScratch<float> ms_;
 };
+
+// ---- Training ----
+
+struct TrainOptions {
+  double mtp_lambda = 0;           // λ; MTP runs when > 0 (and the config has MTP layers)
+  int64_t mtp_depth = 0;           // D; 0: num_nextn_predict_layers
+  bool tie_mtp_embeddings = true;  // MTP uses (and adds gradients to) the main embedding/head
+  bool recompute = false;          // recompute RMSNorm outputs and MLA up-projections in backward
+  double balance_alpha = 0;        // sequence-wise balance loss α (0: off); float models only
+  bool profile = false;            // fill StepStats::profile (time per phase)
+};
+
+struct StepStats {
+  double loss = 0;                                // the objective above
+  double main_loss = 0;                           // CE_main
+  std::vector<double> mtp_loss;                   // CE_MTP_k per depth
+  double balance_loss = 0;                        // summed over MoE layers
+  std::vector<int64_t> moe_layer;                 // layer index of each row below (MTP: L+k-1)
+  std::vector<std::vector<int64_t>> expert_load;  // [MoE layers][E] tokens routed per expert
+  size_t activation_bytes = 0;                    // saved activations of this step (all layers)
+  double step_s = 0;                              // wall time of the call
+  StepProfile profile;                            // with TrainOptions::profile
+};
+
+template <typename S>
+class TrainModelT {
+ public:
+  // params/grads: arenas laid out by `layout` (kept by pointer; must outlive the model).
+  TrainModelT(const ModelConfig& c, const ParamLayout& layout, const S* params, S* grads);
+
+  // One forward and backward over tokens [B, T]; adds the gradients of the objective into the
+  // gradient arena; returns the objective.
+  double forward_backward(const int32_t* tokens, int64_t B, int64_t T, const TrainOptions& o,
+                          StepStats* stats = nullptr);
+  // The objective without gradients (evaluation).
+  double forward_loss(const int32_t* tokens, int64_t B, int64_t T, const TrainOptions& o,
+                      StepStats* stats = nullptr);
+
+  const ModelConfig& config() const { return c_; }
+
+ private:
+  double run(const int32_t* tokens, int64_t B, int64_t T, const TrainOptions& o, bool backward,
+             StepStats* stats);
+  double balance(MoeActs<S>& a, int64_t B, int64_t T, const TrainOptions& o);
+  void bind(bool tie);
+
+  ModelConfig c_;
+  const ParamLayout* layout_;
+  const S* params_;
+  S* grads_;
+  bool bound_tie_ = true;
+  ModelW<W<S>> w_;
+  ModelW<G<S>> g_;
+
+  std::vector<float> cos_sin_;
+  int64_t rope_len_ = 0;
+  std::vector<LayerActs<S>> acts_;
+  std::vector<MtpActs<S>> mtp_acts_;
+  DecoderScratch<S> ds_;
+  MtpScratch<S> ms_;
+  HeadScratch<S> hs_;
+  std::vector<S> h_, hf_, final_rstd_, dhf_, dh_;
+  std::vector<int32_t> targets_;
+};
+
+using TrainModel = TrainModelT<float>;
 
 }  // namespace dsv3::model

@@ -1,159 +1,418 @@
-// DeepSeekMoE forward; see moe.hpp. The router follows DeepSeek's reference Gate (model.py):
-// it renormalizes exactly when scoring is sigmoid and always applies routed_scaling_factor.
-// Tokens are grouped by expert (a counting sort) so each expert runs one GEMM over its tokens.
+// DeepSeekMoE forward and backward; see moe.hpp. The router follows DeepSeek's reference Gate
+// (model.py): it renormalizes exactly when scoring is sigmoid and always applies
+// routed_scaling_factor.
 #include "model/moe.hpp"
+
+#include <omp.h>
 
 #include <algorithm>
 #include <cmath>
 #include <numeric>
+#include <optional>
 
 #include "backend/cpu/gemv.hpp"
 #include "backend/cpu/ops.hpp"
+#include "core/error.hpp"
 #include "core/parallel.hpp"
+#include "core/profile.hpp"
 #include "core/scratch.hpp"
-#include "model/routing.hpp"
 
 namespace dsv3::model {
 
-void mlp_forward(float* out, const float* x, int64_t N, const MlpWeights& w, MoeScratch& s,
-                 bool accumulate) {
-  const int64_t F = w.gate.out();
-  float* h1 = grow(s.h1, size_t(N * F));
-  float* h2 = grow(s.h2, size_t(N * F));
-  cpu::linear_forward(h1, x, N, w.gate);
-  cpu::linear_forward(h2, x, N, w.up);
-  cpu::swiglu_forward(h1, h1, h2, N, F);
-  cpu::linear_forward(out, h1, N, w.down, accumulate);
+MoeDims moe_dims(const ModelConfig& c, int64_t N) {
+  MoeDims d;
+  d.N = N;
+  d.D = c.hidden_size;
+  d.E = c.n_routed_experts;
+  d.K = c.num_experts_per_tok;
+  d.F = c.moe_intermediate_size;
+  d.Fs = c.moe_intermediate_size * c.n_shared_experts;
+  d.G = c.n_group;
+  d.topk_group = c.topk_group;
+  d.sigmoid = c.scoring_func == ScoringFunc::Sigmoid;
+  d.grouped = c.n_group > 1 && c.topk_method != TopkMethod::Greedy;
+  d.routed_scaling_factor = c.routed_scaling_factor;
+  return d;
 }
 
-void moe_gate_forward(Routing& r, const float* x, int64_t N, const MoeWeights& w,
-                      const ModelConfig& c, MoeScratch& s) {
-  const int64_t E = c.n_routed_experts, K = c.num_experts_per_tok, D = c.hidden_size;
-  const int64_t G = c.n_group;
-  r.indices.resize(size_t(N * K));
-  r.weights.resize(size_t(N * K));
-  r.scores.resize(size_t(N * E));
-  float* sc = r.scores.data();
-  // Decode reads the FP32 router with the GEMV kernel (a GEMM call costs more than the product).
-  if (N <= cpu::linear_gemv_max_m(cpu::Compute::F32))
-    cpu::gemv_forward(sc, x, N, {DType::F32, E, D, w.router.data(), nullptr}, false, false);
-  else
-    cpu::gemm_f32(false, true, N, E, D, 1.0f, x, D, w.router.data(), D, 0.0f, sc, E);
-  const bool sigmoid = c.scoring_func == ScoringFunc::Sigmoid;
-  const bool use_bias = !w.bias.empty();
-  const bool grouped = G > 1 && c.topk_method != TopkMethod::Greedy;
-  parallel_for(
-      N,
-      [&](int64_t b, int64_t e) {
-        std::vector<float> biased(E), gscore(G);
-        std::vector<int32_t> order(E), gorder(G);
-        for (int64_t n = b; n < e; ++n) {
-          float* p = sc + n * E;
-          if (sigmoid) {
-            for (int64_t i = 0; i < E; ++i) p[i] = 1.0f / (1.0f + std::exp(-p[i]));
-          } else {
-            cpu::softmax_rows(p, 1, E);
-          }
-          for (int64_t i = 0; i < E; ++i) biased[i] = p[i] + (use_bias ? w.bias[i] : 0.0f);
-          select_experts(biased.data(), use_bias, E, G, c.topk_group, grouped, K, gscore.data(),
-                         order.data(), gorder.data());
-          int32_t* idx = r.indices.data() + n * K;
-          float* wt = r.weights.data() + n * K;
-          float sum = 0;
-          for (int64_t k = 0; k < K; ++k) {
-            idx[k] = order[k];
-            wt[k] = p[order[k]];
-            sum += wt[k];
-          }
-          const float scale = float(c.routed_scaling_factor);
-          for (int64_t k = 0; k < K; ++k) wt[k] = (sigmoid ? wt[k] / sum : wt[k]) * scale;
-        }
-      },
-      8);
+template <typename S>
+size_t MoeActs<S>::bytes() const {
+  size_t f = scores.size() + weights.size() + g.size() + u.size() + act.size() + y.size() +
+             sg.size() + su.size() + sact.size() + dscores.size();
+  size_t i = indices.size() + offsets.size() + order.size() + slot.size();
+  return f * sizeof(S) + i * sizeof(int32_t);
+}
+
+template <typename S>
+void MoeActs<S>::routing(Routing& r, int64_t N, int64_t K, int64_t E) const {
+  r.indices.assign(indices.begin(), indices.begin() + N * K);
+  r.weights.assign(weights.begin(), weights.begin() + N * K);
+  r.scores.assign(scores.begin(), scores.begin() + N * E);
 }
 
 namespace {
 
+// Chooses the K experts of one token from its biased affinities biased[E] (scores plus the
+// correction bias when there is one). With `grouped` (n_group > 1 and a group-limited method)
+// groups are scored by the sum of their two largest biased scores (their maximum when
+// unbiased) and all but the best `topk_group` are masked to -inf; then the top K by biased
+// score, ties to the lower index. The K indices land in ord[0, K), best first. `biased` is
+// clobbered; gscore[G], ord[E] and gord[G] are scratch.
+template <typename S>
+void select_experts(S* biased, bool has_bias, int64_t E, int64_t G, int64_t topk_group,
+                    bool grouped, int64_t K, S* gscore, int32_t* ord, int32_t* gord) {
+  if (grouped) {
+    const int64_t per = E / G;
+    for (int64_t g = 0; g < G; ++g) {
+      const S* q = biased + g * per;
+      if (has_bias) {  // sum of the two largest
+        S m1 = -INFINITY, m2 = -INFINITY;
+        for (int64_t i = 0; i < per; ++i) {
+          if (q[i] > m1) {
+            m2 = m1;
+            m1 = q[i];
+          } else if (q[i] > m2) {
+            m2 = q[i];
+          }
+        }
+        gscore[g] = m1 + m2;
+      } else {
+        gscore[g] = *std::max_element(q, q + per);
+      }
+    }
+    std::iota(gord, gord + G, 0);
+    std::stable_sort(gord, gord + G, [&](int32_t a, int32_t b) { return gscore[a] > gscore[b]; });
+    for (int64_t gi = topk_group; gi < G; ++gi)
+      std::fill_n(biased + gord[gi] * per, per, S(-INFINITY));
+  }
+  std::iota(ord, ord + E, 0);
+  std::partial_sort(ord, ord + K, ord + E, [&](int32_t a, int32_t b) {
+    return biased[a] > biased[b] || (biased[a] == biased[b] && a < b);
+  });
+}
+
+// Runs fn(e) for every expert with tokens, expert-parallel: each expert's GEMMs run on one
+// thread (oneDNN stays sequential inside a parallel region), largest experts first under a
+// dynamic schedule. Small per-expert GEMMs scale better this way than multithreaded one by
+// one, and a call opens one parallel region instead of one per GEMM.
+template <typename Fn>
+void for_each_expert(const int32_t* offsets, int64_t E, std::vector<int32_t>& eorder, Fn&& fn) {
+  ProfileScope ps(&StepProfile::experts_s);
+  GroupedScope grouped;
+  int32_t* ord = grow(eorder, size_t(E));
+  int64_t n = 0;
+  for (int64_t e = 0; e < E; ++e)
+    if (offsets[e + 1] > offsets[e]) ord[n++] = int32_t(e);
+  std::stable_sort(ord, ord + n, [&](int32_t a, int32_t b) {
+    return offsets[a + 1] - offsets[a] > offsets[b + 1] - offsets[b];
+  });
+  const bool par = omp_get_max_threads() > 1 && !omp_in_parallel() && n > 1;
+#pragma omp parallel for schedule(dynamic, 1) if (par)
+  for (int64_t i = 0; i < n; ++i) fn(int64_t(ord[i]));
+}
+
 // Decode (one or two tokens): an expert's matrices are a few hundred KiB to a few MiB, so
 // splitting each GEMV over the threads pays a fork/join, a barrier and a stream ramp-up per
 // matrix (21+ per MoE layer) for short streams. Instead the threads take whole experts (the
-// shared MLP and every active routed one) in one parallel region and stream them end to end;
-// their GEMVs run inline on the taking thread.
+// shared MLP first, then every active routed one) in one parallel region (on the decode spin
+// team) and stream them end to end; their GEMVs run inline on the taking thread.
 constexpr int64_t kExpertParallelTokens = 2;
 
-void experts_parallel(float* out, const float* x, int64_t N, const MoeWeights& w,
-                      const ModelConfig& c, const int32_t* offsets, const float* xg, float* y,
-                      MoeScratch& s) {
-  const int64_t E = c.n_routed_experts, D = c.hidden_size;
-  // Jobs: -1 = the shared experts (the largest, taken first), then the active routed experts.
-  std::vector<int64_t>& jobs = s.jobs;
-  jobs.clear();
-  if (c.n_shared_experts > 0) jobs.push_back(-1);
-  for (int64_t e = 0; e < E; ++e)
-    if (offsets[e + 1] > offsets[e]) jobs.push_back(e);
-  if (c.n_shared_experts == 0) std::fill_n(out, N * D, 0.0f);
-  const int nt = region_threads();
-  if (s.per_thread.size() < size_t(nt)) s.per_thread.resize(size_t(nt));
-  parallel_jobs(int64_t(jobs.size()), [&](int64_t j, int thread) {
-    MoeScratch& ts = s.per_thread[size_t(thread)];
-    const int64_t e = jobs[size_t(j)];
-    if (e < 0) {
-      mlp_forward(out, x, N, w.shared, ts);
-    } else {
-      const int64_t b = offsets[e];
-      mlp_forward(y + b * D, xg + b * D, offsets[e + 1] - b, w.experts[size_t(e)], ts);
+}  // namespace
+
+template <typename S>
+void moe_router_forward(MoeActs<S>& a, const S* x, const MoeW<W<S>>& w, const MoeDims& d,
+                        MoeScratch<S>& s) {
+  const int64_t N = d.N, E = d.E, K = d.K, G = d.G;
+  S* sc = grow(a.scores, size_t(N * E));
+  int32_t* idx = grow(a.indices, size_t(N * K));
+  S* wt = grow(a.weights, size_t(N * K));
+  // Decode reads the FP32 router with the GEMV kernel (a GEMM call costs more than the product).
+  if constexpr (std::is_same_v<S, float>) {
+    if (N <= cpu::linear_gemv_max_m(cpu::Compute::F32))
+      cpu::gemv_forward(sc, x, N, {DType::F32, E, d.D, w.router, nullptr}, false, false);
+    else
+      cpu::gemm(false, true, N, E, d.D, 1.0f, x, d.D, w.router, d.D, 0.0f, sc, E);
+  } else {
+    cpu::gemm(false, true, N, E, d.D, S(1), x, d.D, w.router, d.D, S(0), sc, E);
+  }
+  ProfileScope ps(&StepProfile::router_s);
+  S* fsel = grow(s.sel, size_t(N * (E + G)));
+  int32_t* isel = grow(s.isel, size_t(N * (E + G)));
+  const S rsf = S(d.routed_scaling_factor);
+  parallel_for(
+      N,
+      [&](int64_t nb, int64_t ne) {
+        for (int64_t n = nb; n < ne; ++n) {
+          S* biased = fsel + n * (E + G);
+          S* gscore = biased + E;
+          int32_t* ord = isel + n * (E + G);
+          int32_t* gord = ord + E;
+          S* p = sc + n * E;
+          if (d.sigmoid) {
+            for (int64_t i = 0; i < E; ++i) p[i] = S(1) / (S(1) + std::exp(-p[i]));
+          } else {
+            S mx = *std::max_element(p, p + E), sum = 0;
+            for (int64_t i = 0; i < E; ++i) sum += (p[i] = std::exp(p[i] - mx));
+            for (int64_t i = 0; i < E; ++i) p[i] /= sum;
+          }
+          for (int64_t i = 0; i < E; ++i) biased[i] = p[i] + (w.bias ? w.bias[i] : S(0));
+          select_experts(biased, w.bias != nullptr, E, G, d.topk_group, d.grouped, K, gscore, ord,
+                         gord);
+          S sum = 0;
+          for (int64_t k = 0; k < K; ++k) {
+            idx[n * K + k] = ord[k];
+            sum += p[ord[k]];
+          }
+          for (int64_t k = 0; k < K; ++k) {
+            const S v = p[ord[k]];
+            wt[n * K + k] = (d.sigmoid ? v / sum : v) * rsf;
+          }
+        }
+      },
+      8);
+  a.load.assign(size_t(E), 0);
+  for (int64_t i = 0; i < N * K; ++i) a.load[size_t(idx[i])]++;
+}
+
+template <typename S>
+void moe_forward(S* out, const S* x, const MoeW<W<S>>& w, const MoeDims& d, MoeActs<S>& a,
+                 MoeScratch<S>& s) {
+  const int64_t N = d.N, E = d.E, K = d.K, D = d.D, F = d.F, NK = N * K;
+  moe_router_forward(a, x, w, d, s);
+  std::optional<ProfileScope> ps(std::in_place, &StepProfile::moe_permute_s);
+  // Counting sort of the pairs by expert (stable: token order within an expert).
+  int32_t* offsets = grow(a.offsets, size_t(E + 1));
+  int32_t* order = grow(a.order, size_t(NK));
+  int32_t* slot = grow(a.slot, size_t(NK));
+  offsets[0] = 0;
+  for (int64_t e = 0; e < E; ++e) offsets[e + 1] = offsets[e] + int32_t(a.load[size_t(e)]);
+  for (int64_t e = 0; e < E; ++e) a.load[size_t(e)] = offsets[e];  // fill cursors
+  for (int64_t i = 0; i < NK; ++i) {
+    const int32_t j = int32_t(a.load[size_t(a.indices[size_t(i)])]++);
+    order[j] = int32_t(i);
+    slot[i] = j;
+  }
+  for (int64_t e = 0; e < E; ++e) a.load[size_t(e)] = offsets[e + 1] - offsets[e];
+  S* xg = grow(s.xg, size_t(NK * D));
+  parallel_for(NK, [&](int64_t b, int64_t e) {
+    for (int64_t j = b; j < e; ++j) std::copy_n(x + (order[j] / K) * D, D, xg + j * D);
+  });
+  ps.reset();
+  S* g = grow(a.g, size_t(NK * F));
+  S* u = grow(a.u, size_t(NK * F));
+  S* act = grow(a.act, size_t(NK * F));
+  S* y = grow(a.y, size_t(NK * D));
+  S *sg = nullptr, *su = nullptr, *sact = nullptr;
+  if (d.Fs > 0) {
+    sg = grow(a.sg, size_t(N * d.Fs));
+    su = grow(a.su, size_t(N * d.Fs));
+    sact = grow(a.sact, size_t(N * d.Fs));
+  } else {
+    std::fill_n(out, N * D, S(0));
+  }
+  auto routed = [&](int64_t e) {
+    const int64_t b = offsets[e], m = offsets[e + 1] - b;
+    mlp_forward(y + b * D, g + b * F, u + b * F, act + b * F, xg + b * D, m, w.experts[size_t(e)]);
+  };
+  if (N <= kExpertParallelTokens && region_threads() > 1) {
+    std::vector<int64_t>& jobs = s.jobs;  // -1: the shared experts (the largest, taken first)
+    jobs.clear();
+    if (d.Fs > 0) jobs.push_back(-1);
+    for (int64_t e = 0; e < E; ++e)
+      if (offsets[e + 1] > offsets[e]) jobs.push_back(e);
+    parallel_jobs(int64_t(jobs.size()), [&](int64_t j, int) {
+      const int64_t e = jobs[size_t(j)];
+      if (e < 0)
+        mlp_forward(out, sg, su, sact, x, N, w.shared);
+      else
+        routed(e);
+    });
+  } else {
+    // Shared experts (their GEMMs parallel inside), then the routed ones expert-parallel.
+    if (d.Fs > 0) mlp_forward(out, sg, su, sact, x, N, w.shared);
+    for_each_expert(offsets, E, s.eorder, routed);
+  }
+  // Combine in token order (deterministic).
+  ps.emplace(&StepProfile::moe_permute_s);
+  const S* wt = a.weights.data();
+  parallel_for(N, [&](int64_t tb, int64_t te) {
+    for (int64_t t = tb; t < te; ++t)
+      for (int64_t k = 0; k < K; ++k) {
+        const S gk = wt[t * K + k];
+        const S* src = y + int64_t(slot[t * K + k]) * D;
+        S* dst = out + t * D;
+        for (int64_t i = 0; i < D; ++i) dst[i] += gk * src[i];
+      }
+  });
+}
+
+template <typename S>
+void moe_backward(S* dx, const MoeW<G<S>>& dw, const S* dout, const S* x, const MoeW<W<S>>& w,
+                  const MoeDims& d, const MoeActs<S>& a, MoeScratch<S>& s, bool accumulate) {
+  const int64_t N = d.N, E = d.E, K = d.K, D = d.D, F = d.F, NK = N * K;
+  const int32_t *slot = a.slot.data(), *offsets = a.offsets.data();
+  const S *y = a.y.data(), *wt = a.weights.data();
+  // Gate-weight gradients and the per-pair output gradients, in sorted order.
+  std::optional<ProfileScope> ps(std::in_place, &StepProfile::moe_permute_s);
+  S* dwt = grow(s.dw, size_t(NK));
+  S* dyg = grow(s.dyg, size_t(NK * D));
+  S* xg = grow(s.xg, size_t(NK * D));
+  parallel_for(N, [&](int64_t tb, int64_t te) {
+    for (int64_t t = tb; t < te; ++t)
+      for (int64_t k = 0; k < K; ++k) {
+        const int64_t j = slot[t * K + k];
+        const S* yt = y + j * D;
+        const S* go = dout + t * D;
+        S* dy = dyg + j * D;
+        const S gk = wt[t * K + k];
+        S dot = 0;
+        for (int64_t i = 0; i < D; ++i) {
+          dot += go[i] * yt[i];
+          dy[i] = gk * go[i];
+        }
+        dwt[t * K + k] = dot;
+        std::copy_n(x + t * D, D, xg + j * D);
+      }
+  });
+  ps.reset();
+  // Experts, one GEMM per projection over each expert's tokens.
+  const size_t fmax = size_t(std::max(NK * F, N * d.Fs));
+  S* dg = grow(s.dg, fmax);
+  S* du = grow(s.du, fmax);
+  S* dxg = grow(s.dxg, size_t(NK * D));
+  for_each_expert(offsets, E, s.eorder, [&](int64_t e) {
+    const int64_t b = offsets[e], m = offsets[e + 1] - b;
+    mlp_backward_input(dxg + b * D, dg + b * F, du + b * F, dyg + b * D, a.g.data() + b * F,
+                       a.u.data() + b * F, m, w.experts[size_t(e)]);
+    mlp_backward_weight(dw.experts[size_t(e)], dyg + b * D, xg + b * D, a.act.data() + b * F,
+                        dg + b * F, du + b * F, m, D, F);
+  });
+  if (d.Fs > 0) {
+    mlp_backward_input(dx, dg, du, dout, a.sg.data(), a.su.data(), N, w.shared, accumulate);
+    mlp_backward_weight(dw.shared, dout, x, a.sact.data(), dg, du, N, D, d.Fs);
+  } else if (!accumulate) {
+    std::fill_n(dx, N * D, S(0));
+  }
+  ps.emplace(&StepProfile::moe_permute_s);
+  parallel_for(N, [&](int64_t tb, int64_t te) {
+    for (int64_t t = tb; t < te; ++t)
+      for (int64_t k = 0; k < K; ++k) {
+        const S* src = dxg + int64_t(slot[t * K + k]) * D;
+        S* dst = dx + t * D;
+        for (int64_t i = 0; i < D; ++i) dst[i] += src[i];
+      }
+  });
+  // Router: d(gate weights) -> d(scores) -> d(logits).
+  ps.emplace(&StepProfile::router_s);
+  S* ds = grow(s.ds, size_t(N * E));
+  const S rsf = S(d.routed_scaling_factor);
+  parallel_for(N, [&](int64_t tb, int64_t te) {
+    for (int64_t t = tb; t < te; ++t) {
+      const S* p = a.scores.data() + t * E;
+      const int32_t* idx = a.indices.data() + t * K;
+      const S* gw = dwt + t * K;
+      S* dst = ds + t * E;
+      if (!a.dscores.empty())
+        std::copy_n(a.dscores.data() + t * E, E, dst);
+      else
+        std::fill_n(dst, E, S(0));
+      if (d.sigmoid) {  // w_k = rsf·s_k / Σ_j s_j
+        S sum = 0, dot = 0;
+        for (int64_t k = 0; k < K; ++k) sum += p[idx[k]];
+        for (int64_t k = 0; k < K; ++k) dot += gw[k] * p[idx[k]];
+        for (int64_t k = 0; k < K; ++k) dst[idx[k]] += rsf * (gw[k] - dot / sum) / sum;
+        for (int64_t i = 0; i < E; ++i) dst[i] *= p[i] * (S(1) - p[i]);
+      } else {  // w_k = rsf·s_k, s = softmax
+        for (int64_t k = 0; k < K; ++k) dst[idx[k]] += rsf * gw[k];
+        S dot = 0;
+        for (int64_t i = 0; i < E; ++i) dot += dst[i] * p[i];
+        for (int64_t i = 0; i < E; ++i) dst[i] = p[i] * (dst[i] - dot);
+      }
     }
   });
+  ps.reset();
+  cpu::linear_backward_weight(dw.router, ds, x, N, D, E);
+  cpu::gemm(false, false, N, D, E, S(1), ds, E, w.router, D, S(1), dx, D);  // dx += ds·Wg
+}
+
+#define DSV3_MOE_INSTANTIATE(S)                                                                 \
+  template struct MoeActs<S>;                                                                   \
+  template void moe_router_forward<S>(MoeActs<S>&, const S*, const MoeW<W<S>>&, const MoeDims&, \
+                                      MoeScratch<S>&);                                          \
+  template void moe_forward<S>(S*, const S*, const MoeW<W<S>>&, const MoeDims&, MoeActs<S>&,    \
+                               MoeScratch<S>&);                                                 \
+  template void moe_backward<S>(S*, const MoeW<G<S>>&, const S*, const S*, const MoeW<W<S>>&,   \
+                                const MoeDims&, const MoeActs<S>&, MoeScratch<S>&, bool);
+DSV3_MOE_INSTANTIATE(float)
+DSV3_MOE_INSTANTIATE(double)
+
+// ---- The sequence-wise balance loss (eqs. 17-20) ----
+
+namespace {
+
+// One sequence: scores [T, E], indices [T, K]; adds scale·dL_seq/ds into dscores when non-null.
+// Returns L_seq / α = Σ_i f_i·P_i; f and P are scratch of E entries.
+double balance_sequence(const float* scores, const int32_t* indices, int64_t T, int64_t E,
+                        int64_t K, double grad_scale, float* dscores, std::vector<double>& f,
+                        std::vector<double>& P) {
+  std::fill(f.begin(), f.end(), 0.0);
+  std::fill(P.begin(), P.end(), 0.0);
+  for (int64_t j = 0; j < T * K; ++j) {
+    const int32_t e = indices[j];
+    DSV3_CHECK(e >= 0 && e < E, "expert index {} at token {} slot {} is outside [0, {})", e, j / K,
+               j % K, E);
+    f[size_t(e)] += 1.0;
+  }
+  const double fscale = double(E) / double(K * T);
+  for (auto& x : f) x *= fscale;
+  for (int64_t t = 0; t < T; ++t) {
+    const float* s = scores + t * E;
+    double sum = 0;
+    for (int64_t i = 0; i < E; ++i) sum += s[i];
+    const double inv = 1.0 / sum;
+    for (int64_t i = 0; i < E; ++i) P[size_t(i)] += s[i] * inv;
+  }
+  double loss = 0;
+  for (int64_t i = 0; i < E; ++i) loss += f[size_t(i)] * P[size_t(i)] / double(T);
+  if (dscores) {
+    // L = c·Σ_i f_i·s_i/S with S = Σ_j s_j, c = grad_scale (α/(B·T)):
+    // dL/ds_k = c·(f_k − Σ_i f_i·s'_i) / S.
+    for (int64_t t = 0; t < T; ++t) {
+      const float* s = scores + t * E;
+      float* d = dscores + t * E;
+      double sum = 0, fs = 0;
+      for (int64_t i = 0; i < E; ++i) {
+        sum += s[i];
+        fs += f[size_t(i)] * s[i];
+      }
+      const double mix = fs / sum, c = grad_scale / sum;
+      for (int64_t i = 0; i < E; ++i) d[i] += float(c * (f[size_t(i)] - mix));
+    }
+  }
+  return loss;
 }
 
 }  // namespace
 
-void moe_forward(float* out, const float* x, int64_t N, const MoeWeights& w, const ModelConfig& c,
-                 Routing& r, MoeScratch& s) {
-  const int64_t E = c.n_routed_experts, K = c.num_experts_per_tok, D = c.hidden_size;
-  moe_gate_forward(r, x, N, w, c, s);
-  // Group the N*K (token, expert) pairs by expert: offsets[e]..offsets[e+1] in `order`.
-  int32_t* offsets = grow(s.offsets, size_t(E + 1));
-  std::fill_n(offsets, E + 1, 0);
-  for (int64_t i = 0; i < N * K; ++i) offsets[r.indices[i] + 1]++;
-  for (int64_t e = 0; e < E; ++e) offsets[e + 1] += offsets[e];
-  int32_t* order = grow(s.order, size_t(N * K));
-  {
-    std::vector<int32_t> fill(offsets, offsets + E);
-    for (int64_t i = 0; i < N * K; ++i) order[fill[r.indices[i]]++] = int32_t(i);
-  }
-  float* xg = grow(s.gathered, size_t(N * K * D));
-  float* y = grow(s.y, size_t(N * K * D));
-  for (int64_t i = 0; i < N * K; ++i) {
-    const int64_t tok = order[i] / K;
-    std::copy(x + tok * D, x + (tok + 1) * D, xg + i * D);
-  }
-  if (N <= kExpertParallelTokens && region_threads() > 1) {
-    experts_parallel(out, x, N, w, c, offsets, xg, y, s);
-  } else {
-    // Shared experts first (always active), then each routed expert's weighted contribution;
-    // every GEMM is parallel inside.
-    if (c.n_shared_experts > 0)
-      mlp_forward(out, x, N, w.shared, s);
-    else
-      std::fill_n(out, N * D, 0.0f);
-    for (int64_t e = 0; e < E; ++e) {
-      const int64_t b = offsets[e], m = offsets[e + 1] - b;
-      if (m > 0) mlp_forward(y + b * D, xg + b * D, m, w.experts[size_t(e)], s);
+float balance_loss(const float* scores, const int32_t* indices, int64_t B, int64_t T, int64_t E,
+                   int64_t K, float alpha, float* dscores) {
+  DSV3_CHECK(B >= 0 && T >= 0 && E > 0 && K > 0 && K <= E,
+             "balance_loss: bad sizes B={} T={} E={} K={}", B, T, E, K);
+  if (B == 0 || T == 0) return 0.0f;
+  std::vector<double> per_seq(size_t(B), 0.0);
+  const double grad_scale = double(alpha) / double(B * T);
+  parallel_for(B, [&](int64_t b0, int64_t b1) {
+    std::vector<double> f(static_cast<size_t>(E)), P(static_cast<size_t>(E));
+    for (int64_t b = b0; b < b1; ++b) {
+      per_seq[size_t(b)] =
+          balance_sequence(scores + b * T * E, indices + b * T * K, T, E, K, grad_scale,
+                           dscores ? dscores + b * T * E : nullptr, f, P);
     }
-  }
-  // Combine in token order so the sum over experts is deterministic.
-  std::vector<int32_t> slot(size_t(N * K));
-  for (int64_t i = 0; i < N * K; ++i) slot[size_t(order[i])] = int32_t(i);
-  parallel_for(N, [&](int64_t tb, int64_t te) {
-    for (int64_t t = tb; t < te; ++t)
-      for (int64_t k = 0; k < K; ++k) {
-        const float g = r.weights[t * K + k];
-        const float* src = y + int64_t(slot[size_t(t * K + k)]) * D;
-        float* dst = out + t * D;
-        for (int64_t d = 0; d < D; ++d) dst[d] += g * src[d];
-      }
   });
+  double total = 0;
+  for (double x : per_seq) total += x;
+  return float(double(alpha) * total / double(B));
 }
 
 }  // namespace dsv3::model

@@ -1,57 +1,100 @@
-// DeepSeekMoE (DeepSeek-V3 report §2.1.2, eqs. 12-16) and the dense SwiGLU MLP.
+// DeepSeekMoE (DeepSeek-V3 report §2.1.2, eqs. 12-16): router, dispatch / combine, shared and
+// routed experts; the forward (inference and training alike, decode included) and the backward.
 //
 // Glossary: N tokens, D hidden, E routed experts, K experts per token (num_experts_per_tok),
 // G groups (n_group), F moe_intermediate_size, Fs = F * n_shared_experts.
 //
-// Router: s = sigmoid(x·Wgᵀ) (or softmax), the correction bias b is added for selection only;
-// with groups, each group's score is the sum of its two largest biased scores (the maximum
-// without bias), the best topk_group groups stay; top-K over the rest. Gate weights are the
-// unbiased scores of the chosen experts, normalized (sigmoid), times routed_scaling_factor.
-// Shared experts always run. No token is dropped.
+// Router (DeepSeek's reference Gate, model.py): s = sigmoid(x·Wgᵀ) (or softmax), the correction
+// bias b is added for selection only; with groups, each group's score is the sum of its two
+// largest biased scores (the maximum without bias), the best topk_group groups stay; top-K over
+// the rest. Gate weights are the unbiased scores of the chosen experts, normalized (sigmoid),
+// times routed_scaling_factor. Gradients reach the router through the gate weights only (not the
+// selection, never the bias), plus an optional extra gradient on s (the sequence-wise balance
+// loss, report eqs. 17-20). Shared experts always run. No token is dropped.
+//
+// Dispatch: the N·K (token, expert) pairs are grouped by expert with one counting sort; each
+// expert runs one GEMM per projection over all its tokens; combine sums in token order
+// (deterministic). Backward reuses the permutation.
 #pragma once
 #include <cstdint>
 #include <vector>
 
-#include "backend/cpu/linear.hpp"
 #include "model/config.hpp"
+#include "model/mlp.hpp"
+#include "model/weights.hpp"
 
 namespace dsv3::model {
 
-struct MlpWeights {
-  cpu::LinearWeight gate, up, down;  // [F, D], [F, D], [D, F]
-};
-
-struct MoeWeights {
-  std::vector<float> router;  // [E, D] FP32: routing decisions are made in FP32
-  std::vector<float> bias;    // [E] e_score_correction_bias (empty without noaux_tc)
-  std::vector<MlpWeights> experts;
-  MlpWeights shared;  // Fs wide; unused when n_shared_experts == 0
-};
-
-// What the router decided for N tokens (for tests, load statistics and training).
+// What the router decided for N tokens (for tests and load statistics).
 struct Routing {
   std::vector<int32_t> indices;  // [N, K] chosen experts, by descending biased score
   std::vector<float> weights;    // [N, K] gate weights (normalized, scaled)
   std::vector<float> scores;     // [N, E] unbiased affinities
 };
 
-struct MoeScratch {
-  std::vector<float> logits, gathered, h1, h2, act, y;
-  std::vector<int32_t> order, offsets;
-  std::vector<int64_t> jobs;           // expert-parallel decode: the experts to run
-  std::vector<MoeScratch> per_thread;  // expert-parallel decode: one per thread
+// One MoE call's state: the routing, the dispatch plan and the expert activations (saved for the
+// backward in training; scratch reused by every layer in inference). Buffers only grow.
+template <typename S>
+struct MoeActs {
+  std::vector<S> scores;         // [N, E] unbiased affinities s
+  std::vector<int32_t> indices;  // [N, K] chosen experts (descending biased score)
+  std::vector<S> weights;        // [N, K] gate weights
+  std::vector<int32_t> offsets;  // [E+1] pair ranges per expert in the sorted order
+  std::vector<int32_t> order;    // [N·K] sorted position -> pair (t·K + k)
+  std::vector<int32_t> slot;     // [N·K] pair -> sorted position
+  std::vector<S> g, u, act;      // [N·K, F] routed expert activations, sorted order
+  std::vector<S> y;              // [N·K, D] routed expert outputs (before gate weights)
+  std::vector<S> sg, su, sact;   // [N, Fs] shared expert activations
+  std::vector<S> dscores;        // [N, E] extra gradient on s (balance loss), or empty
+  std::vector<int64_t> load;     // [E] tokens routed to each expert
+  size_t bytes() const;
+  void routing(Routing& r, int64_t N, int64_t K, int64_t E) const;  // copies the decisions
 };
 
-// out[N, D] = MLP(x): down(silu(gate(x)) * up(x)).
-void mlp_forward(float* out, const float* x, int64_t N, const MlpWeights& w, MoeScratch& s,
-                 bool accumulate = false);
+struct MoeDims {
+  int64_t N = 0, D = 0, E = 0, K = 0, F = 0, Fs = 0, G = 1, topk_group = 1;
+  bool sigmoid = true, grouped = false;
+  double routed_scaling_factor = 1;
+};
+MoeDims moe_dims(const ModelConfig& c, int64_t N);
 
-// Computes the routing of x[N, D].
-void moe_gate_forward(Routing& r, const float* x, int64_t N, const MoeWeights& w,
-                      const ModelConfig& c, MoeScratch& s);
+template <typename S>
+struct MoeScratch {
+  std::vector<S> xg, dyg, dxg;  // [N·K, D] gathered inputs, output and input gradients
+  std::vector<S> dg, du;        // [max(N·K·F, N·Fs)]
+  std::vector<S> dw, ds;        // [N, K], [N, E]
+  std::vector<S> sel;           // [N, E + G] biased scores and group scores per token
+  std::vector<int32_t> isel;    // [N, E + G] orders per token
+  std::vector<int32_t> eorder;  // [E] experts by descending load
+  std::vector<int64_t> jobs;    // decode: shared (-1) and the active routed experts
+};
 
-// out[N, D] = Σ_k g_k · expert_k(x) + shared(x). `r` receives the routing.
-void moe_forward(float* out, const float* x, int64_t N, const MoeWeights& w, const ModelConfig& c,
-                 Routing& r, MoeScratch& s);
+// Router only: scores, indices, weights and load of x[N, D].
+template <typename S>
+void moe_router_forward(MoeActs<S>& a, const S* x, const MoeW<W<S>>& w, const MoeDims& d,
+                        MoeScratch<S>& s);
+
+// out[N, D] = Σ_k g_k·expert_k(x) + shared(x).
+template <typename S>
+void moe_forward(S* out, const S* x, const MoeW<W<S>>& w, const MoeDims& d, MoeActs<S>& a,
+                 MoeScratch<S>& s);
+
+// dx[N, D] (+= when accumulate) and dw (+=; the bias gets nothing) given dout[N, D]. Reads the
+// saved x, scores, indices, weights, order/offsets/slot, expert activations and outputs, and
+// a.dscores when non-empty (extra gradient on the scores).
+template <typename S>
+void moe_backward(S* dx, const MoeW<G<S>>& dw, const S* dout, const S* x, const MoeW<W<S>>& w,
+                  const MoeDims& d, const MoeActs<S>& a, MoeScratch<S>& s, bool accumulate = false);
+
+// The sequence-wise balance loss (eqs. 17-20), averaged over the B sequences:
+//   f_i  = E/(K·T) · #{t : i ∈ TopK_t}              (held constant: no gradient)
+//   s'_{i,t} = s_{i,t} / Σ_j s_{j,t}
+//   P_i  = (1/T) · Σ_t s'_{i,t}
+//   L    = (1/B) · Σ_b α · Σ_i f_i · P_i
+// scores [N, E] are the unbiased affinities s (sigmoid or softmax outputs, all > 0), indices
+// [N, K] the selected experts. When dscores [N, E] is non-null, dL/dscores (through the
+// normalization s') is ADDED into it. Returns L.
+float balance_loss(const float* scores, const int32_t* indices, int64_t B, int64_t T, int64_t E,
+                   int64_t K, float alpha, float* dscores);
 
 }  // namespace dsv3::model

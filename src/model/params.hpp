@@ -1,31 +1,113 @@
 // The parameter table: every tensor of a DeepSeek-V2/V3 checkpoint under its Hugging Face name,
-// with shape and role. Loading, saving, initialization and (later) the training arenas are all
-// driven by this one list.
+// with shape and role, as the binding of weights.hpp lists them (one list). Loading, saving,
+// initialization, the training arenas and their checkpoints are all driven by this table.
+//
+// ParamLayout places the table in one flat arena (parameters, gradients, optimizer state share
+// the layout); ArenaBinder binds the model's weight structs to such an arena in place.
 #pragma once
+#include <map>
 #include <string>
 #include <vector>
 
 #include "model/config.hpp"
+#include "model/weights.hpp"
 
 namespace dsv3::model {
-
-enum class ParamRole { Linear, Norm, Embedding, Head, Router, RouterBias };
 
 struct ParamSpec {
   std::string name;
   std::vector<int64_t> shape;
   ParamRole role;
-  // Stored as F8_E4M3 + `<name>_scale_inv` in FP8 checkpoints (the `*_proj` weights of decoder
-  // layers, as in the DeepSeek-V3 release).
-  bool fp8 = false;
-  // Linear layers whose output is added to the residual stream (o_proj, down_proj) get a
-  // smaller initialization.
-  bool residual_out = false;
-  // Belongs to the MTP module (layer index >= num_hidden_layers).
-  bool mtp = false;
+  bool fp8 = false;           // see ParamFlags
+  bool residual_out = false;  // see ParamFlags
+  bool mtp = false;           // see ParamFlags
 };
 
 std::vector<ParamSpec> param_table(const ModelConfig& c);
-std::string layer_prefix(int64_t layer);  // "model.layers.{layer}."
+
+// Weight decay (AdamW): on every weight matrix — linear layers, the router weight
+// (mlp.gate.weight), the embedding and the output heads (2-D matrices, as Megatron-LM and
+// nanoGPT-style trainers do); not on RMSNorm weights, not on the routing correction bias
+// (which is no gradient-trained parameter at all: the balance-bias update moves it).
+struct ParamEntry {
+  std::string name;
+  std::vector<int64_t> shape;
+  int64_t offset = 0, numel = 0;  // in elements, into the arenas
+  ParamRole role = ParamRole::Linear;
+  bool mtp = false;
+  bool fp8 = false;           // stored as FP8 block-scaled in FP8 exports
+  bool residual_out = false;  // o_proj / down_proj
+  bool weight_decay = false;  // see above
+  bool trainable = true;      // false: e_score_correction_bias (gradient always zero)
+};
+
+// Offsets of every tensor of param_table(config) in a flat arena (each on its own cache lines).
+class ParamLayout {
+ public:
+  ParamLayout() = default;
+  explicit ParamLayout(const ModelConfig& c);
+  const std::vector<ParamEntry>& entries() const { return entries_; }
+  const ParamEntry* find(const std::string& name) const;
+  const ParamEntry& get(const std::string& name) const;  // throws naming the tensor
+  int64_t total() const { return total_; }
+
+ private:
+  std::vector<ParamEntry> entries_;
+  std::map<std::string, size_t> index_;
+  int64_t total_ = 0;
+};
+
+// Binds kind K (W<S> for parameters, G<S> for gradients) to an arena `base` of S laid out by
+// `layout`, without copying.
+template <typename K, typename S>
+class ArenaBinder {
+ public:
+  ArenaBinder(const ParamLayout& layout, S* base) : layout_(layout), base_(base) {}
+  typename K::Lin lin(const std::string& n, int64_t rows, int64_t cols, ParamFlags,
+                      const std::string& = {}) {
+    S* p = at(n);
+    if constexpr (std::is_same_v<typename K::Lin, cpu::LinearWeight>)
+      return cpu::LinearWeight({DType::F32, rows, cols, p, nullptr}, cpu::Compute::F32);
+    else if constexpr (std::is_pointer_v<typename K::Lin>)
+      return p;
+    else
+      return {p, rows, cols};
+  }
+  typename K::Vec vec(const std::string& n, const std::vector<int64_t>&, ParamFlags) {
+    return at(n);
+  }
+  typename K::Table table(const std::string& n, int64_t rows, int64_t cols, ParamFlags,
+                          const std::string&) {
+    S* p = at(n);
+    if constexpr (std::is_same_v<typename K::Table, cpu::WeightView>)
+      return {DType::F32, rows, cols, p, nullptr};
+    else if constexpr (std::is_pointer_v<typename K::Table>)
+      return p;
+    else
+      return {p, rows, cols};
+  }
+
+ private:
+  S* at(const std::string& n) { return base_ + layout_.get(n).offset; }
+  const ParamLayout& layout_;
+  S* base_;
+};
+
+// The weights (K = W<S>, base const) or gradients (K = G<S>) of a model in an arena, with
+// `mtp_modules` MTP modules. With tie_mtp, the MTP modules use the main embedding and head (the
+// paper's sharing; their own copies in the arena are then unused).
+template <typename K, typename S>
+ModelW<K> bind_arena(const ModelConfig& c, const ParamLayout& layout, S* base, int64_t mtp_modules,
+                     bool tie_mtp) {
+  ModelW<K> w;
+  ArenaBinder<K, S> b(layout, base);
+  bind_model(w, b, c, mtp_modules);
+  if (tie_mtp)
+    for (auto& m : w.mtp) {
+      m.embed = b.table("model.embed_tokens.weight", c.vocab_size, c.hidden_size, {}, "");
+      m.head = b.lin("lm_head.weight", c.vocab_size, c.hidden_size, {});
+    }
+  return w;
+}
 
 }  // namespace dsv3::model

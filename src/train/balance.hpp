@@ -12,6 +12,8 @@
 #include <cstdint>
 #include <vector>
 
+#include "model/moe.hpp"
+
 namespace dsv3::train {
 
 // Moves each expert's routing bias one step toward balance: bias[i] −= γ if load[i] is above the
@@ -33,15 +35,7 @@ struct LoadStats {
 // Throws when an index lies outside [0, E).
 LoadStats load_stats(const int32_t* indices, int64_t N, int64_t K, int64_t E);
 
-// The sequence-wise balance loss (eqs. 17-20), averaged over the B sequences:
-//   f_i  = E/(K·T) · #{t : i ∈ TopK_t}              (held constant: no gradient)
-//   s'_{i,t} = s_{i,t} / Σ_j s_{j,t}
-//   P_i  = (1/T) · Σ_t s'_{i,t}
-//   L    = (1/B) · Σ_b α · Σ_i f_i · P_i
-// scores [N, E] are the unbiased affinities s (sigmoid or softmax outputs, all > 0), indices
-// [N, K] the selected experts. When dscores [N, E] is non-null, dL/dscores (through the
-// normalization s') is ADDED into it. Returns L.
-float balance_loss(const float* scores, const int32_t* indices, int64_t B, int64_t T, int64_t E,
-                   int64_t K, float alpha, float* dscores);
+// The sequence-wise balance loss lives with the MoE (model/moe.hpp).
+using model::balance_loss;
 
 }  // namespace dsv3::train

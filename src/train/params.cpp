@@ -12,39 +12,6 @@
 
 namespace dsv3::train {
 
-ParamLayout::ParamLayout(const model::ModelConfig& c) {
-  using model::ParamRole;
-  for (const auto& s : model::param_table(c)) {
-    ParamEntry e;
-    e.name = s.name;
-    e.shape = s.shape;
-    e.numel = 1;
-    for (auto d : s.shape) e.numel *= d;
-    // 16-float alignment keeps every tensor on its own cache lines (64 bytes).
-    e.offset = total_;
-    total_ += (e.numel + 15) / 16 * 16;
-    e.role = s.role;
-    e.mtp = s.mtp;
-    e.fp8 = s.fp8;
-    e.residual_out = s.residual_out;
-    e.weight_decay = s.role != ParamRole::Norm && s.role != ParamRole::RouterBias;
-    e.trainable = s.role != ParamRole::RouterBias;
-    index_[e.name] = entries_.size();
-    entries_.push_back(std::move(e));
-  }
-}
-
-const ParamEntry* ParamLayout::find(const std::string& name) const {
-  auto it = index_.find(name);
-  return it == index_.end() ? nullptr : &entries_[it->second];
-}
-
-const ParamEntry& ParamLayout::get(const std::string& name) const {
-  const ParamEntry* e = find(name);
-  DSV3_CHECK(e, "parameter '{}' is not in the parameter table of this config", name);
-  return *e;
-}
-
 ParamStore::ParamStore(const model::ModelConfig& c) : config_(c), layout_(c) {
   params_.assign(size_t(layout_.total()), 0.0f);
   grads_.assign(size_t(layout_.total()), 0.0f);

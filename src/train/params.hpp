@@ -2,14 +2,9 @@
 // (model/params.hpp), in table order, and a gradient arena of the same layout, so the optimizer,
 // the all-reduce and checkpointing see flat buffers (DeepSeek-V3 report §3.3: FP32 master
 // weights and gradients). Loads from and saves to the released Hugging Face layout.
-//
-// Weight decay (AdamW): on every weight matrix — linear layers, the router weight
-// (mlp.gate.weight), the embedding and the output heads (2-D matrices, as Megatron-LM and
-// nanoGPT-style trainers do); not on RMSNorm weights, not on the routing correction bias
-// (which is no gradient-trained parameter at all: the balance-bias update moves it).
+// Weight decay and trainability per tensor: model::ParamEntry.
 #pragma once
 #include <cstdint>
-#include <map>
 #include <string>
 #include <vector>
 
@@ -19,34 +14,9 @@
 
 namespace dsv3::train {
 
-struct ParamEntry {
-  std::string name;
-  std::vector<int64_t> shape;
-  int64_t offset = 0, numel = 0;  // in floats, into the arenas
-  model::ParamRole role = model::ParamRole::Linear;
-  bool mtp = false;
-  bool fp8 = false;           // stored as FP8 block-scaled in FP8 exports
-  bool residual_out = false;  // o_proj / down_proj
-  bool weight_decay = false;  // see the file comment
-  bool trainable = true;      // false: e_score_correction_bias (gradient always zero)
-};
-
-// Offsets of every tensor of param_table(config): shared by the float store and the double
-// copies the gradient checks build.
-class ParamLayout {
- public:
-  ParamLayout() = default;
-  explicit ParamLayout(const model::ModelConfig& c);
-  const std::vector<ParamEntry>& entries() const { return entries_; }
-  const ParamEntry* find(const std::string& name) const;
-  const ParamEntry& get(const std::string& name) const;  // throws naming the tensor
-  int64_t total() const { return total_; }
-
- private:
-  std::vector<ParamEntry> entries_;
-  std::map<std::string, size_t> index_;
-  int64_t total_ = 0;
-};
+// The table's arena layout lives with the table (model/params.hpp).
+using model::ParamEntry;
+using model::ParamLayout;
 
 enum class InitScheme {
   // model::random_param_fill (what `dsv3 init` writes): linear N(0, (g/√fan_in)²), g = 1 (0.3

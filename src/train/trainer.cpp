@@ -232,33 +232,23 @@ EvalRecord evaluate(TrainerState& s, const TrainConfig& cfg) {
   return r;
 }
 
-// Samples from the fixed prompts with the inference engine: the current weights exported in
-// F32 to a scratch dir, loaded by model::Model, decoded by serve::generate.
-std::vector<SampleRecord> make_samples(TrainerState& s, const TrainConfig& cfg,
-                                       const std::string& run_dir) {
+// Samples from the fixed prompts with the inference engine, run on the training arena itself
+// (model::Model::view: no copy, no export).
+std::vector<SampleRecord> make_samples(TrainerState& s, const TrainConfig& cfg) {
   std::vector<SampleRecord> out;
   if (cfg.sample_prompts.empty() || cfg.sample_tokens == 0) return out;
-  const std::string dir = (fs::path(run_dir) / ".sample-model").string();
-  export_hf(*s.store, true, dir, DType::F32, "");
-  {
-    model::LoadOptions lo;
-    lo.compute = cpu::Compute::F32;
-    lo.load_mtp = false;
-    auto m = model::Model::load(dir, lo);
-    for (const auto& prompt : cfg.sample_prompts) {
-      const uint64_t seed = s.rng.next_u64();
-      auto ids = s.tk->encode(prompt, true);
-      const int64_t room = s.mc.max_position_embeddings - int64_t(ids.size());
-      if (ids.empty() || room <= 0) continue;
-      serve::GenerateOptions go;
-      go.max_new_tokens = std::min(cfg.sample_tokens, room);
-      go.sampling = {float(cfg.sample_temperature), cfg.sample_top_k, 1.0f, seed};
-      auto gen = serve::generate(*m, {ids}, go, [](int64_t, int32_t) {});
-      out.push_back({s.step, prompt, prompt + s.tk->decode(gen[0], true)});
-    }
+  auto m = model::Model::view(s.mc, s.store->layout(), s.store->params(), false);
+  for (const auto& prompt : cfg.sample_prompts) {
+    const uint64_t seed = s.rng.next_u64();
+    auto ids = s.tk->encode(prompt, true);
+    const int64_t room = s.mc.max_position_embeddings - int64_t(ids.size());
+    if (ids.empty() || room <= 0) continue;
+    serve::GenerateOptions go;
+    go.max_new_tokens = std::min(cfg.sample_tokens, room);
+    go.sampling = {float(cfg.sample_temperature), cfg.sample_top_k, 1.0f, seed};
+    auto gen = serve::generate(*m, {ids}, go, [](int64_t, int32_t) {});
+    out.push_back({s.step, prompt, prompt + s.tk->decode(gen[0], true)});
   }
-  std::error_code ec;
-  fs::remove_all(dir, ec);
   return out;
 }
 
@@ -489,7 +479,7 @@ TrainResult Trainer::run() {
       s.result.val_ppl = e.ppl;
     }
     if (last || (sp > 0 && s.step % sp == 0)) {
-      s.result.samples = make_samples(s, config_, rd);
+      s.result.samples = make_samples(s, config_);
       for (const auto& smp : s.result.samples) {
         s.metrics->write(smp);
         say(fmt::format("  sample: {}", smp.text));
@@ -586,8 +576,13 @@ EvalResult evaluate_model_dir(const std::string& model_dir, const std::vector<st
   DSV3_CHECK(fs::exists(fs::path(model_dir) / "tokenizer.json"),
              "eval: model dir '{}' has no tokenizer.json", model_dir);
   const auto tk = tok::Tokenizer::load(model_dir);
-  ParamStore store = ParamStore::load(model_dir);
-  const int64_t T = std::min(seq_len, store.config().max_position_embeddings - 1);
+  // The inference model on the checkpoint as stored (FP32 arithmetic): no gradient arena.
+  model::LoadOptions lo;
+  lo.load_mtp = false;
+  lo.residency = io::Residency::Map;
+  auto m = model::Model::load(model_dir, lo);
+  const model::ModelConfig& mc = m->config();
+  const int64_t T = std::min(seq_len, mc.max_position_embeddings - 1);
   std::vector<int32_t> stream;
   const auto docs = read_documents(files, DocSplit::Auto);
   const auto enc = tk.encode_batch(docs, false);
@@ -597,16 +592,15 @@ EvalResult evaluate_model_dir(const std::string& model_dir, const std::vector<st
     if (tk.eos_id()) stream.push_back(*tk.eos_id());
   }
   for (int32_t id : stream)
-    DSV3_CHECK(id >= 0 && id < store.config().vocab_size,
+    DSV3_CHECK(id >= 0 && id < mc.vocab_size,
                "eval: token {} of the tokenizer is outside the model's vocabulary [0, {})", id,
-               store.config().vocab_size);
+               mc.vocab_size);
   DSV3_CHECK(stream.size() >= 2, "eval: the data holds fewer than 2 tokens");
   // Windows of W = T + 1 tokens; a stream shorter than one window is one shorter window.
   const int64_t W = std::min<int64_t>(T + 1, int64_t(stream.size()));
   int64_t nseq = (int64_t(stream.size()) - 1) / (W - 1);
   if (max_sequences > 0) nseq = std::min(nseq, max_sequences);
-  TrainModel m(store.config(), store.layout(), store.params(), store.grads());
-  TrainOptions o;
+  model::KVCache cache(mc, std::min(batch, nseq), W, false);
   double total = 0;
   std::vector<int32_t> buf;
   for (int64_t b0 = 0; b0 < nseq; b0 += batch) {
@@ -614,7 +608,7 @@ EvalResult evaluate_model_dir(const std::string& model_dir, const std::vector<st
     buf.resize(size_t(B * W));
     for (int64_t i = 0; i < B; ++i)
       std::copy_n(stream.begin() + (b0 + i) * (W - 1), W, buf.begin() + i * W);
-    total += m.forward_loss(buf.data(), B, W, o) * double(B);
+    total += m->cross_entropy(buf.data(), B, W, cache) / double(W - 1);
   }
   EvalResult r;
   r.sequences = nseq;

@@ -20,7 +20,7 @@ TEST(Cuda, RmsnormMatchesCpu) {
   std::vector<float> x(size_t(n * d)), w(static_cast<size_t>(d)), want(x.size()), got(x.size());
   for (auto& v : x) v = float(rng.normal());
   for (auto& v : w) v = float(1 + 0.1 * rng.normal());
-  cpu::rmsnorm_forward(want.data(), nullptr, x.data(), w.data(), n, d, 1e-6f);
+  cpu::rmsnorm_forward(want.data(), static_cast<float*>(nullptr), x.data(), w.data(), n, d, 1e-6f);
   float *dx = static_cast<float*>(cuda::device_alloc(x.size() * 4)),
         *dw = static_cast<float*>(cuda::device_alloc(w.size() * 4)),
         *dy = static_cast<float*>(cuda::device_alloc(x.size() * 4));

@@ -8,13 +8,13 @@
 #include <cmath>
 #include <cstdio>
 #include <functional>
+#include <utility>
 
 #include "backend/cpu/ops.hpp"
 #include "core/rng.hpp"
+#include "model/decoder.hpp"
+#include "model/embed_head.hpp"
 #include "model/rope.hpp"
-#include "train/decoder_train.hpp"
-#include "train/embed_head.hpp"
-#include "train/linalg.hpp"
 #include "train/model_train.hpp"
 #include "train/params.hpp"
 
@@ -121,13 +121,14 @@ TEST(LayerGrad, SwigluRopeLinear) {
   const int64_t M = 5, in = 7, out = 3;
   auto X = randn(r, size_t(M * in)), W = randn(r, size_t(out * in)), Rl = randn(r, size_t(M * out));
   std::vector<double> Y(static_cast<size_t>(M * out));
+  const cpu::DenseWeight<double> Wv{W.data(), out, in};
   auto lin = [&] {
-    linear_forward(Y.data(), X.data(), W.data(), M, in, out);
+    cpu::linear_forward(Y.data(), X.data(), M, Wv);
     return dot(Y.data(), Rl.data(), Y.size());
   };
   std::vector<double> dX(X.size()), dW(W.size(), 0.0);
-  linear_backward_input(dX.data(), Rl.data(), W.data(), M, in, out);
-  linear_backward_weight(dW.data(), Rl.data(), X.data(), M, in, out);
+  cpu::linear_backward_input(dX.data(), Rl.data(), M, Wv);
+  cpu::linear_backward_weight(dW.data(), Rl.data(), X.data(), M, in, out);
   check("linear dx", X.data(), dX.data(), X.size(), lin, r, 40);
   check("linear dW", W.data(), dW.data(), W.size(), lin, r, 40);
 }
@@ -144,20 +145,21 @@ TEST(LayerGrad, EmbeddingHeadCrossEntropy) {
     tgt[size_t(i)] = i % 4 == 3 ? -1 : int32_t(r.below(V));
   }
   std::vector<double> x(size_t(N * D)), dx(size_t(N * D));
-  HeadScratch<double> hs;
+  model::HeadScratch<double> hs;
   const double scale = 0.37;
+  const cpu::DenseWeight<double> Et{E.data(), V, D}, Wh{W.data(), V, D};
   auto loss = [&] {
-    embedding_forward(x.data(), E.data(), tok.data(), N, D, V);
-    return scale * head_cross_entropy<double>(nullptr, nullptr, x.data(), W.data(), tgt.data(), N,
-                                              D, V, scale, nullptr, hs);
+    model::embedding_forward<double>(x.data(), Et, tok.data(), N);
+    return scale * model::head_cross_entropy<double>(nullptr, nullptr, x.data(), Wh, tgt.data(), N,
+                                                     scale, nullptr, hs);
   };
   std::vector<double> dE(E.size(), 0.0), dW(W.size(), 0.0);
-  embedding_forward(x.data(), E.data(), tok.data(), N, D, V);
+  model::embedding_forward<double>(x.data(), Et, tok.data(), N);
   int64_t cnt = 0;
-  head_cross_entropy<double>(dx.data(), dW.data(), x.data(), W.data(), tgt.data(), N, D, V, scale,
-                             &cnt, hs);
+  model::head_cross_entropy<double>(dx.data(), dW.data(), x.data(), Wh, tgt.data(), N, scale, &cnt,
+                                    hs);
   EXPECT_EQ(cnt, N - N / 4);
-  embedding_backward(dE.data(), dx.data(), tok.data(), N, D);
+  model::embedding_backward(dE.data(), dx.data(), tok.data(), N, D);
   check("embedding", E.data(), dE.data(), E.size(), loss, r, 40);
   check("head", W.data(), dW.data(), W.size(), loss, r, 40);
 }
@@ -253,16 +255,19 @@ TEST_P(BlockGrad, DecoderLayersMlaMlpMoe) {
   auto Rs = randn(r, size_t(N * c.n_routed_experts));  // extra score gradient
   for (bool recompute : {false, true}) {
     for (int64_t layer : {0, 1}) {  // dense, then MoE
-      auto w = bind_layer<const double>(layout, p.data(), c, layer, layer == 1);
-      auto gw = bind_layer<double>(layout, g.data(), c, layer, layer == 1);
-      LayerActs<double> a;
-      DecoderScratch<double> s;
-      const DecoderDims dd{B, T, recompute};
+      const auto wm =
+          model::bind_arena<model::W<double>>(c, layout, std::as_const(p).data(), 0, true);
+      const auto gm = model::bind_arena<model::G<double>>(c, layout, g.data(), 0, true);
+      const auto& w = wm.layers[size_t(layer)];
+      const auto& gw = gm.layers[size_t(layer)];
+      model::LayerActs<double> a;
+      model::DecoderScratch<double> s;
+      const model::DecoderDims dd{B, T, recompute};
       std::vector<double> h(x.size());
       // The extra score term makes loss = Σ out·R + Σ scores·Rs (MoE layer only).
       auto loss = [&] {
         h = x;
-        decoder_layer_forward(h.data(), w, c, dd, cs.data(), a, s);
+        model::decoder_layer_forward(h.data(), w, c, dd, cs.data(), a, s);
         double l = dot(h.data(), R.data(), h.size());
         if (w.moe) l += dot(a.moe.scores.data(), Rs.data(), Rs.size());
         return l;
@@ -271,7 +276,7 @@ TEST_P(BlockGrad, DecoderLayersMlaMlpMoe) {
       if (w.moe) a.moe.dscores = Rs;
       std::fill(g.begin(), g.end(), 0.0);
       std::vector<double> dh = R;
-      decoder_layer_backward(dh.data(), gw, w, c, dd, cs.data(), a, s);
+      model::decoder_layer_backward(dh.data(), gw, w, c, dd, cs.data(), a, s);
       const std::string prefix = "model.layers." + std::to_string(layer) + ".";
       double wp = check_tensors(layout, p, g, prefix, loss, r);
       double wx = check("dx", x.data(), dh.data(), x.size(), loss, r, 24);

@@ -25,6 +25,7 @@
 #include "backend/cpu/gemv.hpp"
 #include "core/error.hpp"
 #include "core/parallel.hpp"
+#include "core/profile.hpp"
 
 namespace dsv3::cpu {
 namespace {
@@ -219,8 +220,8 @@ void linear_forward(float* y, const float* x, int64_t M, const LinearWeight& w, 
     return;
   }
   if (!im->has_packed) {  // F32 compute on an F32 weight: no copy, sgemm reads it in place
-    gemm_f32(false, true, M, N, K, 1.0f, x, K, static_cast<const float*>(v.data), K,
-             accumulate ? 1.0f : 0.0f, y, N);
+    gemm(false, true, M, N, K, 1.0f, x, K, static_cast<const float*>(v.data), K,
+         accumulate ? 1.0f : 0.0f, y, N);
     return;
   }
   const CachedMatmul& mm = prim_cache().get(
@@ -255,6 +256,50 @@ void gemm_f32(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float
   dnnl_status_t st = dnnl_sgemm(trans_a ? 'T' : 'N', trans_b ? 'T' : 'N', M, N, K, alpha, A, lda, B,
                                 ldb, beta, C, ldc);
   DSV3_ASSERT(st == dnnl_success, "dnnl_sgemm failed ({})", int(st));
+}
+
+// Training GEMMs are timed as `gemm_s` unless an enclosing phase (attention, experts) times its
+// own, or they run inside a parallel region (per-expert products).
+void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
+          int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
+  if (M == 0 || N == 0) return;
+  const bool own = profiling() && !omp_in_parallel() && !gemm_grouped();
+  ProfileScope ps(own ? &StepProfile::gemm_s : nullptr);
+  if (own) ++step_profile().gemm_calls;
+  gemm_f32(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+
+void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, double alpha, const double* A,
+          int64_t lda, const double* B, int64_t ldb, double beta, double* C, int64_t ldc) {
+  for (int64_t i = 0; i < M; ++i)
+    for (int64_t j = 0; j < N; ++j) {
+      double s = 0;
+      for (int64_t k = 0; k < K; ++k)
+        s += (ta ? A[k * lda + i] : A[i * lda + k]) * (tb ? B[j * ldb + k] : B[k * ldb + j]);
+      C[i * ldc + j] = alpha * s + (beta == 0 ? 0.0 : beta * C[i * ldc + j]);
+    }
+}
+
+void linear_forward(double* y, const double* x, int64_t M, const DenseWeight<double>& w,
+                    bool accumulate) {
+  gemm(false, true, M, w.rows, w.cols, 1.0, x, w.cols, w.data, w.cols, accumulate ? 1.0 : 0.0, y,
+       w.rows);
+}
+
+void linear_backward_input(float* dx, const float* dy, int64_t M, const LinearWeight& w,
+                           bool accumulate) {
+  const WeightView& v = w.view();
+  DSV3_CHECK(v.dtype == DType::F32,
+             "linear backward: weight [{}, {}] is stored as {}; training needs F32 weights", v.rows,
+             v.cols, dtype_name(v.dtype));
+  gemm(false, false, M, v.cols, v.rows, 1.0f, dy, v.rows, static_cast<const float*>(v.data), v.cols,
+       accumulate ? 1.0f : 0.0f, dx, v.cols);
+}
+
+void linear_backward_input(double* dx, const double* dy, int64_t M, const DenseWeight<double>& w,
+                           bool accumulate) {
+  gemm(false, false, M, w.cols, w.rows, 1.0, dy, w.rows, w.data, w.cols, accumulate ? 1.0 : 0.0, dx,
+       w.cols);
 }
 
 }  // namespace dsv3::cpu

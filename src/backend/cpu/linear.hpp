@@ -72,4 +72,44 @@ void gemm_f32(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float
 // Effective FP32 weight [rows, cols] (bf16 widened, fp8 block-dequantized).
 std::vector<float> dequantize(const WeightView& w);
 
+// ---- The products of training, generic over the scalar type ----
+// float runs on LinearWeight (the one weight view of the model; training arenas are F32 views,
+// so nothing is copied) and oneDNN's sgemm; double runs plain loops on DenseWeight and drives the
+// finite-difference gradient checks. A linear layer's backward is two functions, the input part
+// and the weight part, because pipeline schedules (DualPipe, zero bubble) defer the weight part
+// (DeepSeek-V3 report §3.2.1).
+
+// A plain row-major matrix [rows=out, cols=in] of S (the double twin of an F32 LinearWeight).
+template <typename S>
+struct DenseWeight {
+  const S* data = nullptr;
+  int64_t rows = 0, cols = 0;
+  int64_t out() const { return rows; }
+  int64_t in() const { return cols; }
+};
+
+// C[M,N] = alpha · op(A)[M,K] · op(B)[K,N] + beta · C, row-major with leading dimensions.
+void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
+          int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc);
+void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, double alpha, const double* A,
+          int64_t lda, const double* B, int64_t ldb, double beta, double* C, int64_t ldc);
+
+// y[M, out] = x[M, in] · Wᵀ (+ y when accumulate): the double twin of linear_forward above.
+void linear_forward(double* y, const double* x, int64_t M, const DenseWeight<double>& w,
+                    bool accumulate = false);
+
+// dx[M, in] (+)= dy[M, out] · W. Reads W only. Training runs on F32 weights; another storage
+// is refused (a BF16/FP8 checkpoint is trained from its F32 arena copy).
+void linear_backward_input(float* dx, const float* dy, int64_t M, const LinearWeight& w,
+                           bool accumulate = false);
+void linear_backward_input(double* dx, const double* dy, int64_t M, const DenseWeight<double>& w,
+                           bool accumulate = false);
+
+// dW[out, in] += dy[M, out]ᵀ · x[M, in]. Reads the saved input x.
+template <typename S>
+void linear_backward_weight(S* dW, const S* dy, const S* x, int64_t M, int64_t in, int64_t out) {
+  if (M == 0) return;
+  gemm(true, false, out, in, M, S(1), dy, out, x, in, S(1), dW, in);
+}
+
 }  // namespace dsv3::cpu

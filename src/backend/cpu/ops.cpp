@@ -10,40 +10,6 @@
 
 namespace dsv3::cpu {
 
-void rmsnorm_forward(float* out, float* rstd, const float* in, const float* weight, int64_t n,
-                     int64_t d, float eps, int64_t ld_in, int64_t ld_out) {
-  if (ld_in < 0) ld_in = d;
-  if (ld_out < 0) ld_out = d;
-  parallel_for(
-      n,
-      [&](int64_t b, int64_t e) {
-        for (int64_t r = b; r < e; ++r) {
-          const float* x = in + r * ld_in;
-          float* y = out + r * ld_out;
-          float ss = 0;
-          for (int64_t i = 0; i < d; ++i) ss += x[i] * x[i];
-          float rs = 1.0f / std::sqrt(ss / float(d) + eps);
-          if (rstd) rstd[r] = rs;
-          for (int64_t i = 0; i < d; ++i) y[i] = x[i] * rs * weight[i];
-        }
-      },
-      16);
-}
-
-void swiglu_forward(float* out, const float* gate, const float* up, int64_t n, int64_t f) {
-  parallel_for(
-      n,
-      [&](int64_t b, int64_t e) {
-        for (int64_t r = b; r < e; ++r) {
-          const float* g = up ? gate + r * f : gate + r * 2 * f;
-          const float* u = up ? up + r * f : g + f;
-          float* o = out + r * f;
-          silu_mul(o, g, u, f);
-        }
-      },
-      16);
-}
-
 void softmax_rows(float* x, int64_t rows, int64_t cols, const int64_t* valid) {
   for (int64_t r = 0; r < rows; ++r) {
     float* p = x + r * cols;
@@ -57,40 +23,25 @@ void softmax_rows(float* x, int64_t rows, int64_t cols, const int64_t* valid) {
   }
 }
 
-void rope_forward(float* x, int64_t n, int64_t heads, int64_t ld, int64_t off, int64_t rope_dim,
-                  const float* cos_sin, const int64_t* positions) {
-  const int64_t half = rope_dim / 2;
-  for (int64_t r = 0; r < n; ++r) {
-    const float* cs = cos_sin + positions[r] * half * 2;
-    for (int64_t h = 0; h < heads; ++h) {
-      float* p = x + (r * heads + h) * ld + off;
-      for (int64_t i = 0; i < half; ++i) {
-        float a = p[2 * i], b = p[2 * i + 1], c = cs[2 * i], s = cs[2 * i + 1];
-        p[2 * i] = a * c - b * s;
-        p[2 * i + 1] = a * s + b * c;
-      }
-    }
-  }
-}
-
-}  // namespace dsv3::cpu
-
-// ---- Training: backward passes and scalar-generic forwards (see ops.hpp) ----
-namespace dsv3::cpu {
-
 template <typename S>
 void rmsnorm_forward(S* out, S* rstd, const S* in, const S* weight, int64_t n, int64_t d, S eps,
                      int64_t ld_in, int64_t ld_out) {
   if (ld_in < 0) ld_in = d;
   if (ld_out < 0) ld_out = d;
-  for (int64_t r = 0; r < n; ++r) {
-    const S* x = in + r * ld_in;
-    S ss = 0;
-    for (int64_t i = 0; i < d; ++i) ss += x[i] * x[i];
-    S rs = S(1) / std::sqrt(ss / S(d) + eps);
-    if (rstd) rstd[r] = rs;
-    for (int64_t i = 0; i < d; ++i) out[r * ld_out + i] = x[i] * rs * weight[i];
-  }
+  parallel_for(
+      n,
+      [&](int64_t b, int64_t e) {
+        for (int64_t r = b; r < e; ++r) {
+          const S* x = in + r * ld_in;
+          S* y = out + r * ld_out;
+          S ss = 0;
+          for (int64_t i = 0; i < d; ++i) ss += x[i] * x[i];
+          const S rs = S(1) / std::sqrt(ss / S(d) + eps);
+          if (rstd) rstd[r] = rs;
+          for (int64_t i = 0; i < d; ++i) y[i] = x[i] * rs * weight[i];
+        }
+      },
+      16);
 }
 
 template <typename S>
@@ -138,7 +89,10 @@ void rmsnorm_backward(S* din, S* dweight, const S* dout, const S* in, const S* w
 
 template <typename S>
 void swiglu_forward(S* out, const S* gate, const S* up, int64_t n, int64_t f) {
-  silu_mul(out, gate, up, n * f);
+  parallel_for(
+      n,
+      [&](int64_t b, int64_t e) { silu_mul(out + b * f, gate + b * f, up + b * f, (e - b) * f); },
+      16);
 }
 
 template <typename S>

@@ -1,11 +1,11 @@
 // Where a training step spends its time: GEMMs, attention, MoE permutation (sort, gather,
 // scatter, combine), router, loss softmax. The step is driven by one thread (the kernels
 // parallelize inside), so the accumulators are plain process-wide doubles; timing is off unless
-// enabled (TrainOptions::profile) and costs two clock reads per timed call when on.
+// enabled (model::TrainOptions::profile) and costs two clock reads per timed call when on.
 #pragma once
 #include <chrono>
 
-namespace dsv3::train {
+namespace dsv3 {
 
 struct StepProfile {
   double gemm_s = 0;         // linear layers, router, head (outside attention)
@@ -48,8 +48,9 @@ inline bool gemm_grouped() {
 // Adds the scope's wall time to *slot when profiling is on.
 class ProfileScope {
  public:
-  explicit ProfileScope(double StepProfile::*slot)
-      : slot_(profiling() ? slot : nullptr), t0_(clock::now()) {}
+  explicit ProfileScope(double StepProfile::*slot) : slot_(profiling() ? slot : nullptr) {
+    if (slot_) t0_ = clock::now();  // inference calls pass here too: no clock read when off
+  }
   ~ProfileScope() {
     if (slot_)
       detail::g_profile.*slot_ += std::chrono::duration<double>(clock::now() - t0_).count();
@@ -63,4 +64,4 @@ class ProfileScope {
   clock::time_point t0_;
 };
 
-}  // namespace dsv3::train
+}  // namespace dsv3

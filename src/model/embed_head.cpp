@@ -1,5 +1,5 @@
 // Embedding and the fused head + cross-entropy; see embed_head.hpp.
-#include "train/embed_head.hpp"
+#include "model/embed_head.hpp"
 
 #include <algorithm>
 #include <cmath>
@@ -7,19 +7,29 @@
 
 #include "backend/cpu/vmath.hpp"
 #include "core/error.hpp"
-#include "train/linalg.hpp"
-#include "train/profile.hpp"
+#include "core/parallel.hpp"
+#include "core/profile.hpp"
+#include "core/scratch.hpp"
 
-namespace dsv3::train {
+namespace dsv3::model {
 
 template <typename S>
-void embedding_forward(S* out, const S* table, const int32_t* tokens, int64_t N, int64_t D,
-                       int64_t V) {
+void embedding_forward(S* out, const typename W<S>::Table& table, const int32_t* tokens,
+                       int64_t N) {
+  const int64_t V = table.rows, D = table.cols;
   for (int64_t n = 0; n < N; ++n)
     DSV3_CHECK(tokens[n] >= 0 && tokens[n] < V,
                "token id {} at position {} is outside the vocabulary [0, {})", tokens[n], n, V);
   parallel_for(N, [&](int64_t b, int64_t e) {
-    for (int64_t n = b; n < e; ++n) std::copy_n(table + int64_t(tokens[n]) * D, D, out + n * D);
+    for (int64_t n = b; n < e; ++n) {
+      if constexpr (std::is_same_v<S, float>)
+        to_f32(out + n * D,
+               static_cast<const uint8_t*>(table.data) +
+                   size_t(tokens[n]) * size_t(D) * dtype_size(table.dtype),
+               table.dtype, size_t(D));
+      else
+        std::copy_n(table.data + int64_t(tokens[n]) * D, D, out + n * D);
+    }
   });
 }
 
@@ -38,15 +48,17 @@ void embedding_backward(S* dtable, const S* dout, const int32_t* tokens, int64_t
 }
 
 template <typename S>
-double head_cross_entropy(S* dxn, S* dW, const S* xn, const S* W, const int32_t* targets, int64_t N,
-                          int64_t D, int64_t V, S scale, int64_t* count, HeadScratch<S>& s) {
+double head_cross_entropy(S* dxn, S* dW, const S* xn, const typename W<S>::Lin& head,
+                          const int32_t* targets, int64_t N, S scale, int64_t* count,
+                          HeadScratch<S>& s) {
+  const int64_t V = head.out(), D = head.in();
   constexpr int64_t kChunk = 1024;
   double total = 0;
   int64_t scored = 0;
   S* logits = grow(s.logits, size_t(std::min(N, kChunk) * V));
   for (int64_t r0 = 0; r0 < N; r0 += kChunk) {
     const int64_t rows = std::min(kChunk, N - r0);
-    linear_forward(logits, xn + r0 * D, W, rows, D, V);
+    cpu::linear_forward(logits, xn + r0 * D, rows, head);
     double part = 0;
     int64_t cnt = 0;
     std::optional<ProfileScope> ps(std::in_place, &StepProfile::loss_s);
@@ -74,20 +86,20 @@ double head_cross_entropy(S* dxn, S* dW, const S* xn, const S* W, const int32_t*
     total += part;
     scored += cnt;
     if (dxn) {
-      linear_backward_input(dxn + r0 * D, logits, W, rows, D, V);
-      linear_backward_weight(dW, logits, xn + r0 * D, rows, D, V);
+      cpu::linear_backward_input(dxn + r0 * D, logits, rows, head);
+      cpu::linear_backward_weight(dW, logits, xn + r0 * D, rows, D, V);
     }
   }
   if (count) *count = scored;
   return total;
 }
 
-#define DSV3_EMBED_HEAD_INSTANTIATE(S)                                                         \
-  template void embedding_forward<S>(S*, const S*, const int32_t*, int64_t, int64_t, int64_t); \
-  template void embedding_backward<S>(S*, const S*, const int32_t*, int64_t, int64_t);         \
-  template double head_cross_entropy<S>(S*, S*, const S*, const S*, const int32_t*, int64_t,   \
-                                        int64_t, int64_t, S, int64_t*, HeadScratch<S>&);
+#define DSV3_EMBED_HEAD_INSTANTIATE(S)                                                      \
+  template void embedding_forward<S>(S*, const W<S>::Table&, const int32_t*, int64_t);      \
+  template void embedding_backward<S>(S*, const S*, const int32_t*, int64_t, int64_t);      \
+  template double head_cross_entropy<S>(S*, S*, const S*, const W<S>::Lin&, const int32_t*, \
+                                        int64_t, S, int64_t*, HeadScratch<S>&);
 DSV3_EMBED_HEAD_INSTANTIATE(float)
 DSV3_EMBED_HEAD_INSTANTIATE(double)
 
-}  // namespace dsv3::train
+}  // namespace dsv3::model

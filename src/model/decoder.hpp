@@ -1,0 +1,75 @@
+// One pre-norm decoder layer (DeepSeek-V3 report §2.1): h += MLA(RMSNorm(h));
+// h += FFN(RMSNorm(h)) with FFN a dense SwiGLU MLP or DeepSeekMoE. The training forward (saving
+// activations) and backward, and the cached step of inference.
+//
+// Glossary: B batch, T tokens per sequence, N = B·T, D hidden.
+#pragma once
+#include <cstdint>
+#include <vector>
+
+#include "model/config.hpp"
+#include "model/mla.hpp"
+#include "model/mlp.hpp"
+#include "model/moe.hpp"
+#include "model/weights.hpp"
+
+namespace dsv3::model {
+
+template <typename S>
+struct LayerActs {
+  std::vector<S> h_in;       // [N, D] residual stream entering the layer
+  std::vector<S> attn_rstd;  // [N]
+  std::vector<S> h_mid;      // [N, D] residual stream after attention
+  std::vector<S> ffn_rstd;   // [N]
+  std::vector<S> xn, xn2;    // [N, D] normalized inputs of MLA / FFN (empty with recompute)
+  MlaActs<S> mla;
+  MlpActs<S> mlp;
+  MoeActs<S> moe;
+  size_t bytes() const;
+};
+
+// Buffers shared by all layers (grown once, never shrunk).
+template <typename S>
+struct DecoderScratch {
+  std::vector<S> xn, tmp, dxn, rstd;  // [N, D], [N, D], [N, D], [N]
+  std::vector<S> dg, du;              // dense MLP backward [N, F]
+  std::vector<S> g, u;                // dense MLP forward of inference [N, F]
+  MlaScratch<S> mla;
+  MoeScratch<S> moe;
+  MoeActs<S> moe_acts;  // inference: one MoE state for every layer
+};
+
+struct DecoderDims {
+  int64_t B = 0, T = 0;
+  bool recompute = false;
+};
+
+// Training: h[N, D] in place, the input of the layer in, its output out.
+template <typename S>
+void decoder_layer_forward(S* h, const LayerW<W<S>>& w, const ModelConfig& c, const DecoderDims& d,
+                           const float* cos_sin, LayerActs<S>& a, DecoderScratch<S>& s);
+
+// dh[N, D] in place: gradient of the layer output in, of its input out; parameter gradients
+// added into g. Reads h_in, h_mid, both rstd, xn/xn2 (recomputed from h_in/h_mid and the rstd
+// with recompute) and the MLA/FFN activations.
+template <typename S>
+void decoder_layer_backward(S* dh, const LayerW<G<S>>& g, const LayerW<W<S>>& w,
+                            const ModelConfig& c, const DecoderDims& d, const float* cos_sin,
+                            const LayerActs<S>& a, DecoderScratch<S>& s);
+
+// Wall time of a forward by part, accumulated (for benchmarks and profiling; seconds).
+struct ForwardTimes {
+  double attention = 0;  // attention blocks (norm excluded)
+  double ffn = 0;        // dense MLP and MoE blocks, router included
+  double head = 0;       // final norm and LM head
+  double total = 0;      // the whole forward
+};
+
+// Inference: h[B*T, D] in place for tokens at positions start_pos.. of cache slots 0..B-1.
+// Adds the parts' times to *times and appends the MoE routing to *routes when non-null.
+void decoder_layer_cached(float* h, int64_t B, int64_t T, int64_t start_pos,
+                          const LayerW<W<float>>& w, const ModelConfig& c, const float* cos_sin,
+                          MlaCache& cache, AttnImpl impl, DecoderScratch<float>& s,
+                          ForwardTimes* times, std::vector<Routing>* routes);
+
+}  // namespace dsv3::model
