@@ -81,7 +81,10 @@ void select_experts(S* biased, bool has_bias, int64_t E, int64_t G, int64_t topk
       }
     }
     std::iota(gord, gord + G, 0);
-    std::stable_sort(gord, gord + G, [&](int32_t a, int32_t b) { return gscore[a] > gscore[b]; });
+    // Ties to the lower group index, as a stable sort would (std::sort does not allocate).
+    std::sort(gord, gord + G, [&](int32_t a, int32_t b) {
+      return gscore[a] > gscore[b] || (gscore[a] == gscore[b] && a < b);
+    });
     for (int64_t gi = topk_group; gi < G; ++gi)
       std::fill_n(biased + gord[gi] * per, per, S(-INFINITY));
   }
@@ -103,8 +106,9 @@ void for_each_expert(const int32_t* offsets, int64_t E, std::vector<int32_t>& eo
   int64_t n = 0;
   for (int64_t e = 0; e < E; ++e)
     if (offsets[e + 1] > offsets[e]) ord[n++] = int32_t(e);
-  std::stable_sort(ord, ord + n, [&](int32_t a, int32_t b) {
-    return offsets[a + 1] - offsets[a] > offsets[b + 1] - offsets[b];
+  std::sort(ord, ord + n, [&](int32_t a, int32_t b) {
+    const int32_t la = offsets[a + 1] - offsets[a], lb = offsets[b + 1] - offsets[b];
+    return la > lb || (la == lb && a < b);
   });
   const bool par = omp_get_max_threads() > 1 && !omp_in_parallel() && n > 1;
 #pragma omp parallel for schedule(dynamic, 1) if (par)
