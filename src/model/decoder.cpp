@@ -45,37 +45,62 @@ void decoder_layer_forward(S* h, const LayerW<W<S>>& w, const ModelConfig& c, co
 }
 
 template <typename S>
-void decoder_layer_backward(S* dh, const LayerW<G<S>>& g, const LayerW<W<S>>& w,
-                            const ModelConfig& c, const DecoderDims& d, const float* cos_sin,
-                            const LayerActs<S>& a, DecoderScratch<S>& s) {
+void decoder_layer_backward_input(S* dh, const LayerW<G<S>>& g, const LayerW<W<S>>& w,
+                                  const ModelConfig& c, const DecoderDims& d, const float* cos_sin,
+                                  const LayerActs<S>& a, DecoderScratch<S>& s,
+                                  DecoderGrads<S>& gs) {
   const int64_t N = d.B * d.T, D = c.hidden_size;
   const S eps = S(c.rms_norm_eps);
   S* dxn = grow(s.dxn, size_t(N * D));
-  auto norm_in = [&](const std::vector<S>& act, const std::vector<S>& h, const S* weight) {
+  // With recompute the two normalized inputs go to separate buffers: the weight part reads both.
+  auto norm_in = [&](const std::vector<S>& act, std::vector<S>& buf, const std::vector<S>& h,
+                     const S* weight) {
     if (!d.recompute) return static_cast<const S*>(act.data());
-    S* xn = grow(s.xn, size_t(N * D));
+    S* xn = grow(buf, size_t(N * D));
     cpu::rmsnorm_forward(xn, grow(s.rstd, size_t(N)), h.data(), weight, N, D, eps);
     return static_cast<const S*>(xn);
   };
   // FFN.
-  const S* xn2 = norm_in(a.xn2, a.h_mid, w.ffn_norm);
+  const S* xn2 = norm_in(a.xn2, s.xn2, a.h_mid, w.ffn_norm);
   if (w.moe) {
-    moe_backward(dxn, g.moe_w, dh, xn2, w.moe_w, moe_dims(c, N), a.moe, s.moe);
+    moe_backward_input(dxn, dh, xn2, w.moe_w, moe_dims(c, N), a.moe, s.moe, gs.moe);
   } else {
     const int64_t F = c.intermediate_size;
-    S* dg = grow(s.dg, size_t(N * F));
-    S* du = grow(s.du, size_t(N * F));
-    mlp_backward_input(dxn, dg, du, dh, a.mlp.g.data(), a.mlp.u.data(), N, w.mlp);
-    mlp_backward_weight(g.mlp, dh, xn2, a.mlp.act.data(), dg, du, N, D, F);
+    gs.xn2 = xn2;
+    std::copy_n(dh, N * D, grow(gs.dout, size_t(N * D)));
+    mlp_backward_input(dxn, grow(gs.dg, size_t(N * F)), grow(gs.du, size_t(N * F)), dh,
+                       a.mlp.g.data(), a.mlp.u.data(), N, w.mlp);
   }
   cpu::rmsnorm_backward(dh, g.ffn_norm, dxn, a.h_mid.data(), w.ffn_norm, a.ffn_rstd.data(), N, D, D,
                         D, true);
   // Attention.
-  const S* xn = norm_in(a.xn, a.h_in, w.attn_norm);
-  mla_backward(dxn, g.attn, dh, xn, w.attn, mla_dims(c, d.B, d.T), cos_sin, d.recompute, a.mla,
-               s.mla);
+  const S* xn = norm_in(a.xn, s.xn, a.h_in, w.attn_norm);
+  mla_backward_input(dxn, g.attn, dh, xn, w.attn, mla_dims(c, d.B, d.T), cos_sin, d.recompute,
+                     a.mla, s.mla, gs.mla);
   cpu::rmsnorm_backward(dh, g.attn_norm, dxn, a.h_in.data(), w.attn_norm, a.attn_rstd.data(), N, D,
                         D, D, true);
+}
+
+template <typename S>
+void decoder_layer_backward_weight(const LayerW<G<S>>& g, const LayerW<W<S>>& w,
+                                   const ModelConfig& c, const DecoderDims& d,
+                                   const LayerActs<S>& a, DecoderScratch<S>& s,
+                                   const DecoderGrads<S>& gs) {
+  const int64_t N = d.B * d.T;
+  mla_backward_weight(g.attn, mla_dims(c, d.B, d.T), gs.mla);
+  if (w.moe)
+    moe_backward_weight(g.moe_w, moe_dims(c, N), a.moe, s.moe, gs.moe);
+  else
+    mlp_backward_weight(g.mlp, gs.dout.data(), gs.xn2, a.mlp.act.data(), gs.dg.data(), gs.du.data(),
+                        N, c.hidden_size, c.intermediate_size);
+}
+
+template <typename S>
+void decoder_layer_backward(S* dh, const LayerW<G<S>>& g, const LayerW<W<S>>& w,
+                            const ModelConfig& c, const DecoderDims& d, const float* cos_sin,
+                            const LayerActs<S>& a, DecoderScratch<S>& s) {
+  decoder_layer_backward_input(dh, g, w, c, d, cos_sin, a, s, s.grads);
+  decoder_layer_backward_weight(g, w, c, d, a, s, s.grads);
 }
 
 void decoder_layer_cached(float* h, int64_t B, int64_t T, int64_t start_pos,
@@ -115,7 +140,13 @@ void decoder_layer_cached(float* h, int64_t B, int64_t T, int64_t start_pos,
                                          DecoderScratch<S>&);                                   \
   template void decoder_layer_backward<S>(S*, const LayerW<G<S>>&, const LayerW<W<S>>&,         \
                                           const ModelConfig&, const DecoderDims&, const float*, \
-                                          const LayerActs<S>&, DecoderScratch<S>&);
+                                          const LayerActs<S>&, DecoderScratch<S>&);             \
+  template void decoder_layer_backward_input<S>(                                                \
+      S*, const LayerW<G<S>>&, const LayerW<W<S>>&, const ModelConfig&, const DecoderDims&,     \
+      const float*, const LayerActs<S>&, DecoderScratch<S>&, DecoderGrads<S>&);                 \
+  template void decoder_layer_backward_weight<S>(                                               \
+      const LayerW<G<S>>&, const LayerW<W<S>>&, const ModelConfig&, const DecoderDims&,         \
+      const LayerActs<S>&, DecoderScratch<S>&, const DecoderGrads<S>&);
 DSV3_DECODER_INSTANTIATE(float)
 DSV3_DECODER_INSTANTIATE(double)
 

@@ -28,12 +28,21 @@ struct LayerActs {
   size_t bytes() const;
 };
 
+// What the input part of a layer's backward leaves for its weight part.
+template <typename S>
+struct DecoderGrads {
+  MlaGrads<S> mla;
+  MoeGrads<S> moe;
+  std::vector<S> dout, dg, du;  // dense MLP: output gradient [N, D], gate/up gradients [N, F]
+  const S* xn2 = nullptr;       // dense MLP input
+};
+
 // Buffers shared by all layers (grown once, never shrunk).
 template <typename S>
 struct DecoderScratch {
-  std::vector<S> xn, tmp, dxn, rstd;  // [N, D], [N, D], [N, D], [N]
-  std::vector<S> dg, du;              // dense MLP backward [N, F]
-  std::vector<S> g, u;                // dense MLP forward of inference [N, F]
+  std::vector<S> xn, xn2, tmp, dxn, rstd;  // [N, D] x4, [N]
+  std::vector<S> g, u;                     // dense MLP forward of inference [N, F]
+  DecoderGrads<S> grads;                   // decoder_layer_backward's, between its two parts
   MlaScratch<S> mla;
   MoeScratch<S> moe;
   MoeActs<S> moe_acts;  // inference: one MoE state for every layer
@@ -49,9 +58,23 @@ template <typename S>
 void decoder_layer_forward(S* h, const LayerW<W<S>>& w, const ModelConfig& c, const DecoderDims& d,
                            const float* cos_sin, LayerActs<S>& a, DecoderScratch<S>& s);
 
-// dh[N, D] in place: gradient of the layer output in, of its input out; parameter gradients
-// added into g. Reads h_in, h_mid, both rstd, xn/xn2 (recomputed from h_in/h_mid and the rstd
-// with recompute) and the MLA/FFN activations.
+// Backward, input part: dh[N, D] in place, the gradient of the layer output in, of its input
+// out; the RMSNorm weight gradients added into g. Reads h_in, h_mid, both rstd, xn/xn2
+// (recomputed from h_in/h_mid and the rstd with recompute) and the MLA/FFN activations; fills gs.
+template <typename S>
+void decoder_layer_backward_input(S* dh, const LayerW<G<S>>& g, const LayerW<W<S>>& w,
+                                  const ModelConfig& c, const DecoderDims& d, const float* cos_sin,
+                                  const LayerActs<S>& a, DecoderScratch<S>& s, DecoderGrads<S>& gs);
+
+// Weight part: every matrix gradient of the layer added into g, from gs and the activations.
+// With recompute it reads the recomputed inputs in s, so it runs before s serves another layer.
+template <typename S>
+void decoder_layer_backward_weight(const LayerW<G<S>>& g, const LayerW<W<S>>& w,
+                                   const ModelConfig& c, const DecoderDims& d,
+                                   const LayerActs<S>& a, DecoderScratch<S>& s,
+                                   const DecoderGrads<S>& gs);
+
+// Both parts at once.
 template <typename S>
 void decoder_layer_backward(S* dh, const LayerW<G<S>>& g, const LayerW<W<S>>& w,
                             const ModelConfig& c, const DecoderDims& d, const float* cos_sin,

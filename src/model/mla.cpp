@@ -281,9 +281,9 @@ void mla_forward(S* out, const S* x, const MlaW<W<S>>& w, const MlaDims& d, cons
 }
 
 template <typename S>
-void mla_backward(S* dx, const MlaW<G<S>>& dw, const S* dout, const S* x, const MlaW<W<S>>& w,
-                  const MlaDims& d, const float* cos_sin, bool recompute, const MlaActs<S>& a,
-                  MlaScratch<S>& s, bool accumulate) {
+void mla_backward_input(S* dx, const MlaW<G<S>>& dw, const S* dout, const S* x, const MlaW<W<S>>& w,
+                        const MlaDims& d, const float* cos_sin, bool recompute, const MlaActs<S>& a,
+                        MlaScratch<S>& s, MlaGrads<S>& gs, bool accumulate) {
   const int64_t N = d.N(), H = d.H, Dq = d.Dq(), R = d.R, Dr = d.Dr, Qr = d.Qr, D = d.D,
                 Dkv = d.Dkv(), Dv = d.Dv;
   const S eps = S(d.eps);
@@ -307,21 +307,24 @@ void mla_backward(S* dx, const MlaW<G<S>>& dw, const S* dout, const S* x, const 
     cpu::linear_forward(tk, ckv, N, w.kv_b);
     kvup = tk;
   }
+  gs.x = x;
+  gs.ckv = ckv;
+  gs.qa_n = qa_n;
+  gs.attn = a.attn.data();
+  std::copy_n(dout, N * D, grow(gs.dout, size_t(N * D)));
   // Output projection.
   S* dattn = grow(s.dattn, size_t(N * H * Dv));
   cpu::linear_backward_input(dattn, dout, N, w.o);
-  cpu::linear_backward_weight(dw.o, dout, a.attn.data(), N, H * Dv, D);
   // Attention.
-  S* dq = grow(s.dq, size_t(N * H * Dq));
-  S* dkvup = grow(s.dkvup, size_t(N * H * Dkv));
+  S* dq = grow(gs.dq, size_t(N * H * Dq));
+  S* dkvup = grow(gs.dkvup, size_t(N * H * Dkv));
   S* dkpe_h = grow(s.dkpe_heads, size_t(H * N * Dr));
   attend_naive_backward(dq, dkvup, dkpe_h, dattn, a.lse.data(), q, kvup, a.kv.data(), d, s);
   cpu::rope_backward(dq, N, H, Dq, d.Dn, Dr, cos_sin, pos);
   // kv path: kv_b, kv_a_layernorm, the shared k_pe, kv_a.
   S* dckv = grow(s.dckv, size_t(N * R));
   cpu::linear_backward_input(dckv, dkvup, N, w.kv_b);
-  cpu::linear_backward_weight(dw.kv_b, dkvup, ckv, N, R, H * Dkv);
-  S* dkv = grow(s.dkv, size_t(N * (R + Dr)));
+  S* dkv = grow(gs.dkv, size_t(N * (R + Dr)));
   cpu::rmsnorm_backward(dkv, dw.kv_a_norm, dckv, a.kv.data(), w.kv_a_norm, a.kv_rstd.data(), N, R,
                         R + Dr, R);
   parallel_for(N, [&](int64_t b, int64_t e) {
@@ -334,20 +337,30 @@ void mla_backward(S* dx, const MlaW<G<S>>& dw, const S* dout, const S* x, const 
   });
   cpu::rope_backward(dkv, N, 1, R + Dr, R, Dr, cos_sin, pos);
   cpu::linear_backward_input(dx, dkv, N, w.kv_a, accumulate);
-  cpu::linear_backward_weight(dw.kv_a, dkv, x, N, D, R + Dr);
   // q path.
   if (Qr) {
-    S* dqa = grow(s.dqa, size_t(N * Qr));
-    S* dqa_n = grow(s.dkvup, size_t(N * std::max(Qr, H * Dkv)));  // dkvup is consumed
+    S* dqa = grow(gs.dqa, size_t(N * Qr));
+    S* dqa_n = grow(s.dckv, size_t(N * std::max(Qr, R)));  // dckv is consumed
     cpu::linear_backward_input(dqa_n, dq, N, w.q_b);
-    cpu::linear_backward_weight(dw.q_b, dq, qa_n, N, Qr, H * Dq);
     cpu::rmsnorm_backward(dqa, dw.q_a_norm, dqa_n, a.qa.data(), w.q_a_norm, a.qa_rstd.data(), N,
                           Qr);
     cpu::linear_backward_input(dx, dqa, N, w.q_a, true);
-    cpu::linear_backward_weight(dw.q_a, dqa, x, N, D, Qr);
   } else {
     cpu::linear_backward_input(dx, dq, N, w.q, true);
-    cpu::linear_backward_weight(dw.q, dq, x, N, D, H * Dq);
+  }
+}
+
+template <typename S>
+void mla_backward_weight(const MlaW<G<S>>& dw, const MlaDims& d, const MlaGrads<S>& gs) {
+  const int64_t N = d.N(), H = d.H, Dq = d.Dq(), R = d.R, Dr = d.Dr, Qr = d.Qr, D = d.D;
+  cpu::linear_backward_weight(dw.o, gs.dout.data(), gs.attn, N, H * d.Dv, D);
+  cpu::linear_backward_weight(dw.kv_b, gs.dkvup.data(), gs.ckv, N, R, H * d.Dkv());
+  cpu::linear_backward_weight(dw.kv_a, gs.dkv.data(), gs.x, N, D, R + Dr);
+  if (Qr) {
+    cpu::linear_backward_weight(dw.q_b, gs.dq.data(), gs.qa_n, N, Qr, H * Dq);
+    cpu::linear_backward_weight(dw.q_a, gs.dqa.data(), gs.x, N, D, Qr);
+  } else {
+    cpu::linear_backward_weight(dw.q, gs.dq.data(), gs.x, N, D, H * Dq);
   }
 }
 
@@ -412,9 +425,10 @@ void mla_forward_cached(float* out, const float* x, int64_t B, int64_t T, int64_
   template struct MlaActs<S>;                                                                 \
   template void mla_forward<S>(S*, const S*, const MlaW<W<S>>&, const MlaDims&, const float*, \
                                bool, MlaActs<S>&, MlaScratch<S>&);                            \
-  template void mla_backward<S>(S*, const MlaW<G<S>>&, const S*, const S*, const MlaW<W<S>>&, \
-                                const MlaDims&, const float*, bool, const MlaActs<S>&,        \
-                                MlaScratch<S>&, bool);
+  template void mla_backward_input<S>(S*, const MlaW<G<S>>&, const S*, const S*,              \
+                                      const MlaW<W<S>>&, const MlaDims&, const float*, bool,  \
+                                      const MlaActs<S>&, MlaScratch<S>&, MlaGrads<S>&, bool); \
+  template void mla_backward_weight<S>(const MlaW<G<S>>&, const MlaDims&, const MlaGrads<S>&);
 DSV3_MLA_INSTANTIATE(float)
 DSV3_MLA_INSTANTIATE(double)
 

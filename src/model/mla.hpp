@@ -67,8 +67,7 @@ struct MlaActs {
 template <typename S>
 struct MlaScratch {
   std::vector<S> qa, qa_n, q, kv, ckv, kvup, attn;  // forward targets (recompute, inference)
-  std::vector<S> dattn, dq, dkvup, dckv, dkv;       // gradients
-  std::vector<S> dqa, dkpe_heads;                   // [N, Qr], [H, N, Dr]
+  std::vector<S> dattn, dckv, dkpe_heads;           // gradients: [N, H*Dv], [N, R], [H, N, Dr]
   std::vector<S> tile;               // per thread: scores/probabilities (and dP in backward)
   std::vector<S> rstd;               // [N] rstd recomputed with the norms
   std::vector<S> qabs, scores, lat;  // absorbed path
@@ -81,13 +80,31 @@ template <typename S>
 void mla_forward(S* out, const S* x, const MlaW<W<S>>& w, const MlaDims& d, const float* cos_sin,
                  bool recompute, MlaActs<S>& a, MlaScratch<S>& s);
 
-// dx[N, D] (+= when accumulate) and dw (+=) of mla_forward, given dout[N, D].
-// Reads the saved x (the layer's input), qa, qa_rstd, kv, kv_rstd, lse, attn; with recompute
-// it recomputes qa_n, q, ckv and kvup into the scratch, otherwise reads them from `a`.
+// What the input part of the backward leaves for the weight part: the gradients on the outputs
+// of the layer's linear maps and pointers to their inputs. The pointers are the layer's saved
+// activations, or (with recompute) the recomputed ones in MlaScratch, so with recompute the
+// weight part runs before the scratch serves another layer.
 template <typename S>
-void mla_backward(S* dx, const MlaW<G<S>>& dw, const S* dout, const S* x, const MlaW<W<S>>& w,
-                  const MlaDims& d, const float* cos_sin, bool recompute, const MlaActs<S>& a,
-                  MlaScratch<S>& s, bool accumulate = false);
+struct MlaGrads {
+  std::vector<S> dout;  // [N, D] o_proj output gradient (a copy: the caller's buffer moves on)
+  std::vector<S> dkvup, dkv, dq, dqa;  // [N, H*(Dn+Dv)], [N, R+Dr], [N, H*Dq], [N, Qr]
+  const S *x = nullptr, *attn = nullptr, *ckv = nullptr, *qa_n = nullptr;
+};
+
+// Backward of mla_forward, input part: dx[N, D] (+= when accumulate) given dout[N, D], and the
+// RMSNorm weight gradients (q_a_layernorm, kv_a_layernorm: no matmul) added into dw. Reads the
+// saved x (the layer's input), qa, qa_rstd, kv, kv_rstd, lse, attn; with recompute it recomputes
+// qa_n, q, ckv and kvup into the scratch, otherwise reads them from `a`. Fills gs.
+template <typename S>
+void mla_backward_input(S* dx, const MlaW<G<S>>& dw, const S* dout, const S* x, const MlaW<W<S>>& w,
+                        const MlaDims& d, const float* cos_sin, bool recompute, const MlaActs<S>& a,
+                        MlaScratch<S>& s, MlaGrads<S>& gs, bool accumulate = false);
+
+// Weight part: the projection weight gradients (q_a/q_b or q, kv_a, kv_b, o) added into dw,
+// from what the input part left in gs. Pipeline schedules (DualPipe, zero bubble) may run it
+// later.
+template <typename S>
+void mla_backward_weight(const MlaW<G<S>>& dw, const MlaDims& d, const MlaGrads<S>& gs);
 
 // Inference: out[B*T, D] = MLA(x[B*T, D]) for tokens at positions start_pos..start_pos+T-1 of
 // cache slots 0..B-1; appends their latent entries to the cache first. cos_sin: RoPE table

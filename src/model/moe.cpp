@@ -252,16 +252,18 @@ void moe_forward(S* out, const S* x, const MoeW<W<S>>& w, const MoeDims& d, MoeA
 }
 
 template <typename S>
-void moe_backward(S* dx, const MoeW<G<S>>& dw, const S* dout, const S* x, const MoeW<W<S>>& w,
-                  const MoeDims& d, const MoeActs<S>& a, MoeScratch<S>& s, bool accumulate) {
+void moe_backward_input(S* dx, const S* dout, const S* x, const MoeW<W<S>>& w, const MoeDims& d,
+                        const MoeActs<S>& a, MoeScratch<S>& s, MoeGrads<S>& gs, bool accumulate) {
   const int64_t N = d.N, E = d.E, K = d.K, D = d.D, F = d.F, NK = N * K;
   const int32_t *slot = a.slot.data(), *offsets = a.offsets.data();
   const S *y = a.y.data(), *wt = a.weights.data();
   // Gate-weight gradients and the per-pair output gradients, in sorted order.
   std::optional<ProfileScope> ps(std::in_place, &StepProfile::moe_permute_s);
   S* dwt = grow(s.dw, size_t(NK));
-  S* dyg = grow(s.dyg, size_t(NK * D));
-  S* xg = grow(s.xg, size_t(NK * D));
+  S* dyg = grow(gs.dyg, size_t(NK * D));
+  S* xg = grow(gs.xg, size_t(NK * D));
+  gs.x = x;
+  std::copy_n(dout, N * D, grow(gs.dout, size_t(N * D)));
   parallel_for(N, [&](int64_t tb, int64_t te) {
     for (int64_t t = tb; t < te; ++t)
       for (int64_t k = 0; k < K; ++k) {
@@ -281,20 +283,17 @@ void moe_backward(S* dx, const MoeW<G<S>>& dw, const S* dout, const S* x, const 
   });
   ps.reset();
   // Experts, one GEMM per projection over each expert's tokens.
-  const size_t fmax = size_t(std::max(NK * F, N * d.Fs));
-  S* dg = grow(s.dg, fmax);
-  S* du = grow(s.du, fmax);
+  S* dg = grow(gs.dg, size_t(NK * F));
+  S* du = grow(gs.du, size_t(NK * F));
   S* dxg = grow(s.dxg, size_t(NK * D));
   for_each_expert(offsets, E, s.eorder, [&](int64_t e) {
     const int64_t b = offsets[e], m = offsets[e + 1] - b;
     mlp_backward_input(dxg + b * D, dg + b * F, du + b * F, dyg + b * D, a.g.data() + b * F,
                        a.u.data() + b * F, m, w.experts[size_t(e)]);
-    mlp_backward_weight(dw.experts[size_t(e)], dyg + b * D, xg + b * D, a.act.data() + b * F,
-                        dg + b * F, du + b * F, m, D, F);
   });
   if (d.Fs > 0) {
-    mlp_backward_input(dx, dg, du, dout, a.sg.data(), a.su.data(), N, w.shared, accumulate);
-    mlp_backward_weight(dw.shared, dout, x, a.sact.data(), dg, du, N, D, d.Fs);
+    mlp_backward_input(dx, grow(gs.sdg, size_t(N * d.Fs)), grow(gs.sdu, size_t(N * d.Fs)), dout,
+                       a.sg.data(), a.su.data(), N, w.shared, accumulate);
   } else if (!accumulate) {
     std::fill_n(dx, N * D, S(0));
   }
@@ -309,7 +308,7 @@ void moe_backward(S* dx, const MoeW<G<S>>& dw, const S* dout, const S* x, const 
   });
   // Router: d(gate weights) -> d(scores) -> d(logits).
   ps.emplace(&StepProfile::router_s);
-  S* ds = grow(s.ds, size_t(N * E));
+  S* ds = grow(gs.ds, size_t(N * E));
   const S rsf = S(d.routed_scaling_factor);
   parallel_for(N, [&](int64_t tb, int64_t te) {
     for (int64_t t = tb; t < te; ++t) {
@@ -336,18 +335,35 @@ void moe_backward(S* dx, const MoeW<G<S>>& dw, const S* dout, const S* x, const 
     }
   });
   ps.reset();
-  cpu::linear_backward_weight(dw.router, ds, x, N, D, E);
   cpu::gemm(false, false, N, D, E, S(1), ds, E, w.router, D, S(1), dx, D);  // dx += ds·Wg
 }
 
-#define DSV3_MOE_INSTANTIATE(S)                                                                 \
-  template struct MoeActs<S>;                                                                   \
-  template void moe_router_forward<S>(MoeActs<S>&, const S*, const MoeW<W<S>>&, const MoeDims&, \
-                                      MoeScratch<S>&);                                          \
-  template void moe_forward<S>(S*, const S*, const MoeW<W<S>>&, const MoeDims&, MoeActs<S>&,    \
-                               MoeScratch<S>&);                                                 \
-  template void moe_backward<S>(S*, const MoeW<G<S>>&, const S*, const S*, const MoeW<W<S>>&,   \
-                                const MoeDims&, const MoeActs<S>&, MoeScratch<S>&, bool);
+template <typename S>
+void moe_backward_weight(const MoeW<G<S>>& dw, const MoeDims& d, const MoeActs<S>& a,
+                         MoeScratch<S>& s, const MoeGrads<S>& gs) {
+  const int64_t N = d.N, D = d.D, F = d.F;
+  const int32_t* offsets = a.offsets.data();
+  for_each_expert(offsets, d.E, s.eorder, [&](int64_t e) {
+    const int64_t b = offsets[e], m = offsets[e + 1] - b;
+    mlp_backward_weight(dw.experts[size_t(e)], gs.dyg.data() + b * D, gs.xg.data() + b * D,
+                        a.act.data() + b * F, gs.dg.data() + b * F, gs.du.data() + b * F, m, D, F);
+  });
+  if (d.Fs > 0)
+    mlp_backward_weight(dw.shared, gs.dout.data(), gs.x, a.sact.data(), gs.sdg.data(),
+                        gs.sdu.data(), N, D, d.Fs);
+  cpu::linear_backward_weight(dw.router, gs.ds.data(), gs.x, N, D, d.E);
+}
+
+#define DSV3_MOE_INSTANTIATE(S)                                                                  \
+  template struct MoeActs<S>;                                                                    \
+  template void moe_router_forward<S>(MoeActs<S>&, const S*, const MoeW<W<S>>&, const MoeDims&,  \
+                                      MoeScratch<S>&);                                           \
+  template void moe_forward<S>(S*, const S*, const MoeW<W<S>>&, const MoeDims&, MoeActs<S>&,     \
+                               MoeScratch<S>&);                                                  \
+  template void moe_backward_input<S>(S*, const S*, const S*, const MoeW<W<S>>&, const MoeDims&, \
+                                      const MoeActs<S>&, MoeScratch<S>&, MoeGrads<S>&, bool);    \
+  template void moe_backward_weight<S>(const MoeW<G<S>>&, const MoeDims&, const MoeActs<S>&,     \
+                                       MoeScratch<S>&, const MoeGrads<S>&);
 DSV3_MOE_INSTANTIATE(float)
 DSV3_MOE_INSTANTIATE(double)
 

@@ -60,9 +60,8 @@ MoeDims moe_dims(const ModelConfig& c, int64_t N);
 
 template <typename S>
 struct MoeScratch {
-  std::vector<S> xg, dyg, dxg;  // [N·K, D] gathered inputs, output and input gradients
-  std::vector<S> dg, du;        // [max(N·K·F, N·Fs)]
-  std::vector<S> dw, ds;        // [N, K], [N, E]
+  std::vector<S> xg, dxg;       // [N·K, D] gathered inputs, input gradients
+  std::vector<S> dw;            // [N, K] gate-weight gradients
   std::vector<S> sel;           // [N, E + G] biased scores and group scores per token
   std::vector<int32_t> isel;    // [N, E + G] orders per token
   std::vector<int32_t> eorder;  // [E] experts by descending load
@@ -79,12 +78,30 @@ template <typename S>
 void moe_forward(S* out, const S* x, const MoeW<W<S>>& w, const MoeDims& d, MoeActs<S>& a,
                  MoeScratch<S>& s);
 
-// dx[N, D] (+= when accumulate) and dw (+=; the bias gets nothing) given dout[N, D]. Reads the
-// saved x, scores, indices, weights, order/offsets/slot, expert activations and outputs, and
-// a.dscores when non-empty (extra gradient on the scores).
+// What the input part of the backward leaves for the weight part.
 template <typename S>
-void moe_backward(S* dx, const MoeW<G<S>>& dw, const S* dout, const S* x, const MoeW<W<S>>& w,
-                  const MoeDims& d, const MoeActs<S>& a, MoeScratch<S>& s, bool accumulate = false);
+struct MoeGrads {
+  std::vector<S> dout;      // [N, D] output gradient (a copy: the caller's buffer moves on)
+  std::vector<S> dyg, xg;   // [N·K, D] routed experts' output gradients and inputs, sorted order
+  std::vector<S> dg, du;    // [N·K, F] routed experts' gate/up gradients
+  std::vector<S> sdg, sdu;  // [N, Fs] shared experts' gate/up gradients
+  std::vector<S> ds;        // [N, E] router logit gradients
+  const S* x = nullptr;     // the layer's input
+};
+
+// Backward of moe_forward, input part: dx[N, D] (+= when accumulate) given dout[N, D]. Reads the
+// saved x, scores, indices, weights, order/offsets/slot and the expert activations and outputs,
+// and a.dscores when non-empty (an extra gradient on the scores). Fills gs.
+template <typename S>
+void moe_backward_input(S* dx, const S* dout, const S* x, const MoeW<W<S>>& w, const MoeDims& d,
+                        const MoeActs<S>& a, MoeScratch<S>& s, MoeGrads<S>& gs,
+                        bool accumulate = false);
+
+// Weight part: expert (routed and shared) and router weight gradients added into dw (the
+// correction bias gets nothing), from gs and the saved activations.
+template <typename S>
+void moe_backward_weight(const MoeW<G<S>>& dw, const MoeDims& d, const MoeActs<S>& a,
+                         MoeScratch<S>& s, const MoeGrads<S>& gs);
 
 // The sequence-wise balance loss (eqs. 17-20), averaged over the B sequences:
 //   f_i  = E/(K·T) · #{t : i ∈ TopK_t}              (held constant: no gradient)

@@ -286,6 +286,52 @@ TEST_P(BlockGrad, DecoderLayersMlaMlpMoe) {
   }
 }
 
+// The weight part of a layer's backward can wait: running both layers' input parts first (as a
+// zero-bubble or DualPipe schedule does) and their weight parts afterwards gives the gradients of
+// the immediate backward exactly.
+TEST_P(BlockGrad, DeferredWeightPartEqualsImmediate) {
+  const auto [q_lora, sigmoid] = GetParam();
+  const uint64_t seed = 300 + 2 * q_lora + sigmoid;
+  std::printf("[fd] seed %llu q_lora %d sigmoid %d\n", (unsigned long long)seed, q_lora, sigmoid);
+  auto c = tiny_config(q_lora, sigmoid);
+  ParamLayout layout(c);
+  auto p = random_params(layout, c, seed);
+  Rng r(seed);
+  const int64_t B = 2, T = 7, N = B * T, D = c.hidden_size;
+  auto cs = model::rope_cos_sin(c, T);
+  auto x = randn(r, size_t(N * D)), R = randn(r, size_t(N * D));
+  const auto wm = model::bind_arena<model::W<double>>(c, layout, std::as_const(p).data(), 0, true);
+  const model::DecoderDims dd{B, T, false};
+  std::vector<model::LayerActs<double>> a(2);
+  model::DecoderScratch<double> s;
+  std::vector<double> h = x;
+  for (int64_t l = 0; l < 2; ++l)
+    model::decoder_layer_forward(h.data(), wm.layers[size_t(l)], c, dd, cs.data(), a[size_t(l)], s);
+  std::vector<double> g1(p.size(), 0.0), g2(p.size(), 0.0);
+  const auto gm1 = model::bind_arena<model::G<double>>(c, layout, g1.data(), 0, true);
+  const auto gm2 = model::bind_arena<model::G<double>>(c, layout, g2.data(), 0, true);
+  std::vector<double> dh1 = R, dh2 = R;
+  for (int64_t l = 1; l >= 0; --l)
+    model::decoder_layer_backward(dh1.data(), gm1.layers[size_t(l)], wm.layers[size_t(l)], c, dd,
+                                  cs.data(), a[size_t(l)], s);
+  std::vector<model::DecoderGrads<double>> gs(2);
+  for (int64_t l = 1; l >= 0; --l)
+    model::decoder_layer_backward_input(dh2.data(), gm2.layers[size_t(l)], wm.layers[size_t(l)], c,
+                                        dd, cs.data(), a[size_t(l)], s, gs[size_t(l)]);
+  for (int64_t l = 1; l >= 0; --l)
+    model::decoder_layer_backward_weight(gm2.layers[size_t(l)], wm.layers[size_t(l)], c, dd,
+                                         a[size_t(l)], s, gs[size_t(l)]);
+  for (size_t i = 0; i < dh1.size(); ++i) ASSERT_EQ(dh1[i], dh2[i]) << "dx " << i;
+  size_t nonzero = 0;
+  for (const auto& e : layout.entries())
+    for (int64_t i = 0; i < e.numel; ++i) {
+      const size_t k = size_t(e.offset + i);
+      ASSERT_EQ(g1[k], g2[k]) << e.name << "[" << i << "]";
+      nonzero += g1[k] != 0;
+    }
+  EXPECT_GT(nonzero, p.size() / 4);  // the comparison covers real gradients
+}
+
 // The whole model with MTP depth 2 (loss = CE + λ/2·(MTP_1 + MTP_2)), every tensor.
 TEST_P(BlockGrad, WholeModelWithMtp) {
   const auto [q_lora, sigmoid] = GetParam();
