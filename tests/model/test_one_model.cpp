@@ -115,4 +115,25 @@ TEST(OneModel, ArenaViewEqualsLoadedExport) {
   std::filesystem::remove_all(dir);
 }
 
+// What `dsv3 eval` computes: the inference model on a BF16 checkpoint as stored gives the loss
+// the training forward gives on the same checkpoint read into an FP32 arena.
+TEST(OneModel, CrossEntropyOnBf16CheckpointEqualsTrainingLoss) {
+  Fixture f(11);
+  const auto dir = std::filesystem::temp_directory_path() /
+                   ("dsv3-test-one-model-bf16-" + std::to_string(::getpid()));
+  f.store.save(dir.string(), DType::BF16);
+  model::LoadOptions lo;
+  lo.load_mtp = false;
+  auto m = model::Model::load(dir.string(), lo);
+  model::KVCache cache(f.c, f.B, f.T, false);
+  int64_t count = 0;
+  const double ce = m->cross_entropy(f.tokens.data(), f.B, f.T, cache, &count) / double(count);
+  train::ParamStore p = train::ParamStore::load(dir.string());
+  model::TrainModel tm(p.config(), p.layout(), p.params(), p.grads());
+  const double want = tm.forward_loss(f.tokens.data(), f.B, f.T, model::TrainOptions{});
+  std::printf("[one-model] BF16 checkpoint: inference CE %.9f, training loss %.9f\n", ce, want);
+  EXPECT_NEAR(ce, want, 1e-5 * want);
+  std::filesystem::remove_all(dir);
+}
+
 }  // namespace
