@@ -1,0 +1,226 @@
+// The MPI communicator (MPI_COMM_WORLD); see dist/comm.hpp. MPI is initialized once per process
+// with MPI_THREAD_FUNNELED (only the thread that made the communicator calls MPI) and finalized
+// at exit. Every operation is non-blocking underneath; wait() polls MPI_Test so that a peer that
+// never arrives ends the job after Comm::timeout_s() with MPI_Abort and a message, instead of
+// hanging it. Counts go to MPI as int: larger messages are refused with a clear error.
+#include <mpi.h>
+
+#include <chrono>
+#include <climits>
+#include <cstdio>
+#include <cstdlib>
+#include <thread>
+#include <vector>
+
+#include "core/error.hpp"
+#include "dist/comm.hpp"
+
+namespace dsv3::dist {
+
+bool mpi_built() {
+  return true;
+}
+
+namespace {
+
+MPI_Datatype mpi_type(DType t) {
+  switch (t) {
+    case DType::F32:
+      return MPI_FLOAT;
+    case DType::F64:
+      return MPI_DOUBLE;
+    case DType::I32:
+      return MPI_INT32_T;
+    case DType::I64:
+      return MPI_INT64_T;
+    case DType::BF16:
+    case DType::F16:
+      return MPI_UINT16_T;
+    case DType::U8:
+    case DType::I8:
+    case DType::BOOL:
+    case DType::F8_E4M3:
+    case DType::F8_E5M2:
+      return MPI_UINT8_T;
+  }
+  DSV3_FAIL("no MPI type for dtype {}", dtype_name(t));
+}
+
+MPI_Op mpi_op(ReduceOp op, DType t, const char* what) {
+  check_reduce_dtype(t, what);
+  switch (op) {
+    case ReduceOp::Sum:
+      return MPI_SUM;
+    case ReduceOp::Max:
+      return MPI_MAX;
+    case ReduceOp::Min:
+      return MPI_MIN;
+  }
+  return MPI_SUM;
+}
+
+int count(int64_t n, const char* what) {
+  DSV3_CHECK(n >= 0 && n <= INT_MAX, "{}: {} elements do not fit an MPI count (at most {})", what,
+             n, INT_MAX);
+  return int(n);
+}
+
+void check(int rc, const char* what) {
+  if (rc == MPI_SUCCESS) return;
+  char msg[MPI_MAX_ERROR_STRING];
+  int len = 0;
+  MPI_Error_string(rc, msg, &len);
+  DSV3_FAIL("{}: MPI error: {}", what, std::string(msg, size_t(len)));
+}
+
+// Finalizes MPI at exit when this process initialized it.
+struct MpiSession {
+  MpiSession() {
+    int inited = 0;
+    MPI_Initialized(&inited);
+    if (inited) return;
+    int provided = 0;
+    check(MPI_Init_thread(nullptr, nullptr, MPI_THREAD_FUNNELED, &provided), "MPI_Init_thread");
+    // Errors come back as codes (and become dsv3::Error) instead of aborting inside MPI.
+    MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
+    owned = true;
+  }
+  ~MpiSession() {
+    int finalized = 0;
+    MPI_Finalized(&finalized);
+    if (owned && !finalized) MPI_Finalize();
+  }
+  bool owned = false;
+};
+
+class MpiRequest : public Request {
+ public:
+  MpiRequest(const char* what, int rank) : what_(what), rank_(rank) {}
+  MPI_Request* handle() { return &req_; }
+  // Keeps arrays MPI reads until completion (all-to-all-v counts and displacements).
+  std::vector<int> ints;
+
+  bool test() override {
+    if (done_) return true;
+    int flag = 0;
+    check(MPI_Test(&req_, &flag, MPI_STATUS_IGNORE), what_);
+    done_ = flag != 0;
+    return done_;
+  }
+  void wait() override {
+    if (done_) return;
+    const auto deadline =
+        std::chrono::steady_clock::now() + std::chrono::duration<double>(Comm::timeout_s());
+    int spins = 0;
+    while (!test()) {
+      if (std::chrono::steady_clock::now() > deadline) {
+        std::fprintf(stderr,
+                     "dsv3: rank %d: %s did not complete within %.0f s (a peer rank died or "
+                     "hangs); ending the job (DSV3_COMM_TIMEOUT_S sets the limit)\n",
+                     rank_, what_, Comm::timeout_s());
+        std::fflush(stderr);
+        MPI_Abort(MPI_COMM_WORLD, 3);
+      }
+      // Poll hot for short operations, then back off so waiting does not burn a core.
+      if (++spins > 1000) std::this_thread::sleep_for(std::chrono::microseconds(50));
+    }
+  }
+  ~MpiRequest() override {
+    // An operation still in flight cannot be dropped: its buffers belong to the caller.
+    if (!done_) wait();
+  }
+
+ private:
+  MPI_Request req_ = MPI_REQUEST_NULL;
+  const char* what_;
+  int rank_;
+  bool done_ = false;
+};
+
+class MpiComm : public Comm {
+ public:
+  MpiComm() {
+    static MpiSession session;
+    MPI_Comm_rank(MPI_COMM_WORLD, &rank_);
+    MPI_Comm_size(MPI_COMM_WORLD, &size_);
+  }
+  int rank() const override { return rank_; }
+  int size() const override { return size_; }
+  std::string backend() const override { return "mpi"; }
+
+  void barrier() override {
+    auto r = start("barrier");
+    check(MPI_Ibarrier(MPI_COMM_WORLD, r->handle()), "barrier");
+    r->wait();
+  }
+  RequestPtr iall_reduce(void* buf, int64_t n, DType t, ReduceOp op) override {
+    auto r = start("all_reduce");
+    check(MPI_Iallreduce(MPI_IN_PLACE, buf, count(n, "all_reduce"), mpi_type(t),
+                         mpi_op(op, t, "all_reduce"), MPI_COMM_WORLD, r->handle()),
+          "all_reduce");
+    return r;
+  }
+  RequestPtr ireduce_scatter(const void* send, void* recv, int64_t n, DType t,
+                             ReduceOp op) override {
+    auto r = start("reduce_scatter");
+    count(n * size_, "reduce_scatter");
+    check(MPI_Ireduce_scatter_block(send, recv, count(n, "reduce_scatter"), mpi_type(t),
+                                    mpi_op(op, t, "reduce_scatter"), MPI_COMM_WORLD, r->handle()),
+          "reduce_scatter");
+    return r;
+  }
+  RequestPtr iall_gather(const void* send, void* recv, int64_t n, DType t) override {
+    auto r = start("all_gather");
+    count(n * size_, "all_gather");
+    check(MPI_Iallgather(send, count(n, "all_gather"), mpi_type(t), recv, int(n), mpi_type(t),
+                         MPI_COMM_WORLD, r->handle()),
+          "all_gather");
+    return r;
+  }
+  RequestPtr iall_to_all_v(const void* send, const int64_t* send_counts, const int64_t* send_displs,
+                           void* recv, const int64_t* recv_counts, const int64_t* recv_displs,
+                           DType t) override {
+    auto r = start("all_to_all_v");
+    const size_t P = size_t(size_);
+    r->ints.resize(4 * P);
+    int *sc = r->ints.data(), *sd = sc + P, *rc = sd + P, *rd = rc + P;
+    for (size_t i = 0; i < P; ++i) {
+      sc[i] = count(send_counts[i], "all_to_all_v");
+      sd[i] = count(send_displs[i], "all_to_all_v");
+      rc[i] = count(recv_counts[i], "all_to_all_v");
+      rd[i] = count(recv_displs[i], "all_to_all_v");
+    }
+    check(MPI_Ialltoallv(send, sc, sd, mpi_type(t), recv, rc, rd, mpi_type(t), MPI_COMM_WORLD,
+                         r->handle()),
+          "all_to_all_v");
+    return r;
+  }
+  RequestPtr isend(const void* buf, int64_t n, DType t, int dst, int tag) override {
+    DSV3_CHECK(dst >= 0 && dst < size_, "send to rank {} of {}", dst, size_);
+    auto r = start("send");
+    check(MPI_Isend(buf, count(n, "send"), mpi_type(t), dst, tag, MPI_COMM_WORLD, r->handle()),
+          "send");
+    return r;
+  }
+  RequestPtr irecv(void* buf, int64_t n, DType t, int src, int tag) override {
+    DSV3_CHECK(src >= 0 && src < size_, "recv from rank {} of {}", src, size_);
+    auto r = start("recv");
+    check(MPI_Irecv(buf, count(n, "recv"), mpi_type(t), src, tag, MPI_COMM_WORLD, r->handle()),
+          "recv");
+    return r;
+  }
+
+ private:
+  std::unique_ptr<MpiRequest> start(const char* what) {
+    return std::make_unique<MpiRequest>(what, rank_);
+  }
+  int rank_ = 0, size_ = 1;
+};
+
+}  // namespace
+
+std::unique_ptr<Comm> make_mpi_comm() {
+  return std::make_unique<MpiComm>();
+}
+
+}  // namespace dsv3::dist

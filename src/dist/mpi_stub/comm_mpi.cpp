@@ -1,0 +1,17 @@
+// The MPI communicator when dsv3 is built without MPI (DSV3_MPI=OFF or no MPI found).
+#include "core/error.hpp"
+#include "dist/comm.hpp"
+
+namespace dsv3::dist {
+
+bool mpi_built() {
+  return false;
+}
+
+std::unique_ptr<Comm> make_mpi_comm() {
+  DSV3_FAIL(
+      "this dsv3 was built without MPI; install libopenmpi-dev (scripts/setup.sh does) and "
+      "rebuild with -DDSV3_MPI=ON to run under mpirun");
+}
+
+}  // namespace dsv3::dist
