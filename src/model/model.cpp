@@ -172,6 +172,18 @@ TrainModelT<S>::TrainModelT(const ModelConfig& c, const ParamLayout& layout, con
                             S* grads)
     : c_(c), layout_(&layout), params_(params), grads_(grads) {
   bind(true);
+  // Each layer's tensors are contiguous in the arena (table order): its range is the span of
+  // the entries named model.layers.{l}.*.
+  layer_range_.assign(size_t(c_.num_hidden_layers + c_.num_nextn_predict_layers), {-1, -1});
+  for (const auto& e : layout.entries()) {
+    const std::string_view pre = "model.layers.";
+    if (!std::string_view(e.name).starts_with(pre)) continue;
+    const size_t l = size_t(std::stoll(e.name.substr(pre.size())));
+    auto& r = layer_range_[l];
+    const int64_t end = e.offset + (e.numel + 15) / 16 * 16;
+    r.first = r.first < 0 ? e.offset : std::min(r.first, e.offset);
+    r.second = std::max(r.second, end);
+  }
   acts_.resize(size_t(c_.num_hidden_layers));
   mtp_acts_.resize(size_t(c_.num_nextn_predict_layers));
 }
@@ -288,12 +300,18 @@ double TrainModelT<S>::run(const int32_t* tokens, int64_t B, int64_t T, const Tr
       S* dprev = k == 1 ? dhf : mtp_acts_[size_t(k - 2)].dy.data();
       mtp_backward(dprev, g_.mtp[size_t(k - 1)], w_.mtp[size_t(k - 1)], B, T, k, c_, rc, cs,
                    mtp_acts_[size_t(k - 1)], ms_, ds_);
+      if (o.grads_ready)
+        o.grads_ready(layer_range_[size_t(L + k - 1)].first,
+                      layer_range_[size_t(L + k - 1)].second);
     }
     S* dh = grow(dh_, size_t(N * D));
     cpu::rmsnorm_backward(dh, g_.norm, dhf, h, w_.norm, rstd, N, D);
-    for (int64_t l = L - 1; l >= 0; --l)
+    for (int64_t l = L - 1; l >= 0; --l) {
       decoder_layer_backward(dh, g_.layers[size_t(l)], w_.layers[size_t(l)], c_, dd, cs,
                              acts_[size_t(l)], ds_);
+      if (o.grads_ready)
+        o.grads_ready(layer_range_[size_t(l)].first, layer_range_[size_t(l)].second);
+    }
     embedding_backward(g_.embed, dh, tokens, N, D);
   }
 

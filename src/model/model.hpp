@@ -12,6 +12,7 @@
 // Glossary: B batch, T tokens per sequence (or new tokens of a call), N = B·T, D hidden,
 // V vocab, L main layers, E routed experts, K experts per token.
 #pragma once
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -129,6 +130,11 @@ struct TrainOptions {
   bool recompute = false;          // recompute RMSNorm outputs and MLA up-projections in backward
   double balance_alpha = 0;        // sequence-wise balance loss α (0: off); float models only
   bool profile = false;            // fill StepStats::profile (time per phase)
+  // Called during the backward with an arena range [begin, end) (elements) whose gradients are
+  // final for this call: each MTP module's layer range after its backward, each decoder layer's
+  // after its backward. The rest (embedding, final norm, head) is final when forward_backward
+  // returns. Data parallelism starts reducing a range here while the backward goes on.
+  std::function<void(int64_t begin, int64_t end)> grads_ready;
 };
 
 struct StepStats {
@@ -182,6 +188,7 @@ class TrainModelT {
   HeadScratch<S> hs_;
   std::vector<S> h_, hf_, final_rstd_, dhf_, dh_;
   std::vector<int32_t> targets_;
+  std::vector<std::pair<int64_t, int64_t>> layer_range_;  // arena range of each layer (MTP after)
 };
 
 using TrainModel = TrainModelT<float>;

@@ -13,6 +13,7 @@
 #include <thread>
 #include <vector>
 
+#include "comm_env.hpp"
 #include "core/error.hpp"
 #include "core/rng.hpp"
 #include "dist/comm.hpp"
@@ -20,9 +21,9 @@
 using namespace dsv3;
 using namespace dsv3::dist;
 
-namespace {
+dsv3::dist::Comm* g_comm = nullptr;
 
-Comm* g_comm = nullptr;
+namespace {
 
 // The value rank r holds at index i: distinct per rank and index, exact in float.
 float val(int r, int64_t i) {
