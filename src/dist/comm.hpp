@@ -45,7 +45,8 @@ class Comm {
   // recv[n] = op over ranks of block `rank()` of send[size() * n].
   virtual RequestPtr ireduce_scatter(const void* send, void* recv, int64_t n, DType t,
                                      ReduceOp op) = 0;
-  // recv[size() * n] = the send[n] of every rank, in rank order.
+  // recv[size() * n] = the send[n] of every rank, in rank order. send may be this rank's own
+  // block of recv (recv + rank() * n): an in-place gather.
   virtual RequestPtr iall_gather(const void* send, void* recv, int64_t n, DType t) = 0;
   // Rank r sends send_counts[r'] elements from send + send_displs[r'] to every rank r', and
   // receives recv_counts[r'] elements from r' at recv + recv_displs[r'] (arrays of size()).

@@ -172,8 +172,11 @@ class MpiComm : public Comm {
   RequestPtr iall_gather(const void* send, void* recv, int64_t n, DType t) override {
     auto r = start("all_gather");
     count(n * size_, "all_gather");
-    check(MPI_Iallgather(send, count(n, "all_gather"), mpi_type(t), recv, int(n), mpi_type(t),
-                         MPI_COMM_WORLD, r->handle()),
+    // A rank whose block already sits in place in recv gathers in place (MPI forbids aliasing).
+    const bool in_place =
+        send == static_cast<const uint8_t*>(recv) + size_t(n) * rank_ * dtype_size(t);
+    check(MPI_Iallgather(in_place ? MPI_IN_PLACE : send, count(n, "all_gather"), mpi_type(t), recv,
+                         int(n), mpi_type(t), MPI_COMM_WORLD, r->handle()),
           "all_gather");
     return r;
   }
