@@ -18,16 +18,18 @@ struct TableKind {
 };
 struct RecordBinder {
   std::vector<ParamSpec> t;
-  int lin(const std::string& n, int64_t rows, int64_t cols, ParamFlags f, const std::string& = {}) {
-    t.push_back({n, {rows, cols}, f.role, f.fp8, f.residual_out, f.mtp});
+  int lin(const std::string& n, int64_t rows, int64_t cols, ParamFlags f,
+          const std::string& fallback = {}) {
+    t.push_back({n, {rows, cols}, f.role, f.fp8, f.residual_out, f.mtp, fallback});
     return 0;
   }
   int vec(const std::string& n, const std::vector<int64_t>& shape, ParamFlags f) {
-    t.push_back({n, shape, f.role, f.fp8, f.residual_out, f.mtp});
+    t.push_back({n, shape, f.role, f.fp8, f.residual_out, f.mtp, {}});
     return 0;
   }
-  int table(const std::string& n, int64_t rows, int64_t cols, ParamFlags f, const std::string&) {
-    return lin(n, rows, cols, f);
+  int table(const std::string& n, int64_t rows, int64_t cols, ParamFlags f,
+            const std::string& fallback) {
+    return lin(n, rows, cols, f, fallback);
   }
 };
 }  // namespace
@@ -55,6 +57,7 @@ ParamLayout::ParamLayout(const ModelConfig& c) {
     e.residual_out = s.residual_out;
     e.weight_decay = s.role != ParamRole::Norm && s.role != ParamRole::RouterBias;
     e.trainable = s.role != ParamRole::RouterBias;
+    e.fallback = s.fallback;
     index_[e.name] = entries_.size();
     entries_.push_back(std::move(e));
   }

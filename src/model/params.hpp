@@ -21,6 +21,9 @@ struct ParamSpec {
   bool fp8 = false;           // see ParamFlags
   bool residual_out = false;  // see ParamFlags
   bool mtp = false;           // see ParamFlags
+  // The tensor this one copies when a checkpoint omits it (the MTP module's embedding and head
+  // are the main ones), or empty.
+  std::string fallback;
 };
 
 std::vector<ParamSpec> param_table(const ModelConfig& c);
@@ -39,6 +42,7 @@ struct ParamEntry {
   bool residual_out = false;  // o_proj / down_proj
   bool weight_decay = false;  // see above
   bool trainable = true;      // false: e_score_correction_bias (gradient always zero)
+  std::string fallback;       // see ParamSpec
 };
 
 // Offsets of every tensor of param_table(config) in a flat arena (each on its own cache lines).

@@ -26,12 +26,8 @@ ParamStore ParamStore::load(const std::string& dir) {
   auto store = io::TensorStore::open_dir(dir);
   for (const auto& e : p.layout_.entries()) {
     float* dst = p.params_.data() + e.offset;
-    std::string src = e.name;
-    if (!store.find(src) && e.mtp) {
-      // The MTP module shares the embedding and head; checkpoints may omit the copies.
-      if (src.ends_with(".embed_tokens.weight")) src = "model.embed_tokens.weight";
-      if (src.ends_with(".shared_head.head.weight")) src = "lm_head.weight";
-    }
+    // The MTP module shares the embedding and head; checkpoints may omit the copies.
+    const std::string src = store.find(e.name) || e.fallback.empty() ? e.name : e.fallback;
     const io::TensorInfo& t = store.get(src, e.shape);
     if (t.dtype == DType::F8_E4M3) {
       const int64_t rows = e.shape[0], cols = e.shape[1];
@@ -61,7 +57,7 @@ void ParamStore::init_random(uint64_t seed, InitScheme scheme) {
   for (const auto& e : layout_.entries()) {
     float* dst = params_.data() + e.offset;
     if (scheme == InitScheme::FanIn) {
-      model::ParamSpec s{e.name, e.shape, e.role, e.fp8, e.residual_out, e.mtp};
+      model::ParamSpec s{e.name, e.shape, e.role, e.fp8, e.residual_out, e.mtp, e.fallback};
       model::random_param_fill(s, dst, seed);
       continue;
     }
