@@ -1,0 +1,136 @@
+// Expert-parallel dispatch and combine; see expert_dispatch.hpp.
+#include "dist/expert_dispatch.hpp"
+
+#include <algorithm>
+
+#include "core/error.hpp"
+
+namespace dsv3::dist {
+
+namespace {
+
+std::vector<int64_t> prefix(const std::vector<int64_t>& counts, int64_t scale = 1) {
+  std::vector<int64_t> d(counts.size());
+  int64_t at = 0;
+  for (size_t i = 0; i < counts.size(); ++i) {
+    d[i] = at;
+    at += counts[i] * scale;
+  }
+  return d;
+}
+
+std::vector<int64_t> scaled(const std::vector<int64_t>& counts, int64_t scale) {
+  std::vector<int64_t> s(counts);
+  for (auto& v : s) v *= scale;
+  return s;
+}
+
+// Rows of width w: `from` (counts a, as sent by the plan's forward direction when forward) to
+// `to` (counts b), both sides scaled by w.
+template <typename T>
+void exchange(Comm& comm, const T* send, const std::vector<int64_t>& scount, T* recv,
+              const std::vector<int64_t>& rcount, int64_t w, DType t) {
+  const auto sc = scaled(scount, w), rc = scaled(rcount, w);
+  const auto sd = prefix(sc), rd = prefix(rc);
+  comm.all_to_all_v(send, sc.data(), sd.data(), recv, rc.data(), rd.data(), t);
+}
+
+}  // namespace
+
+void expert_dispatch(Comm& comm, ExpertPlan& p, std::vector<float>& xr, const float* x,
+                     const int32_t* indices, const float* weights, int64_t N, int64_t K, int64_t D,
+                     int64_t E) {
+  const int64_t P = comm.size();
+  DSV3_CHECK(E % P == 0, "expert parallelism: {} routed experts do not split over {} ranks", E, P);
+  const int64_t per = E / P;
+  p.N = N;
+  p.K = K;
+  p.D = D;
+  p.E = E;
+  p.P = P;
+  p.idx.assign(indices, indices + N * K);
+  // Each token once per rank that owns one of its experts, grouped by rank, in token order.
+  p.send_counts.assign(size_t(P), 0);
+  p.send_tok.clear();
+  std::vector<int32_t> slot_e;
+  std::vector<float> slot_w;
+  for (int64_t d = 0; d < P; ++d)
+    for (int64_t t = 0; t < N; ++t) {
+      bool any = false;
+      for (int64_t k = 0; k < K; ++k) {
+        const int32_t e = indices[t * K + k];
+        DSV3_CHECK(e >= 0 && e < E, "expert dispatch: token {} chose expert {} of {}", t, e, E);
+        any = any || e / per == d;
+      }
+      if (!any) continue;
+      p.send_tok.push_back(int32_t(t));
+      p.send_counts[size_t(d)]++;
+      for (int64_t k = 0; k < K; ++k) {
+        const int32_t e = indices[t * K + k];
+        const bool mine = e / per == d;
+        slot_e.push_back(mine ? int32_t(e - d * per) : -1);
+        slot_w.push_back(mine ? weights[t * K + k] : 0.0f);
+      }
+    }
+  p.send_displs = prefix(p.send_counts);
+  // Counts first: one element to every rank.
+  p.recv_counts.assign(size_t(P), 0);
+  std::vector<int64_t> ones(static_cast<size_t>(P), 1), seq(static_cast<size_t>(P));
+  for (int64_t i = 0; i < P; ++i) seq[size_t(i)] = i;
+  comm.all_to_all_v(p.send_counts.data(), ones.data(), seq.data(), p.recv_counts.data(),
+                    ones.data(), seq.data(), DType::I64);
+  p.recv_displs = prefix(p.recv_counts);
+  p.R = 0;
+  for (auto c : p.recv_counts) p.R += c;
+  // Slots, then the hidden states.
+  p.recv_expert.resize(size_t(p.R * K));
+  p.recv_weight.resize(size_t(p.R * K));
+  exchange(comm, slot_e.data(), p.send_counts, p.recv_expert.data(), p.recv_counts, K, DType::I32);
+  exchange(comm, slot_w.data(), p.send_counts, p.recv_weight.data(), p.recv_counts, K, DType::F32);
+  std::vector<float> xs(size_t(p.sent_rows() * D));
+  for (int64_t i = 0; i < p.sent_rows(); ++i)
+    std::copy_n(x + int64_t(p.send_tok[size_t(i)]) * D, D, xs.data() + i * D);
+  xr.resize(size_t(p.R * D));
+  exchange(comm, xs.data(), p.send_counts, xr.data(), p.recv_counts, D, DType::F32);
+}
+
+void expert_combine(Comm& comm, const ExpertPlan& p, float* out, const float* yr) {
+  const int64_t D = p.D;
+  std::vector<float> back(size_t(p.sent_rows() * D));
+  exchange(comm, yr, p.recv_counts, back.data(), p.send_counts, D, DType::F32);
+  // In row order, so each token's sum over ranks is deterministic (rank order).
+  for (int64_t i = 0; i < p.sent_rows(); ++i) {
+    float* o = out + int64_t(p.send_tok[size_t(i)]) * D;
+    const float* b = back.data() + i * D;
+    for (int64_t j = 0; j < D; ++j) o[j] += b[j];
+  }
+}
+
+void expert_combine_backward(Comm& comm, const ExpertPlan& p, std::vector<float>& dyr,
+                             const float* dout) {
+  const int64_t D = p.D;
+  std::vector<float> ds(size_t(p.sent_rows() * D));
+  for (int64_t i = 0; i < p.sent_rows(); ++i)
+    std::copy_n(dout + int64_t(p.send_tok[size_t(i)]) * D, D, ds.data() + i * D);
+  dyr.resize(size_t(p.R * D));
+  exchange(comm, ds.data(), p.send_counts, dyr.data(), p.recv_counts, D, DType::F32);
+}
+
+void expert_dispatch_backward(Comm& comm, const ExpertPlan& p, float* dx, float* dweights,
+                              const float* dxr, const float* dwr) {
+  const int64_t D = p.D, K = p.K, per = p.experts_per_rank();
+  std::vector<float> bx(size_t(p.sent_rows() * D)), bw(size_t(p.sent_rows() * K));
+  exchange(comm, dxr, p.recv_counts, bx.data(), p.send_counts, D, DType::F32);
+  exchange(comm, dwr, p.recv_counts, bw.data(), p.send_counts, K, DType::F32);
+  for (int64_t d = 0, i = 0; d < p.P; ++d)
+    for (int64_t c = 0; c < p.send_counts[size_t(d)]; ++c, ++i) {
+      const int64_t t = p.send_tok[size_t(i)];
+      float* o = dx + t * D;
+      const float* b = bx.data() + i * D;
+      for (int64_t j = 0; j < D; ++j) o[j] += b[j];
+      for (int64_t k = 0; k < K; ++k)
+        if (p.idx[size_t(t * K + k)] / per == d) dweights[t * K + k] = bw[size_t(i * K + k)];
+    }
+}
+
+}  // namespace dsv3::dist
