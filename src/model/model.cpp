@@ -230,6 +230,7 @@ double TrainModelT<S>::run(const int32_t* tokens, int64_t B, int64_t T, const Tr
   DSV3_CHECK(T >= depth + 2, "MTP depth {} needs sequences of at least {} tokens", depth,
              depth + 2);
   if (o.tie_mtp_embeddings != bound_tie_) bind(o.tie_mtp_embeddings);
+  ds_.moe.ep = o.ep;
   if (T > rope_len_) {
     cos_sin_ = rope_cos_sin(c_, T);
     rope_len_ = T;

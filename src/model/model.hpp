@@ -135,6 +135,9 @@ struct TrainOptions {
   // after its backward. The rest (embedding, final norm, head) is final when forward_backward
   // returns. Data parallelism starts reducing a range here while the backward goes on.
   std::function<void(int64_t begin, int64_t end)> grads_ready;
+  // The expert-parallel group (dist/expert_dispatch.hpp): null, every routed expert runs here;
+  // else this rank runs its share of every MoE layer's experts on the tokens all ranks send it.
+  dist::Comm* ep = nullptr;
 };
 
 struct StepStats {

@@ -16,6 +16,7 @@
 #include "core/parallel.hpp"
 #include "core/profile.hpp"
 #include "core/scratch.hpp"
+#include "dist/expert_dispatch.hpp"
 
 namespace dsv3::model {
 
@@ -179,34 +180,176 @@ void moe_router_forward(MoeActs<S>& a, const S* x, const MoeW<W<S>>& w, const Mo
   for (int64_t i = 0; i < N * K; ++i) a.load[size_t(idx[i])]++;
 }
 
+namespace {
+
+// The rows the routed experts run on here, with K slots each: the local tokens (every slot
+// valid, experts 0..E-1) or, under expert parallelism, the rows other ranks sent (a slot names a
+// local expert, or is -1 when the choice is another rank's).
 template <typename S>
-void moe_forward(S* out, const S* x, const MoeW<W<S>>& w, const MoeDims& d, MoeActs<S>& a,
-                 MoeScratch<S>& s) {
-  const int64_t N = d.N, E = d.E, K = d.K, D = d.D, F = d.F, NK = N * K;
-  moe_router_forward(a, x, w, d, s);
-  std::optional<ProfileScope> ps(std::in_place, &StepProfile::moe_permute_s);
-  // Counting sort of the pairs by expert (stable: token order within an expert).
-  int32_t* offsets = grow(a.offsets, size_t(E + 1));
-  int32_t* order = grow(a.order, size_t(NK));
-  int32_t* slot = grow(a.slot, size_t(NK));
-  offsets[0] = 0;
-  for (int64_t e = 0; e < E; ++e) offsets[e + 1] = offsets[e] + int32_t(a.load[size_t(e)]);
-  for (int64_t e = 0; e < E; ++e) a.load[size_t(e)] = offsets[e];  // fill cursors
-  for (int64_t i = 0; i < NK; ++i) {
-    const int32_t j = int32_t(a.load[size_t(a.indices[size_t(i)])]++);
+struct Rows {
+  const S* x;           // [n, D]
+  int64_t n;            // rows
+  const int32_t* eid;   // [n, K] expert here, or -1
+  const S* gate;        // [n, K] gate weights
+  int64_t experts, e0;  // experts here, global index of the first
+};
+
+// Sorts the valid slots of `r` by expert (stable: row order within an expert) into a.offsets
+// [experts + 1], a.order [pairs] (pair -> slot r·K + k) and a.slot [n·K] (slot -> pair, or -1),
+// and gathers the rows of the pairs into xg. Returns the number of pairs.
+template <typename S>
+int64_t sort_pairs(const Rows<S>& r, const MoeDims& d, MoeActs<S>& a, std::vector<S>& xg_buf) {
+  const int64_t K = d.K, D = d.D, nk = r.n * K, En = r.experts;
+  int32_t* offsets = grow(a.offsets, size_t(En + 1));
+  int32_t* slot = grow(a.slot, size_t(nk));
+  std::fill_n(offsets, En + 1, 0);
+  for (int64_t i = 0; i < nk; ++i)
+    if (r.eid[i] >= 0) offsets[r.eid[i] + 1]++;
+  for (int64_t e = 0; e < En; ++e) offsets[e + 1] += offsets[e];
+  const int64_t pairs = offsets[En];
+  int32_t* order = grow(a.order, size_t(std::max<int64_t>(pairs, 1)));
+  int64_t* cursor = grow(a.cursor, size_t(En));
+  std::copy_n(offsets, En, cursor);
+  for (int64_t i = 0; i < nk; ++i) {
+    if (r.eid[i] < 0) {
+      slot[i] = -1;
+      continue;
+    }
+    const int32_t j = int32_t(cursor[r.eid[i]]++);
     order[j] = int32_t(i);
     slot[i] = j;
   }
-  for (int64_t e = 0; e < E; ++e) a.load[size_t(e)] = offsets[e + 1] - offsets[e];
-  S* xg = grow(s.xg, size_t(NK * D));
-  parallel_for(NK, [&](int64_t b, int64_t e) {
-    for (int64_t j = b; j < e; ++j) std::copy_n(x + (order[j] / K) * D, D, xg + j * D);
+  S* xg = grow(xg_buf, size_t(pairs * D));
+  parallel_for(pairs, [&](int64_t b, int64_t e) {
+    for (int64_t j = b; j < e; ++j) std::copy_n(r.x + (order[j] / K) * D, D, xg + j * D);
+  });
+  return pairs;
+}
+
+// out_rows[n, D] += Σ_k g·expert(x) over the valid slots of each row, in row order.
+// shared(): the shared experts' job when has_shared (decode runs it beside the routed experts).
+template <typename S, typename Shared>
+void routed_forward(S* out_rows, const Rows<S>& r, const MoeW<W<S>>& w, const MoeDims& d,
+                    MoeActs<S>& a, MoeScratch<S>& s, bool decode_jobs, bool has_shared,
+                    Shared&& shared) {
+  const int64_t K = d.K, D = d.D, F = d.F;
+  std::optional<ProfileScope> ps(std::in_place, &StepProfile::moe_permute_s);
+  const int64_t pairs = sort_pairs<S>(r, d, a, s.xg);
+  const int32_t *offsets = a.offsets.data(), *slot = a.slot.data();
+  const S* xg = s.xg.data();
+  ps.reset();
+  S* g = grow(a.g, size_t(pairs * F));
+  S* u = grow(a.u, size_t(pairs * F));
+  S* act = grow(a.act, size_t(pairs * F));
+  S* y = grow(a.y, size_t(pairs * D));
+  auto routed = [&](int64_t e) {
+    const int64_t b = offsets[e], m = offsets[e + 1] - b;
+    mlp_forward(y + b * D, g + b * F, u + b * F, act + b * F, xg + b * D, m,
+                w.experts[size_t(r.e0 + e)]);
+  };
+  if (decode_jobs) {
+    std::vector<int64_t>& jobs = s.jobs;  // -1: the shared experts (the largest, taken first)
+    jobs.clear();
+    if (has_shared) jobs.push_back(-1);
+    for (int64_t e = 0; e < r.experts; ++e)
+      if (offsets[e + 1] > offsets[e]) jobs.push_back(e);
+    parallel_jobs(int64_t(jobs.size()), [&](int64_t j, int) {
+      const int64_t e = jobs[size_t(j)];
+      if (e < 0)
+        shared();
+      else
+        routed(e);
+    });
+  } else {
+    // Shared experts (their GEMMs parallel inside), then the routed ones expert-parallel.
+    if (has_shared) shared();
+    for_each_expert(offsets, r.experts, s.eorder, routed);
+  }
+  ps.emplace(&StepProfile::moe_permute_s);
+  parallel_for(r.n, [&](int64_t tb, int64_t te) {
+    for (int64_t t = tb; t < te; ++t)
+      for (int64_t k = 0; k < K; ++k) {
+        if (slot[t * K + k] < 0) continue;
+        const S gk = r.gate[t * K + k];
+        const S* src = y + int64_t(slot[t * K + k]) * D;
+        S* dst = out_rows + t * D;
+        for (int64_t i = 0; i < D; ++i) dst[i] += gk * src[i];
+      }
+  });
+}
+
+// Backward input part over the rows: dx_rows[n, D] += the experts' input gradients, dw_slots
+// [n, K] = the gate-weight gradients (0 in invalid slots); fills gs.dyg, gs.xg, gs.dg, gs.du.
+template <typename S>
+void routed_backward_input(S* dx_rows, S* dw_slots, const S* dout_rows, const Rows<S>& r,
+                           const MoeW<W<S>>& w, const MoeDims& d, const MoeActs<S>& a,
+                           MoeScratch<S>& s, MoeGrads<S>& gs) {
+  const int64_t K = d.K, D = d.D, F = d.F;
+  const int32_t *slot = a.slot.data(), *offsets = a.offsets.data(), *order = a.order.data();
+  const int64_t pairs = offsets[r.experts];
+  const S* y = a.y.data();
+  std::optional<ProfileScope> ps(std::in_place, &StepProfile::moe_permute_s);
+  S* dyg = grow(gs.dyg, size_t(pairs * D));
+  S* xg = grow(gs.xg, size_t(pairs * D));
+  parallel_for(r.n, [&](int64_t tb, int64_t te) {
+    for (int64_t t = tb; t < te; ++t)
+      for (int64_t k = 0; k < K; ++k) {
+        const int64_t j = slot[t * K + k];
+        if (j < 0) {
+          dw_slots[t * K + k] = S(0);
+          continue;
+        }
+        const S* yt = y + j * D;
+        const S* go = dout_rows + t * D;
+        S* dy = dyg + j * D;
+        const S gk = r.gate[t * K + k];
+        S dot = 0;
+        for (int64_t i = 0; i < D; ++i) {
+          dot += go[i] * yt[i];
+          dy[i] = gk * go[i];
+        }
+        dw_slots[t * K + k] = dot;
+      }
+  });
+  parallel_for(pairs, [&](int64_t b, int64_t e) {
+    for (int64_t j = b; j < e; ++j) std::copy_n(r.x + (order[j] / K) * D, D, xg + j * D);
   });
   ps.reset();
-  S* g = grow(a.g, size_t(NK * F));
-  S* u = grow(a.u, size_t(NK * F));
-  S* act = grow(a.act, size_t(NK * F));
-  S* y = grow(a.y, size_t(NK * D));
+  S* dg = grow(gs.dg, size_t(pairs * F));
+  S* du = grow(gs.du, size_t(pairs * F));
+  S* dxg = grow(s.dxg, size_t(pairs * D));
+  for_each_expert(offsets, r.experts, s.eorder, [&](int64_t e) {
+    const int64_t b = offsets[e], m = offsets[e + 1] - b;
+    mlp_backward_input(dxg + b * D, dg + b * F, du + b * F, dyg + b * D, a.g.data() + b * F,
+                       a.u.data() + b * F, m, w.experts[size_t(r.e0 + e)]);
+  });
+  ps.emplace(&StepProfile::moe_permute_s);
+  parallel_for(r.n, [&](int64_t tb, int64_t te) {
+    for (int64_t t = tb; t < te; ++t)
+      for (int64_t k = 0; k < K; ++k) {
+        if (slot[t * K + k] < 0) continue;
+        const S* src = dxg + int64_t(slot[t * K + k]) * D;
+        S* dst = dx_rows + t * D;
+        for (int64_t i = 0; i < D; ++i) dst[i] += src[i];
+      }
+  });
+}
+
+bool expert_parallel(const MoeScratch<float>& s) {
+  return s.ep && s.ep->size() > 1;
+}
+bool expert_parallel(const MoeScratch<double>& s) {
+  DSV3_CHECK(!s.ep || s.ep->size() == 1, "expert parallelism runs FP32 models only");
+  return false;
+}
+
+}  // namespace
+
+template <typename S>
+void moe_forward(S* out, const S* x, const MoeW<W<S>>& w, const MoeDims& d, MoeActs<S>& a,
+                 MoeScratch<S>& s) {
+  const int64_t N = d.N, E = d.E, K = d.K, D = d.D;
+  moe_router_forward(a, x, w, d, s);
   S *sg = nullptr, *su = nullptr, *sact = nullptr;
   if (d.Fs > 0) {
     sg = grow(a.sg, size_t(N * d.Fs));
@@ -215,99 +358,64 @@ void moe_forward(S* out, const S* x, const MoeW<W<S>>& w, const MoeDims& d, MoeA
   } else {
     std::fill_n(out, N * D, S(0));
   }
-  auto routed = [&](int64_t e) {
-    const int64_t b = offsets[e], m = offsets[e + 1] - b;
-    mlp_forward(y + b * D, g + b * F, u + b * F, act + b * F, xg + b * D, m, w.experts[size_t(e)]);
-  };
-  if (N <= kExpertParallelTokens && region_threads() > 1) {
-    std::vector<int64_t>& jobs = s.jobs;  // -1: the shared experts (the largest, taken first)
-    jobs.clear();
-    if (d.Fs > 0) jobs.push_back(-1);
-    for (int64_t e = 0; e < E; ++e)
-      if (offsets[e + 1] > offsets[e]) jobs.push_back(e);
-    parallel_jobs(int64_t(jobs.size()), [&](int64_t j, int) {
-      const int64_t e = jobs[size_t(j)];
-      if (e < 0)
-        mlp_forward(out, sg, su, sact, x, N, w.shared);
-      else
-        routed(e);
-    });
-  } else {
-    // Shared experts (their GEMMs parallel inside), then the routed ones expert-parallel.
-    if (d.Fs > 0) mlp_forward(out, sg, su, sact, x, N, w.shared);
-    for_each_expert(offsets, E, s.eorder, routed);
+  auto shared = [&] { mlp_forward(out, sg, su, sact, x, N, w.shared); };
+  if constexpr (std::is_same_v<S, float>) {
+    if (expert_parallel(s)) {
+      // Each token goes once to every rank owning one of its experts; this rank's experts run on
+      // what it received, and their weighted sums go back to the tokens' ranks.
+      dist::Comm& ep = *s.ep;
+      dist::expert_dispatch(ep, a.plan, a.xr, x, a.indices.data(), a.weights.data(), N, K, D, E);
+      const int64_t per = E / ep.size();
+      const Rows<S> r{
+          a.xr.data(), a.plan.R,       a.plan.recv_expert.data(), a.plan.recv_weight.data(),
+          per,         ep.rank() * per};
+      S* yr = grow(a.yr, size_t(a.plan.R * D));
+      std::fill_n(yr, a.plan.R * D, S(0));
+      routed_forward(yr, r, w, d, a, s, false, d.Fs > 0, shared);
+      dist::expert_combine(ep, a.plan, out, yr);
+      return;
+    }
   }
-  // Combine in token order (deterministic).
-  ps.emplace(&StepProfile::moe_permute_s);
-  const S* wt = a.weights.data();
-  parallel_for(N, [&](int64_t tb, int64_t te) {
-    for (int64_t t = tb; t < te; ++t)
-      for (int64_t k = 0; k < K; ++k) {
-        const S gk = wt[t * K + k];
-        const S* src = y + int64_t(slot[t * K + k]) * D;
-        S* dst = out + t * D;
-        for (int64_t i = 0; i < D; ++i) dst[i] += gk * src[i];
-      }
-  });
+  const Rows<S> r{x, N, a.indices.data(), a.weights.data(), E, 0};
+  routed_forward(out, r, w, d, a, s, N <= kExpertParallelTokens && region_threads() > 1, d.Fs > 0,
+                 shared);
 }
 
 template <typename S>
 void moe_backward_input(S* dx, const S* dout, const S* x, const MoeW<W<S>>& w, const MoeDims& d,
                         const MoeActs<S>& a, MoeScratch<S>& s, MoeGrads<S>& gs, bool accumulate) {
-  const int64_t N = d.N, E = d.E, K = d.K, D = d.D, F = d.F, NK = N * K;
-  const int32_t *slot = a.slot.data(), *offsets = a.offsets.data();
-  const S *y = a.y.data(), *wt = a.weights.data();
-  // Gate-weight gradients and the per-pair output gradients, in sorted order.
-  std::optional<ProfileScope> ps(std::in_place, &StepProfile::moe_permute_s);
-  S* dwt = grow(s.dw, size_t(NK));
-  S* dyg = grow(gs.dyg, size_t(NK * D));
-  S* xg = grow(gs.xg, size_t(NK * D));
+  const int64_t N = d.N, E = d.E, K = d.K, D = d.D;
   gs.x = x;
   std::copy_n(dout, N * D, grow(gs.dout, size_t(N * D)));
-  parallel_for(N, [&](int64_t tb, int64_t te) {
-    for (int64_t t = tb; t < te; ++t)
-      for (int64_t k = 0; k < K; ++k) {
-        const int64_t j = slot[t * K + k];
-        const S* yt = y + j * D;
-        const S* go = dout + t * D;
-        S* dy = dyg + j * D;
-        const S gk = wt[t * K + k];
-        S dot = 0;
-        for (int64_t i = 0; i < D; ++i) {
-          dot += go[i] * yt[i];
-          dy[i] = gk * go[i];
-        }
-        dwt[t * K + k] = dot;
-        std::copy_n(x + t * D, D, xg + j * D);
-      }
-  });
-  ps.reset();
-  // Experts, one GEMM per projection over each expert's tokens.
-  S* dg = grow(gs.dg, size_t(NK * F));
-  S* du = grow(gs.du, size_t(NK * F));
-  S* dxg = grow(s.dxg, size_t(NK * D));
-  for_each_expert(offsets, E, s.eorder, [&](int64_t e) {
-    const int64_t b = offsets[e], m = offsets[e + 1] - b;
-    mlp_backward_input(dxg + b * D, dg + b * F, du + b * F, dyg + b * D, a.g.data() + b * F,
-                       a.u.data() + b * F, m, w.experts[size_t(e)]);
-  });
+  S* dwt = grow(s.dw, size_t(N * K));
   if (d.Fs > 0) {
     mlp_backward_input(dx, grow(gs.sdg, size_t(N * d.Fs)), grow(gs.sdu, size_t(N * d.Fs)), dout,
                        a.sg.data(), a.su.data(), N, w.shared, accumulate);
   } else if (!accumulate) {
     std::fill_n(dx, N * D, S(0));
   }
-  ps.emplace(&StepProfile::moe_permute_s);
-  parallel_for(N, [&](int64_t tb, int64_t te) {
-    for (int64_t t = tb; t < te; ++t)
-      for (int64_t k = 0; k < K; ++k) {
-        const S* src = dxg + int64_t(slot[t * K + k]) * D;
-        S* dst = dx + t * D;
-        for (int64_t i = 0; i < D; ++i) dst[i] += src[i];
-      }
-  });
+  bool done = false;
+  if constexpr (std::is_same_v<S, float>) {
+    if (expert_parallel(s)) {
+      dist::Comm& ep = *s.ep;
+      const int64_t per = E / ep.size(), R = a.plan.R;
+      const Rows<S> r{a.xr.data(),    R, a.plan.recv_expert.data(), a.plan.recv_weight.data(), per,
+                      ep.rank() * per};
+      dist::expert_combine_backward(ep, a.plan, gs.dyr, dout);
+      S* dxr = grow(gs.dxr, size_t(R * D));
+      std::fill_n(dxr, R * D, S(0));
+      S* dwr = grow(gs.dwr, size_t(R * K));
+      routed_backward_input(dxr, dwr, gs.dyr.data(), r, w, d, a, s, gs);
+      dist::expert_dispatch_backward(ep, a.plan, dx, dwt, dxr, dwr);
+      done = true;
+    }
+  }
+  if (!done) {
+    const Rows<S> r{x, N, a.indices.data(), a.weights.data(), E, 0};
+    routed_backward_input(dx, dwt, dout, r, w, d, a, s, gs);
+  }
   // Router: d(gate weights) -> d(scores) -> d(logits).
-  ps.emplace(&StepProfile::router_s);
+  ProfileScope ps(&StepProfile::router_s);
   S* ds = grow(gs.ds, size_t(N * E));
   const S rsf = S(d.routed_scaling_factor);
   parallel_for(N, [&](int64_t tb, int64_t te) {
@@ -334,7 +442,6 @@ void moe_backward_input(S* dx, const S* dout, const S* x, const MoeW<W<S>>& w, c
       }
     }
   });
-  ps.reset();
   cpu::gemm(false, false, N, D, E, S(1), ds, E, w.router, D, S(1), dx, D);  // dx += ds·Wg
 }
 
@@ -342,10 +449,16 @@ template <typename S>
 void moe_backward_weight(const MoeW<G<S>>& dw, const MoeDims& d, const MoeActs<S>& a,
                          MoeScratch<S>& s, const MoeGrads<S>& gs) {
   const int64_t N = d.N, D = d.D, F = d.F;
+  // The experts the sorted pairs belong to: all of them, or this rank's under expert parallelism.
+  int64_t experts = d.E, e0 = 0;
+  if (expert_parallel(s)) {
+    experts = d.E / s.ep->size();
+    e0 = s.ep->rank() * experts;
+  }
   const int32_t* offsets = a.offsets.data();
-  for_each_expert(offsets, d.E, s.eorder, [&](int64_t e) {
+  for_each_expert(offsets, experts, s.eorder, [&](int64_t e) {
     const int64_t b = offsets[e], m = offsets[e + 1] - b;
-    mlp_backward_weight(dw.experts[size_t(e)], gs.dyg.data() + b * D, gs.xg.data() + b * D,
+    mlp_backward_weight(dw.experts[size_t(e0 + e)], gs.dyg.data() + b * D, gs.xg.data() + b * D,
                         a.act.data() + b * F, gs.dg.data() + b * F, gs.du.data() + b * F, m, D, F);
   });
   if (d.Fs > 0)

@@ -19,6 +19,8 @@
 #include <cstdint>
 #include <vector>
 
+#include "dist/comm.hpp"
+#include "dist/expert_dispatch.hpp"
 #include "model/config.hpp"
 #include "model/mlp.hpp"
 #include "model/weights.hpp"
@@ -40,13 +42,17 @@ struct MoeActs {
   std::vector<int32_t> indices;  // [N, K] chosen experts (descending biased score)
   std::vector<S> weights;        // [N, K] gate weights
   std::vector<int32_t> offsets;  // [E+1] pair ranges per expert in the sorted order
-  std::vector<int32_t> order;    // [N·K] sorted position -> pair (t·K + k)
-  std::vector<int32_t> slot;     // [N·K] pair -> sorted position
+  std::vector<int32_t> order;    // [pairs] sorted position -> slot (row·K + k)
+  std::vector<int32_t> slot;     // [rows·K] slot -> sorted position, -1: not run here
+  std::vector<int64_t> cursor;   // [E] counting-sort cursors
   std::vector<S> g, u, act;      // [N·K, F] routed expert activations, sorted order
   std::vector<S> y;              // [N·K, D] routed expert outputs (before gate weights)
   std::vector<S> sg, su, sact;   // [N, Fs] shared expert activations
   std::vector<S> dscores;        // [N, E] extra gradient on s (balance loss), or empty
   std::vector<int64_t> load;     // [E] tokens routed to each expert
+  // Expert parallelism (FP32): the dispatch plan, the rows received and their experts' sums.
+  dist::ExpertPlan plan;
+  std::vector<S> xr, yr;  // [R, D]
   size_t bytes() const;
   void routing(Routing& r, int64_t N, int64_t K, int64_t E) const;  // copies the decisions
 };
@@ -66,6 +72,9 @@ struct MoeScratch {
   std::vector<int32_t> isel;    // [N, E + G] orders per token
   std::vector<int32_t> eorder;  // [E] experts by descending load
   std::vector<int64_t> jobs;    // decode: shared (-1) and the active routed experts
+  // The expert-parallel group the MoE layers of this model run on (dist/expert_dispatch.hpp):
+  // null or one rank, every expert runs here; else rank r runs experts [r·E/P, (r+1)·E/P).
+  dist::Comm* ep = nullptr;
 };
 
 // Router only: scores, indices, weights and load of x[N, D].
@@ -86,7 +95,8 @@ struct MoeGrads {
   std::vector<S> dg, du;    // [N·K, F] routed experts' gate/up gradients
   std::vector<S> sdg, sdu;  // [N, Fs] shared experts' gate/up gradients
   std::vector<S> ds;        // [N, E] router logit gradients
-  const S* x = nullptr;     // the layer's input
+  std::vector<S> dyr, dxr, dwr;  // expert parallelism: [R, D], [R, D], [R, K] of received rows
+  const S* x = nullptr;          // the layer's input
 };
 
 // Backward of moe_forward, input part: dx[N, D] (+= when accumulate) given dout[N, D]. Reads the
