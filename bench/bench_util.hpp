@@ -1,6 +1,6 @@
 // Shared benchmark helpers (header-only): the machine limits every benchmark reports beside its
-// own numbers — memory bandwidth (read-only stream) and FP32/BF16 GEMM peak (oneDNN matmul with
-// packed weights) — plus a timer and a tiny JSON writer.
+// own numbers — memory bandwidth (read-only stream), FP32 FMA peak (core/fma_peak.hpp) and
+// FP32/BF16 GEMM peak (oneDNN matmul with packed weights) — plus a timer and a tiny JSON writer.
 #pragma once
 // GCC 12 flags the _mm*_undefined_* inside its own AVX-512 intrinsic headers once they are inlined
 // (a known false positive; src/backend/cpu/gemv.cpp does the same).
@@ -18,6 +18,8 @@
 #include <memory>
 #include <string>
 #include <vector>
+
+#include "core/fma_peak.hpp"
 
 namespace dsv3::bench {
 
@@ -149,32 +151,10 @@ inline double median(std::vector<double> v) {
   return v.empty() ? 0.0 : v[v.size() / 2];
 }
 
-// FP32 FMA peak in GFLOP/s on `threads` threads: every thread runs a register-only loop of
-// independent AVX-512 FMA chains (enough of them to cover the FMA latency on both ports), so the
-// figure is the core's arithmetic limit with no memory traffic; the best of 5.
-inline double measure_fma_peak_gflops(int threads, int64_t iters = 20'000'000) {
-  constexpr int kChains = 16;
-  volatile float sink = 0;
-  const double t = best_seconds(5, [&] {
-    float total = 0;
-#pragma omp parallel num_threads(threads) reduction(+ : total)
-    {
-      __m512 acc[kChains];
-      for (int c = 0; c < kChains; ++c) acc[c] = _mm512_set1_ps(float(c) * 1e-3f);
-      const __m512 a = _mm512_set1_ps(0.999999f), b = _mm512_set1_ps(1e-7f);
-      for (int64_t i = 0; i < iters / kChains; ++i) {
-#pragma GCC unroll 16
-        for (int c = 0; c < kChains; ++c) acc[c] = _mm512_fmadd_ps(acc[c], a, b);
-      }
-      __m512 s = acc[0];
-      for (int c = 1; c < kChains; ++c) s = _mm512_add_ps(s, acc[c]);
-      total += _mm512_reduce_add_ps(s);
-    }
-    sink = total;
-  });
-  (void)sink;
-  // iters FMAs of 16 lanes, 2 flops each, per thread.
-  return double(threads) * double(iters / kChains * kChains) * 16.0 * 2.0 / t / 1e9;
+// FP32 FMA peak in GFLOP/s on `threads` threads: the library's register-only FMA probe
+// (core/fma_peak.hpp), the same denominator as the MFU of `dsv3 train`.
+inline double measure_fma_peak_gflops(int threads) {
+  return measure_fp32_fma_peak(threads).flops / 1e9;
 }
 
 // GEMM peak in GFLOP/s on `threads` threads: a oneDNN matmul [M, K]·[K, N] → f32 with weights
