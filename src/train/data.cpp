@@ -409,6 +409,15 @@ std::vector<std::string_view> split_documents(std::string_view text, DocSplit sp
   return docs;
 }
 
+std::vector<std::string> read_documents(const std::vector<std::string>& files, DocSplit split) {
+  std::vector<std::string> docs;
+  for (const auto& f : files) {
+    const std::string text = io::read_file(f);
+    for (auto d : split_documents(text, split)) docs.emplace_back(d);
+  }
+  return docs;
+}
+
 Dataset load_dataset(const DataOptions& opt, const EncodeFn& encode) {
   DSV3_CHECK(opt.vocab_size > 0, "data: vocab_size must be positive, got {}", opt.vocab_size);
   DSV3_CHECK(!opt.cache_dir.empty(), "data: no cache dir given");

@@ -66,6 +66,9 @@ std::vector<std::string> list_input_files(const std::vector<std::string>& inputs
 // Cuts one file's text into documents.
 std::vector<std::string_view> split_documents(std::string_view text, DocSplit split);
 
+// Reads each file and cuts it into documents (copies, in file order).
+std::vector<std::string> read_documents(const std::vector<std::string>& files, DocSplit split);
+
 // Loads the token shards from cache when the corpus and tokenizer are unchanged, otherwise reads,
 // validates and tokenizes the inputs and writes the shards; then holds out the validation split.
 // All data errors are raised here, before any training work.

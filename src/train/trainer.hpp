@@ -4,7 +4,7 @@
 // sequence-wise balance loss), gradient clipping and AdamW (optimizer.hpp) on the schedules of
 // lr_schedule.hpp, the auxiliary-loss-free bias update (balance.hpp), metrics, progress line,
 // evaluation with samples, atomic checkpoints with exact resume (checkpoint.hpp) and the final
-// Hugging Face export plus report.
+// Hugging Face export (export.hpp) plus report.
 //
 // Exact resume: everything a step reads is either in the checkpoint (FP32 weights with the
 // routing biases, AdamW moments and step, sampler position, RNG state) or a pure function of the
@@ -24,7 +24,7 @@
 
 namespace dsv3::train {
 
-struct TrainerState;  // trainer.cpp
+struct TrainerState;  // trainer_state.hpp
 
 struct RunOptions {
   std::string run_dir = "runs/default";
@@ -68,29 +68,5 @@ class Trainer {
   std::vector<std::string> warnings_;
   std::unique_ptr<TrainerState> s_;
 };
-
-// Writes a Hugging Face DeepSeek-V3 dir (config.json, model.safetensors in `dtype`, tokenizer
-// files copied from tokenizer_dir when non-empty). With tie_mtp, the MTP module's embedding and
-// head copies are written from the main embedding and lm_head (training shares them).
-void export_hf(const ParamStore& store, bool tie_mtp, const std::string& dir, DType dtype,
-               const std::string& tokenizer_dir);
-
-// Rebuilds the parameter store of a checkpoint (meta "model_config" + "param.*" tensors).
-ParamStore params_from_checkpoint(const CheckpointData& ck);
-
-// `dsv3 export`: checkpoint `step` (< 0: the newest valid one) of run_dir to an HF dir.
-// Returns the step exported.
-int64_t export_checkpoint(const std::string& run_dir, int64_t step, const std::string& out,
-                          DType dtype);
-
-struct EvalResult {
-  double loss = 0, ppl = 0;
-  int64_t tokens = 0, sequences = 0;
-};
-
-// `dsv3 eval`: next-token loss and perplexity of the HF model dir on the documents of `inputs`
-// (tokenized with the model dir's tokenizer, BOS/EOS framed, cut into windows of seq_len + 1).
-EvalResult evaluate_model_dir(const std::string& model_dir, const std::vector<std::string>& inputs,
-                              int64_t seq_len, int64_t batch, int64_t max_sequences);
 
 }  // namespace dsv3::train

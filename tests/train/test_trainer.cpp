@@ -11,6 +11,8 @@
 #include "io/file.hpp"
 #include "model/model.hpp"
 #include "train/checkpoint.hpp"
+#include "train/eval.hpp"
+#include "train/export.hpp"
 #include "train/metrics.hpp"
 #include "train/model_train.hpp"
 #include "train/test_trainer_util.hpp"
