@@ -87,6 +87,28 @@ std::string row(const std::vector<std::string>& cells) {
   return s + "</div>\n";
 }
 
+// Which peak a run's MFU is over, from its run record: the FP32 FMA peak (mfu_peak, since the
+// register-only probe) or, in runs of older builds, a timed FP32 GEMM (fp32_peak_flops).
+std::string mfu_note(const NamedLog& r) {
+  const auto& x = r.log->run.extra;
+  std::string what;
+  if (x.contains("mfu_peak") && x["mfu_peak"].is_string() && x.contains("mfu_peak_flops") &&
+      x["mfu_peak_flops"].is_number())
+    what = fmt::format(
+        "model FLOPs per second over the hardware FP32 FMA peak ({}, register-only probe: "
+        "{:.1f} GFLOP/s on {} threads)",
+        x["mfu_peak"].get<std::string>(), x["mfu_peak_flops"].get<double>() / 1e9,
+        x.contains("threads") && x["threads"].is_number_integer() ? x["threads"].get<int>() : 0);
+  else if (x.contains("fp32_peak_flops") && x["fp32_peak_flops"].is_number())
+    what = fmt::format(
+        "over a timed FP32 GEMM ({:.1f} GFLOP/s; written by an older dsv3), not the hardware "
+        "FMA peak: it overstates MFU",
+        x["fp32_peak_flops"].get<double>() / 1e9);
+  else
+    return "";
+  return "<p class=\"note\">MFU of " + xml_escape(r.label) + ": " + xml_escape(what) + ".</p>\n";
+}
+
 std::string summary_table(const std::vector<NamedLog>& runs) {
   std::string s =
       "<table>\n<tr><th>run</th><th>steps</th><th>train loss (last 10%)</th>"
@@ -113,7 +135,9 @@ std::string summary_table(const std::vector<NamedLog>& runs) {
         fmt_or_dash(mean(tps), "{:.0f}"),
         std::isfinite(m) ? fmt::format("{:.1f}%", 100 * m) : "&ndash;");
   }
-  return s + "</table>\n";
+  s += "</table>\n";
+  for (const auto& r : runs) s += mfu_note(r);
+  return s;
 }
 
 std::string maxvio_chart(const NamedLog& run) {
