@@ -6,6 +6,7 @@
 #include "core/error.hpp"
 #include "io/file.hpp"
 #include "model/export.hpp"
+#include "train/train_config.hpp"
 
 namespace fs = std::filesystem;
 
@@ -40,11 +41,35 @@ void copy_tokenizer_files(const std::string& from, const std::string& to) {
 }
 
 model::ModelConfig checkpoint_model_config(const CheckpointData& ck) {
-  DSV3_CHECK(ck.meta.contains("model_config"),
-             "checkpoint step {}: meta.json has no model_config (not written by dsv3 train)",
-             ck.step);
-  return model::parse_config(ck.meta["model_config"].dump(),
-                             fmt::format("checkpoint step {} meta.json", ck.step));
+  const std::string where = fmt::format("checkpoint step {} meta.json", ck.step);
+  DSV3_CHECK(ck.meta.contains("model_config"), "{}: no model_config (not written by dsv3 train)",
+             where);
+  model::ModelConfig mc = model::parse_config(ck.meta["model_config"].dump(), where);
+  // meta.json records the model twice: as model_config and as the train_config it came from.
+  // Export reads the first and resume used to rebuild from the second; both now read
+  // model_config, and it must be the model train_config describes.
+  if (ck.meta.contains("train_config")) {
+    const nlohmann::json want = TrainConfig::from_json(ck.meta["train_config"], where)
+                                    .model_config(mc.vocab_size)
+                                    .to_json();
+    const nlohmann::json got = mc.to_json();
+    if (got != want) {
+      std::string key;
+      for (auto& [k, v] : want.items())
+        if (!got.contains(k) || got[k] != v) {
+          key = k;
+          break;
+        }
+      if (key.empty()) key = "(a key train_config does not set)";
+      DSV3_FAIL(
+          "{}: model_config differs from the model its train_config describes (first at '{}': {} "
+          "vs {}): the checkpoint was edited or written by another build; refusing to guess "
+          "which one is the model",
+          where, key, got.contains(key) ? got[key].dump() : "missing",
+          want.contains(key) ? want[key].dump() : "missing");
+    }
+  }
+  return mc;
 }
 
 void restore_params(ParamStore& store, const CheckpointData& ck) {

@@ -11,14 +11,20 @@
 #include "core/error.hpp"
 #include "core/log.hpp"
 #include "core/parallel.hpp"
+#include "io/file.hpp"
 #include "tokenizer/trainer.hpp"
 #include "train/export.hpp"
 #include "train/report.hpp"
+#include "train/run_lock.hpp"
 #include "train/trainer_state.hpp"
 
 namespace fs = std::filesystem;
 
 namespace dsv3::train {
+
+std::string run_record_path(const std::string& run_dir) {
+  return (fs::path(run_dir) / "run.json").string();
+}
 
 Trainer::Trainer(TrainConfig config, RunOptions run)
     : config_(std::move(config)), run_(std::move(run)) {
@@ -31,23 +37,57 @@ Trainer::Trainer(TrainConfig config, RunOptions run)
     tok::Tokenizer::load(config_.tokenizer);  // fails now on a bad file
   }
   const bool used = !list_checkpoints(run_.run_dir).empty() ||
-                    fs::exists(fs::path(run_.run_dir) / "metrics.jsonl");
+                    fs::exists(fs::path(run_.run_dir) / "metrics.jsonl") ||
+                    fs::exists(run_record_path(run_.run_dir));
   DSV3_CHECK(!used || run_.overwrite,
-             "run dir '{}' already holds a run: continue it with --resume {} or start over with "
-             "--overwrite (or another --out)",
+             "run dir '{}' already holds a run: continue it with --resume {} (from its last "
+             "checkpoint, or from the start when it has none) or start over with --overwrite (or "
+             "another --out)",
              run_.run_dir, run_.run_dir);
 }
+
+namespace {
+
+// The recorded options a resume continues with: the newest valid checkpoint's meta.json, or
+// RUN_DIR/run.json when the run has no checkpoint yet (it then starts over from step 0).
+nlohmann::json resume_record(const RunOptions& run, const std::optional<CheckpointData>& ck,
+                             std::string* where, std::vector<std::string>* warnings) {
+  if (ck) {
+    *where = checkpoint_path(run.run_dir, ck->step) + "/meta.json";
+    return ck->meta;
+  }
+  DSV3_CHECK(list_checkpoints(run.run_dir).empty(),
+             "--resume: no valid checkpoint in '{}' (every one is corrupt): start the run over "
+             "with dsv3 train --overwrite --out {}",
+             checkpoints_dir(run.run_dir), run.run_dir);
+  *where = run_record_path(run.run_dir);
+  DSV3_CHECK(fs::exists(*where),
+             "--resume: '{}' holds no checkpoint and no run.json, so no run to continue: start "
+             "one with dsv3 train --out {}",
+             run.run_dir, run.run_dir);
+  nlohmann::json j = nlohmann::json::parse(io::read_file(*where), nullptr, false);
+  DSV3_CHECK(!j.is_discarded() && j.is_object(), "{} is not a JSON object", *where);
+  warnings->push_back(fmt::format(
+      "{} has no checkpoint yet: the run starts over from step 0 with the options of {}",
+      run.run_dir, *where));
+  return j;
+}
+
+}  // namespace
 
 Trainer Trainer::resume(RunOptions run) {
   std::vector<std::string> warnings;
   DSV3_CHECK(fs::is_directory(run.run_dir), "--resume: '{}' is not a directory", run.run_dir);
+  auto lock = std::make_unique<RunDirLock>(run.run_dir);
   auto ck = load_latest_checkpoint(run.run_dir, &warnings);
-  DSV3_CHECK(ck, "--resume: no valid checkpoint in '{}'", checkpoints_dir(run.run_dir));
-  DSV3_CHECK(ck->meta.contains("train_config") && ck->meta.contains("threads"),
-             "{}: meta.json lacks train_config/threads (not written by dsv3 train)",
-             checkpoint_path(run.run_dir, ck->step));
-  TrainConfig cfg = TrainConfig::from_json(ck->meta["train_config"],
-                                           checkpoint_path(run.run_dir, ck->step) + "/meta.json");
+  std::string where;
+  const nlohmann::json rec = resume_record(run, ck, &where, &warnings);
+  DSV3_CHECK(
+      rec.contains("train_config") && rec.contains("threads") && rec["threads"].is_number_integer(),
+      "{}: lacks train_config/threads (not written by dsv3 train)", where);
+  TrainConfig cfg = TrainConfig::from_json(rec["train_config"], where);
+  if (ck)
+    checkpoint_model_config(*ck);  // the model the checkpoint holds is the one its options say
   if (run.steps > 0 && run.steps != cfg.steps) {
     warnings.push_back(
         fmt::format("run length changed from {} to {} steps: the LR schedule is "
@@ -55,7 +95,7 @@ Trainer Trainer::resume(RunOptions run) {
                     cfg.steps, run.steps));
     cfg.steps = run.steps;
   }
-  cfg.threads = ck->meta["threads"].get<int>();
+  cfg.threads = rec["threads"].get<int>();
   if (run.threads > 0 && run.threads != cfg.threads) {
     warnings.push_back(
         fmt::format("threads changed from {} to {}: losses may differ in the last "
@@ -68,6 +108,7 @@ Trainer Trainer::resume(RunOptions run) {
   Trainer t(std::move(cfg), std::move(r));
   t.resume_from_ = std::move(ck);
   t.warnings_ = std::move(warnings);
+  t.lock_ = std::move(lock);
   return t;
 }
 
@@ -88,16 +129,30 @@ void train_tokenizer(const TrainConfig& cfg, const std::vector<std::string>& fil
   tok::save_trained_tokenizer(bpe.train(), dir);
 }
 
-// A fresh run clears what an earlier run left; the tokenizer is trained on the corpus, or copied,
-// into RUN_DIR/tokenizer (a run dir is self-contained; resume reads it back).
-void setup_tokenizer(TrainerState& s, const TrainConfig& cfg, const RunOptions& run,
-                     const std::vector<std::string>& files, bool resuming) {
+// A fresh run clears what an earlier run left, then records its options in RUN_DIR/run.json
+// (with the thread count). An earlier run's different run.json goes first, so a kill midway
+// leaves either that run whole or no run at all, never its options beside this run's files.
+void prepare_run_dir(const TrainerState& s, const TrainConfig& cfg, const RunOptions& run,
+                     bool resuming) {
   const std::string& rd = run.run_dir;
-  fs::create_directories(rd);
+  TrainConfig c = cfg;
+  c.threads = s.threads;
+  const nlohmann::json rec = {
+      {"format", "dsv3-train-run"}, {"train_config", c.to_json()}, {"threads", s.threads}};
+  const std::string text = rec.dump(2) + "\n", path = run_record_path(rd);
+  if (fs::exists(path) && io::read_file(path) != text) fs::remove(path);
   if (!resuming && run.overwrite)
     for (const char* p :
          {"checkpoints", "final", "metrics.jsonl", "report.html", "loss.svg", ".sample-model"})
       fs::remove_all(fs::path(rd) / p);
+  io::atomic_write(path, text);
+}
+
+// The tokenizer is trained on the corpus, or copied, into RUN_DIR/tokenizer (a run dir is
+// self-contained; resume reads it back).
+void setup_tokenizer(TrainerState& s, const TrainConfig& cfg, const RunOptions& run,
+                     const std::vector<std::string>& files, bool resuming) {
+  const std::string& rd = run.run_dir;
   s.tokenizer_dir = (fs::path(rd) / "tokenizer").string();
   if (!resuming) {
     if (cfg.tokenizer.empty()) {
@@ -138,7 +193,12 @@ void setup_data(TrainerState& s, const TrainConfig& cfg, const RunOptions& run) 
 // resuming.
 void setup_model(TrainerState& s, const TrainConfig& cfg, const RunOptions& run,
                  const CheckpointData* resume_from) {
-  s.mc = cfg.model_config(s.tk->vocab_size());
+  // Resuming, the checkpoint's model_config is the model (checked against its train_config by
+  // checkpoint_model_config); the tokenizer must still fit it.
+  s.mc = resume_from ? checkpoint_model_config(*resume_from) : cfg.model_config(s.tk->vocab_size());
+  DSV3_CHECK(s.mc.vocab_size == s.tk->vocab_size(),
+             "{}/tokenizer has {} tokens but the checkpoint's model has a vocabulary of {}",
+             run.run_dir, s.tk->vocab_size(), s.mc.vocab_size);
   s.store = std::make_unique<ParamStore>(s.mc);
   s.store->init_random(cfg.seed);
   s.model =
@@ -256,6 +316,9 @@ TrainResult Trainer::run() {
   set_num_threads(s.threads);
   for (const auto& w : warnings_) log_warn(w);
 
+  fs::create_directories(run_.run_dir);
+  if (!lock_) lock_ = std::make_unique<RunDirLock>(run_.run_dir);
+  prepare_run_dir(s, config_, run_, resuming);
   setup_tokenizer(s, config_, run_, files_, resuming);
   setup_data(s, config_, run_);
   setup_model(s, config_, run_, resuming ? &*resume_from_ : nullptr);

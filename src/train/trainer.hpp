@@ -25,6 +25,7 @@
 namespace dsv3::train {
 
 struct TrainerState;  // trainer_state.hpp
+class RunDirLock;     // run_lock.hpp
 
 struct RunOptions {
   std::string run_dir = "runs/default";
@@ -50,7 +51,9 @@ class Trainer {
   // A fresh run: checks the options, the input files and the tokenizer dir; writes nothing.
   Trainer(TrainConfig config, RunOptions run);
   // Continues RUN_DIR from its newest valid checkpoint (older ones are tried when the newest is
-  // corrupt, with a warning). Throws when none verifies.
+  // corrupt, with a warning); a run dir with no checkpoint yet starts over from step 0 with the
+  // options recorded in RUN_DIR/run.json. Throws when checkpoints exist but none verifies, or
+  // when there is neither a checkpoint nor run.json. Locks RUN_DIR (run_lock.hpp) first.
   static Trainer resume(RunOptions run);
   ~Trainer();
   Trainer(Trainer&&) noexcept;
@@ -67,6 +70,12 @@ class Trainer {
   std::optional<CheckpointData> resume_from_;
   std::vector<std::string> warnings_;
   std::unique_ptr<TrainerState> s_;
+  std::unique_ptr<RunDirLock> lock_;  // held from resume() or the start of run() to the end
 };
+
+// RUN_DIR/run.json: the options of a run (train_config with the thread count), written when the
+// run starts, before any other file of it, so a run killed before its first checkpoint can be
+// resumed from the start.
+std::string run_record_path(const std::string& run_dir);
 
 }  // namespace dsv3::train

@@ -1,6 +1,7 @@
 // The training step of `dsv3 train` (trainer_state.hpp): forward/backward with MTP and the
 // balance loss, gradient clipping, AdamW on the LR schedule, and the auxiliary-loss-free bias
 // update (DeepSeek-V3 report §2.1.2) from the step's expert loads.
+#include <algorithm>
 #include <cmath>
 
 #include "core/error.hpp"
@@ -58,11 +59,18 @@ StepRecord train_step(TrainerState& s, const TrainConfig& cfg, std::vector<int32
   s.model->forward_backward(buf.data(), B, W, step_options(cfg, s.step, s.total), &st);
   const float norm =
       clip_grad_norm(s.store->grads(), size_t(s.store->size()), float(cfg.grad_clip));
+  // A non-finite loss or gradient stops the run before anything of the step is applied or
+  // written: the weights, metrics.jsonl and the last checkpoint stay as they were.
+  const bool mtp_finite = std::all_of(st.mtp_loss.begin(), st.mtp_loss.end(),
+                                      [](double l) { return std::isfinite(l); });
+  DSV3_CHECK(std::isfinite(st.main_loss) && mtp_finite && std::isfinite(norm),
+             "step {}: the {} is not finite (loss {}, MTP loss {}, gradient norm {}): training "
+             "stopped before the update, and the last checkpoint is as it was (a lower lr or "
+             "grad_clip may help; --resume continues from that checkpoint)",
+             s.step + 1, std::isfinite(st.main_loss) && mtp_finite ? "gradient" : "loss",
+             st.main_loss, st.mtp_loss.empty() ? kNoValue : st.mtp_loss[0], norm);
   const double lr = s.lr->lr(s.step);
-  if (std::isfinite(norm))
-    s.opt->step(s.store->params(), s.store->grads(), float(lr));
-  else
-    log_warn(fmt::format("step {}: gradient norm is not finite; update skipped", s.step + 1));
+  s.opt->step(s.store->params(), s.store->grads(), float(lr));
   const double gamma = cfg.balance ? BiasSpeedSchedule{cfg.gamma}.at(s.step, s.total) : 0.0;
   StepRecord rec;
   for (size_t r = 0; r < st.moe_layer.size(); ++r) {
