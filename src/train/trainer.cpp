@@ -63,7 +63,7 @@ nlohmann::json resume_record(const RunOptions& run, const std::optional<Checkpoi
   *where = run_record_path(run.run_dir);
   DSV3_CHECK(fs::exists(*where),
              "--resume: '{}' holds no checkpoint and no run.json, so no run to continue: start "
-             "one with dsv3 train --out {}",
+             "one with dsv3 train --out {} (with --overwrite to replace what is there)",
              run.run_dir, run.run_dir);
   nlohmann::json j = nlohmann::json::parse(io::read_file(*where), nullptr, false);
   DSV3_CHECK(!j.is_discarded() && j.is_object(), "{} is not a JSON object", *where);
