@@ -215,8 +215,8 @@ TEST(TrainCli, CrashConsistencyAtRandomMoments) {
   std::printf("crash-consistency seed %llu\n", static_cast<unsigned long long>(seed));
   const std::string root = test_dir("cli-crash");
   TrainConfig c = tiny_config(root);
-  c.steps = 40;
-  c.checkpoint_every = 5;
+  c.steps = 30;
+  c.checkpoint_every = 4;
   c.eval_every = 16;
   c.sample_tokens = 0;
   const std::string opts = write_options(root, c), dir = root + "/killed";
@@ -224,7 +224,7 @@ TEST(TrainCli, CrashConsistencyAtRandomMoments) {
       run_cli("train --quiet --options " + opts + " --out " + root + "/full");
   ASSERT_EQ(full.status, 0) << full.out;
   const auto want = read_metrics(root + "/full/metrics.jsonl").steps;
-  ASSERT_EQ(want.size(), 40u);
+  ASSERT_EQ(want.size(), 30u);
 
   auto expect_prefix = [&](const std::string& when) {
     if (!fs::exists(dir + "/metrics.jsonl")) return;
