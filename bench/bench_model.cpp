@@ -1,19 +1,24 @@
 // Model benchmark: batch-1 decode tokens/s and prefill tokens/s of a 512-token prompt on the
 // ~1.2B-total / ~0.2B-active config (bench/configs/bench-1b.json, BF16 weights), on 1 and 2
-// threads, beside the limits measured in the same run: memory bandwidth (decode reads every
-// active weight once per token) and BF16 GEMM peak (prefill). Prints JSON.
+// threads, beside the limits measured in the same run. Prints JSON; `--help` for the flags.
 //
-//   bench_model [--model DIR] [--threads 1,2] [--prompt 512] [--decode 128] [--rounds 8]
-//               [--residency huge-page-copy|mmap]
-// Decode runs `--decode` steps in `--rounds` rounds, each set against a bandwidth probe taken
-// right before it; the JSON gives the medians over rounds (and the range of the percentages)
-// and where a decode step's time goes (mean milliseconds per token by part).
-// Without --model, a random checkpoint is made once under build/bench-1b by `dsv3 init`'s code.
+// The limits, and what each figure is set against:
+//  - decode reads every active weight once per token. Its bandwidth limit is the sustained read of
+//    a buffer placed like the weights (HugePageProbe: 2 MiB-aligned, MADV_HUGEPAGE, full-entropy
+//    data, at least the size of all weights, read whole), one sweep before each decode round;
+//    each round is set against its own sweep and the medians over rounds are reported. The bench
+//    also prints decode against the plain read bandwidth (BandwidthProbe: 4 KiB pages, best of
+//    short passes, taken before and after the rounds), and against the higher of the two limits,
+//    so no figure is over a limit that the machine was not shown to have.
+//  - prefill is set against the BF16 GEMM peak with the FLOPs it actually performs: the LM head
+//    once per sequence (only the last logits are computed), the router once per token, the
+//    attention path Auto takes (naive from kNaiveMinTokens tokens: K/V expanded through kv_b for
+//    every position), attention counted over the causal pairs only.
+// Without --model, a random checkpoint is made once under the build dir (build/bench-1b).
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
-#include <sstream>
 #include <string>
 #include <vector>
 
@@ -21,144 +26,270 @@
 #include "core/parallel.hpp"
 #include "core/rng.hpp"
 #include "model/export.hpp"
+#include "model/mla.hpp"
 #include "model/model.hpp"
 
 using namespace dsv3;
 namespace fs = std::filesystem;
 
-int main(int argc, char** argv) {
-  std::string model_dir, threads_s = "1,2";
+namespace {
+
+const char* kUsage =
+    "usage: bench_model [--model DIR] [--threads 1,2] [--prompt 512] [--decode 128] [--rounds 8]\n"
+    "                   [--residency huge-page-copy|mmap]\n"
+    "Decode and prefill speed of a DeepSeek-V3 checkpoint beside the memory bandwidth and BF16\n"
+    "GEMM peak measured in the same run; prints JSON. Without --model, a random BF16 checkpoint\n"
+    "of bench/configs/bench-1b.json (2.85 GB) is made once in " DSV3_BINARY_DIR
+    "/bench-1b.\n"
+    "  --model DIR       HF checkpoint dir to load\n"
+    "  --threads LIST    thread counts to run, comma-separated (default 1,2)\n"
+    "  --prompt N        prefill prompt length in tokens (default 512)\n"
+    "  --decode N        decode steps in all, split over the rounds (default 128)\n"
+    "  --rounds N        decode rounds, each after a bandwidth sweep (default 8)\n"
+    "  --residency R     huge-page-copy (default) or mmap\n"
+    "  --help            this text\n";
+
+struct Args {
+  std::string model_dir, threads = "1,2", residency = "huge-page-copy";
   int64_t prompt = 512, decode = 128;
   int rounds = 8;
-  std::string residency = "huge-page-copy";
-  for (int i = 1; i + 1 < argc; i += 2) {
-    std::string a = argv[i];
-    if (a == "--residency")
-      residency = argv[i + 1];
-    else if (a == "--model")
-      model_dir = argv[i + 1];
-    else if (a == "--threads")
-      threads_s = argv[i + 1];
-    else if (a == "--prompt")
-      prompt = std::stoll(argv[i + 1]);
-    else if (a == "--decode")
-      decode = std::stoll(argv[i + 1]);
-    else if (a == "--rounds")
-      rounds = std::stoi(argv[i + 1]);
-    else {
-      std::fprintf(stderr, "unknown flag %s\n", a.c_str());
+};
+
+// Parses argv into a; returns -1 to go on, else the exit status (help: 0, bad flags: 2).
+int parse_args(int argc, char** argv, Args& a) {
+  for (int i = 1; i < argc; ++i) {
+    const std::string f = argv[i];
+    if (f == "--help" || f == "-h") {
+      std::printf("%s", kUsage);
+      return 0;
+    }
+    static const char* kFlags[] = {"--model",  "--threads", "--prompt",
+                                   "--decode", "--rounds",  "--residency"};
+    if (std::find_if(std::begin(kFlags), std::end(kFlags), [&](const char* k) { return f == k; }) ==
+        std::end(kFlags)) {
+      std::fprintf(stderr, "bench_model: unknown flag '%s'\n%s", f.c_str(), kUsage);
+      return 2;
+    }
+    if (i + 1 >= argc) {
+      std::fprintf(stderr, "bench_model: %s needs a value\n%s", f.c_str(), kUsage);
+      return 2;
+    }
+    const std::string v = argv[++i];
+    try {
+      size_t used = v.size();
+      if (f == "--model")
+        a.model_dir = v;
+      else if (f == "--threads")
+        a.threads = v;
+      else if (f == "--residency")
+        a.residency = v;
+      else if (f == "--prompt")
+        a.prompt = std::stoll(v, &used);
+      else if (f == "--decode")
+        a.decode = std::stoll(v, &used);
+      else
+        a.rounds = std::stoi(v, &used);
+      if (used != v.size()) throw std::invalid_argument(v);
+    } catch (const std::exception&) {
+      std::fprintf(stderr, "bench_model: %s: '%s' is not a number\n%s", f.c_str(), v.c_str(),
+                   kUsage);
       return 2;
     }
   }
+  if (a.prompt < 1 || a.decode < 1 || a.rounds < 1) {
+    std::fprintf(stderr, "bench_model: --prompt, --decode and --rounds must be at least 1\n");
+    return 2;
+  }
+  if (a.residency != "huge-page-copy" && a.residency != "mmap") {
+    std::fprintf(stderr, "bench_model: --residency must be huge-page-copy or mmap\n");
+    return 2;
+  }
+  return -1;
+}
+
+// FLOPs (2 per multiply-add) of Model::forward on one sequence of T tokens from position 0 with
+// only the last logits: every weight matrix a token passes through (the router once, K routed
+// and the shared experts), kv_b once per position on the naive path, the LM head once, and the
+// attention products of the path Auto takes over the T(T+1)/2 causal pairs. Norms, RoPE,
+// softmax and the embedding lookup are not counted.
+double prefill_flops(const model::ModelConfig& c, int64_t T) {
+  const double D = double(c.hidden_size), H = double(c.num_attention_heads);
+  const double Dn = double(c.qk_nope_head_dim), Dr = double(c.qk_rope_head_dim),
+               Dv = double(c.v_head_dim), R = double(c.kv_lora_rank);
+  const double pairs = double(T) * double(T + 1) / 2.0;
+  const bool naive = T >= model::kNaiveMinTokens;
+  double per_token = 0, per_seq = 0;
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+    double mla = c.q_lora_rank ? double(*c.q_lora_rank) * (D + H * (Dn + Dr)) : D * H * (Dn + Dr);
+    mla += D * (R + Dr) + H * Dv * D;  // kv_a, o_proj
+    per_token += 2 * mla;
+    if (naive)  // kv_b expands every position; QK over Dn + Dr, PV over Dv per causal pair
+      per_seq += 2 * double(T) * H * (Dn + Dv) * R + 2 * pairs * H * (Dn + Dr + Dv);
+    else  // q·W_UK and lat·W_UV per token; scores over R + Dr and the latent sum over R per pair
+      per_seq += 2 * double(T) * H * (Dn * R + R * Dv) + 2 * pairs * H * (2 * R + Dr);
+    if (c.is_moe_layer(l))
+      per_token += 2 * (D * double(c.n_routed_experts) +
+                        3 * D * double(c.moe_intermediate_size) *
+                            double(c.num_experts_per_tok + c.n_shared_experts));
+    else
+      per_token += 2 * 3 * D * double(c.intermediate_size);
+  }
+  per_seq += 2 * D * double(c.vocab_size);  // LM head on the last position
+  return per_token * double(T) + per_seq;
+}
+
+// The old count (until 2026-12-07), kept for the record: 2 FLOPs per active weight, taken as
+// active bytes / 2 (BF16), per token — the LM head on every token, the FP32 router at 4 bytes
+// per weight counted twice — plus absorbed attention over half the prompt per token, whichever
+// path ran.
+double prefill_flops_old(const model::ModelConfig& c, size_t active_bytes, int64_t T) {
+  const double attn = 2.0 * double(c.num_attention_heads) *
+                      double(c.kv_lora_rank * 2 + c.qk_rope_head_dim) * (double(T) / 2.0) *
+                      double(c.num_hidden_layers);
+  return double(T) * (2.0 * double(active_bytes) / 2.0 + attn);
+}
+
+void ensure_default_checkpoint(const std::string& dir) {
+  if (fs::exists(fs::path(dir) / "config.json")) return;
+  std::fprintf(stderr, "making a random BF16 checkpoint in %s (once)\n", dir.c_str());
+  auto c = model::load_config(std::string(DSV3_SOURCE_DIR) + "/bench/configs/bench-1b.json");
+  model::save_hf_checkpoint(
+      dir, c, [](const model::ParamSpec& s, float* d) { model::random_param_fill(s, d, 0); });
+}
+
+double min_of(const std::vector<double>& v) {
+  return *std::min_element(v.begin(), v.end());
+}
+double max_of(const std::vector<double>& v) {
+  return *std::max_element(v.begin(), v.end());
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Args a;
+  if (const int rc = parse_args(argc, argv, a); rc >= 0) return rc;
   try {
-    if (model_dir.empty()) {
-      model_dir = "bench-1b";
-      if (!fs::exists(fs::path(model_dir) / "config.json")) {
-        std::fprintf(stderr, "making a random BF16 checkpoint in %s (once)\n", model_dir.c_str());
-        auto c = model::load_config(std::string(DSV3_SOURCE_DIR) + "/bench/configs/bench-1b.json");
-        model::save_hf_checkpoint(model_dir, c, [](const model::ParamSpec& s, float* d) {
-          model::random_param_fill(s, d, 0);
-        });
-      }
+    const auto threads = bench::parse_int_list(a.threads);
+    if (threads.empty()) throw std::runtime_error("--threads lists no thread count");
+    if (a.model_dir.empty()) {
+      a.model_dir = std::string(DSV3_BINARY_DIR) + "/bench-1b";
+      ensure_default_checkpoint(a.model_dir);
     }
     model::LoadOptions lo;
     lo.compute = cpu::Compute::BF16;
     lo.load_mtp = false;
-    if (residency == "mmap")
-      lo.residency = io::Residency::Map;
-    else if (residency != "huge-page-copy")
-      throw std::runtime_error("--residency must be mmap or huge-page-copy");
-    auto m = model::Model::load(model_dir, lo);
+    if (a.residency == "mmap") lo.residency = io::Residency::Map;
+    auto m = model::Model::load(a.model_dir, lo);
     const auto& c = m->config();
     const size_t active = m->active_weight_bytes();
+    const int64_t prompt = a.prompt;
     Rng rng(1);
-    std::printf("{\n  \"benchmark\": \"model\",\n  \"model\": \"%s\",\n  \"residency\": \"%s\",\n",
-                model_dir.c_str(), residency.c_str());
-    std::printf("  \"active_weight_bytes_per_token\": %zu,\n  \"total_weight_bytes\": %zu,\n",
-                active, m->total_weight_bytes());
-    std::printf("  \"kv_cache_bytes_per_token\": %zu,\n  \"runs\": [\n",
-                model::KVCache::bytes_per_token(c));
-    auto threads = bench::parse_int_list(threads_s);
-    if (rounds < 1) throw std::runtime_error("--rounds must be at least 1");
-    bench::BandwidthProbe probe;
-    for (size_t ti = 0; ti < threads.size(); ++ti) {
-      const int nt = threads[ti];
+    bench::HugePageProbe hp(m->total_weight_bytes());
+    bench::BandwidthProbe plain;
+
+    bench::JsonWriter j;
+    auto range = [&j](const char* key, const std::vector<double>& v, int precision) {
+      j.begin_array(key);
+      j.field(nullptr, min_of(v), precision);
+      j.field(nullptr, max_of(v), precision);
+      j.end_array();
+    };
+    j.begin_object();
+    j.field("benchmark", "model");
+    j.field("model", a.model_dir);
+    j.field("residency", a.residency);
+    j.field("active_weight_bytes_per_token", int64_t(active));
+    j.field("total_weight_bytes", int64_t(m->total_weight_bytes()));
+    j.field("kv_cache_bytes_per_token", int64_t(model::KVCache::bytes_per_token(c)));
+    j.field("hugepage_probe_bytes", int64_t(hp.bytes()));
+    j.field("hugepage_probe_thp_fraction", hp.huge_page_fraction(), 3);
+    j.field("prefill_attention_path", prompt >= model::kNaiveMinTokens ? "naive" : "absorbed");
+    j.field("prefill_gflop_per_sequence", prefill_flops(c, prompt) / 1e9, 3);
+    j.begin_array("runs");
+    for (const int nt : threads) {
       set_num_threads(nt);
       const double peak = bench::measure_gemm_peak_gflops(true, nt);
-      // Prefill: a 512-token prompt, BF16 GEMMs; the best of 3.
-      std::vector<int32_t> toks(static_cast<size_t>(prompt));
+      // Prefill: one prompt, only the last logits; the best of 3.
+      std::vector<int32_t> toks(static_cast<size_t>(std::max<int64_t>(prompt, 17)));
       for (auto& t : toks) t = int32_t(2 + rng.below(uint64_t(c.vocab_size - 2)));
       std::vector<float> logits(static_cast<size_t>(c.vocab_size));
       model::ForwardOptions fo;
       fo.all_logits = false;
       double best_prefill = 1e30;
       for (int rep = 0; rep < 3; ++rep) {
-        model::KVCache cache(c, 1, prompt + decode + 1, false);
+        model::KVCache cache(c, 1, prompt + 1, false);
         auto t0 = std::chrono::steady_clock::now();
         m->forward(toks.data(), 1, prompt, 0, cache, logits.data(), fo);
         best_prefill = std::min(best_prefill, bench::seconds_since(t0));
       }
-      // Decode: batch 1 after a 16-token prompt, in `rounds` rounds of decode/rounds steps, each
-      // beside a bandwidth probe of its own (8 short passes). This VM's bandwidth drifts by up to
-      // 2× within minutes, so each round is set against the probe taken next to it and the
-      // medians over the rounds are reported.
-      const int64_t steps = std::max<int64_t>(1, decode / rounds);
-      model::KVCache cache(c, 1, 16 + steps * rounds + 1, false);
+      // Decode: batch 1 after a 16-token prompt, in rounds of decode/rounds steps, each right
+      // after one sustained sweep of the huge-page probe. The plain probe is taken before and
+      // after the rounds (24 short passes each).
+      const auto plain_before = plain.measure(nt);
+      const int64_t steps = std::max<int64_t>(1, a.decode / a.rounds);
+      model::KVCache cache(c, 1, 16 + steps * a.rounds + 1, false);
       m->forward(toks.data(), 1, 16, 0, cache, logits.data(), fo);
       int32_t tok = toks[16];
       int64_t pos = 16;
-      std::vector<double> round_bw, round_median_bw, round_tps, round_pct;
+      std::vector<double> round_hp, round_tps, round_pct_hp;
       model::ForwardTimes times;
       fo.times = &times;
-      for (int r = 0; r < rounds; ++r) {
-        const auto pr = probe.measure(nt, 8);
-        const double rbw = pr.best;
-        round_median_bw.push_back(pr.median);
+      for (int r = 0; r < a.rounds; ++r) {
+        const double hbw = hp.measure(nt);
         auto t0 = std::chrono::steady_clock::now();
         for (int64_t s = 0; s < steps; ++s) {
           m->forward(&tok, 1, 1, pos++, cache, logits.data(), fo);
           tok = int32_t(2 + rng.below(uint64_t(c.vocab_size - 2)));
         }
         const double tps = double(steps) / bench::seconds_since(t0);
-        round_bw.push_back(rbw);
+        round_hp.push_back(hbw);
         round_tps.push_back(tps);
-        round_pct.push_back(100.0 * tps * double(active) / 1e9 / rbw);
+        round_pct_hp.push_back(100.0 * tps * double(active) / 1e9 / hbw);
       }
       fo.times = nullptr;
-      const double n_steps = double(steps * rounds);
+      const auto plain_after = plain.measure(nt);
+      const double plain_best = std::max(plain_before.best, plain_after.best);
+      const double plain_median = std::max(plain_before.median, plain_after.median);
+      const double n_steps = double(steps * a.rounds);
       const double decode_tps = bench::median(round_tps);
       const double decode_gbs = decode_tps * double(active) / 1e9;
-      const double decode_pct = bench::median(round_pct);
-      const double decode_bw = bench::median(round_bw);
-      const double median_bw = bench::median(round_median_bw);
+      const double hp_bw = bench::median(round_hp);
+      const double limit = std::max(max_of(round_hp), plain_best);  // the best either probe saw
       const double prefill_tps = double(prompt) / best_prefill;
-      // Prefill FLOPs: 2 x active parameters (excluding the embedding row) per token, plus
-      // attention (QK and PV over the causal half, absorbed: H x (R + Dr) and H x R per pair).
-      const double flops_tok = 2.0 * double(active) / 2.0;  // BF16: 2 bytes per parameter
-      const double attn = 2.0 * c.num_attention_heads *
-                          double(c.kv_lora_rank * 2 + c.qk_rope_head_dim) * (prompt / 2.0) *
-                          c.num_hidden_layers;
-      const double prefill_gflops = prefill_tps * (flops_tok + attn) / 1e9;
-      std::printf(
-          "    {\"threads\": %d, \"memory_bandwidth_gbs\": %.1f, \"median_pass_gbs\": %.1f, "
-          "\"bf16_gemm_peak_gflops\": %.1f,\n"
-          "     \"decode_tokens_per_s\": %.2f, \"decode_weight_gbs\": %.1f, "
-          "\"decode_pct_of_bandwidth\": %.1f, \"decode_pct_min_max\": [%.1f, %.1f],\n"
-          "     \"decode_ms_per_token\": {\"attention\": %.3f, \"ffn\": %.3f, \"head\": %.3f, "
-          "\"other\": %.3f},\n"
-          "     \"prefill_tokens\": %lld, \"prefill_tokens_per_s\": %.1f, \"prefill_gflops\": "
-          "%.1f, "
-          "\"prefill_pct_of_bf16_peak\": %.1f}%s\n",
-          nt, decode_bw, median_bw, peak, decode_tps, decode_gbs, decode_pct,
-          *std::min_element(round_pct.begin(), round_pct.end()),
-          *std::max_element(round_pct.begin(), round_pct.end()), 1e3 * times.attention / n_steps,
-          1e3 * times.ffn / n_steps, 1e3 * times.head / n_steps,
-          1e3 * (times.total - times.attention - times.ffn - times.head) / n_steps,
-          (long long)prompt, prefill_tps, prefill_gflops, 100.0 * prefill_gflops / peak,
-          ti + 1 < threads.size() ? "," : "");
-      std::fflush(stdout);
+      const double prefill_gflops = prefill_flops(c, prompt) / best_prefill / 1e9;
+      const double prefill_gflops_old = prefill_flops_old(c, active, prompt) / best_prefill / 1e9;
+
+      j.begin_object();
+      j.field("threads", nt);
+      j.field("hugepage_sustained_gbs", hp_bw, 1);
+      range("hugepage_sustained_gbs_min_max_rounds", round_hp, 1);
+      j.field("plain_best_pass_gbs", plain_best, 1);
+      j.field("plain_median_pass_gbs", plain_median, 1);
+      j.field("bandwidth_limit_gbs", limit, 1);
+      j.field("decode_tokens_per_s", decode_tps, 2);
+      j.field("decode_weight_gbs", decode_gbs, 2);
+      j.field("decode_pct_of_hugepage_sustained", bench::median(round_pct_hp), 1);
+      range("decode_pct_of_hugepage_min_max_rounds", round_pct_hp, 1);
+      j.field("decode_pct_of_plain_best", 100.0 * decode_gbs / plain_best, 1);
+      j.field("decode_pct_of_limit", 100.0 * decode_gbs / limit, 1);
+      j.begin_object("decode_ms_per_token");
+      j.field("attention", 1e3 * times.attention / n_steps, 3);
+      j.field("ffn", 1e3 * times.ffn / n_steps, 3);
+      j.field("head", 1e3 * times.head / n_steps, 3);
+      j.field("other", 1e3 * (times.total - times.attention - times.ffn - times.head) / n_steps, 3);
+      j.end_object();
+      j.field("bf16_gemm_peak_gflops", peak, 1);
+      j.field("prefill_tokens", prompt);
+      j.field("prefill_tokens_per_s", prefill_tps, 1);
+      j.field("prefill_gflops", prefill_gflops, 1);
+      j.field("prefill_pct_of_bf16_peak", 100.0 * prefill_gflops / peak, 1);
+      j.field("prefill_pct_of_bf16_peak_old_count", 100.0 * prefill_gflops_old / peak, 1);
+      j.end_object();
     }
-    std::printf("  ]\n}\n");
+    j.end_array();
+    j.end_object();
+    j.print();
   } catch (const std::exception& e) {
     std::fprintf(stderr, "bench_model: %s\n", e.what());
     return 1;

@@ -1,6 +1,6 @@
 // Shared benchmark helpers (header-only): the machine limits every benchmark reports beside its
-// own numbers — memory bandwidth (read-only stream) and FP32/BF16 GEMM peak (oneDNN matmul with
-// packed weights) — plus a timer and a tiny JSON writer.
+// own numbers — memory bandwidth (read-only stream), FP32 FMA peak (core/fma_peak.hpp) and
+// FP32/BF16 GEMM peak (oneDNN matmul with packed weights) — plus a timer and a tiny JSON writer.
 #pragma once
 // GCC 12 flags the _mm*_undefined_* inside its own AVX-512 intrinsic headers once they are inlined
 // (a known false positive; src/backend/cpu/gemv.cpp does the same).
@@ -9,15 +9,21 @@
 #include <immintrin.h>
 #include <omp.h>
 
+#include <sys/mman.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <dnnl.hpp>
 #include <memory>
+#include <stdexcept>
 #include <string>
 #include <vector>
+
+#include "core/fma_peak.hpp"
 
 namespace dsv3::bench {
 
@@ -74,26 +80,69 @@ class ScopedThreads {
   int old_;
 };
 
-// Read-only bandwidth in GB/s (1e9 bytes/s) on `threads` threads: each pass sums one 64 MiB
-// segment of a 512 MiB buffer (threads take contiguous parts), cycling through the segments so a
-// pass reads what the last seven evicted from every cache. The limit is the best of `passes`
-// passes: short passes keep it stable on a shared machine, where a long pass is likely to be
-// preempted; the median pass is there for context (what a pass typically got at that moment).
-// The buffer is made once, so a benchmark can probe again between its own rounds.
+namespace detail {
+
+// Full-entropy bytes: word i of the buffer is splitmix64(seed + i), so no two pages are alike and
+// none compresses (a host that merges or compresses identical pages cannot make a probe slow or
+// fast). Filled on all threads.
+inline void fill_random(uint64_t* p, size_t words, uint64_t seed) {
+#pragma omp parallel for schedule(static)
+  for (size_t i = 0; i < words; ++i) {
+    uint64_t z = seed + i * 0x9e3779b97f4a7c15ull;
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    p[i] = z ^ (z >> 31);
+  }
+}
+
+// Reads [p, p + bytes) once on `threads` threads (contiguous parts, 256 bytes per iteration into
+// four XOR accumulators: integer work, so random bit patterns cost no floating-point assists),
+// with the non-temporal prefetch 4 KiB ahead that the GEMV kernels use on the weights
+// (src/backend/cpu/gemv.cpp), so a probe reads memory the way decode does at its best; returns
+// the seconds it took. bytes is a multiple of 256 and p 64-byte aligned.
+inline double timed_read(const uint8_t* p, size_t bytes, int threads) {
+  volatile uint64_t sink = 0;
+  uint64_t total = 0;
+  const size_t blocks = bytes / 256;
+  const auto t0 = std::chrono::steady_clock::now();
+#pragma omp parallel num_threads(threads) reduction(^ : total)
+  {
+    const int nt = omp_get_num_threads(), id = omp_get_thread_num();
+    const size_t b = blocks * size_t(id) / size_t(nt), e = blocks * size_t(id + 1) / size_t(nt);
+    __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0;
+    for (size_t k = b; k < e; ++k) {
+      const uint8_t* q = p + k * 256;
+      for (int l = 0; l < 256; l += 64)
+        _mm_prefetch(reinterpret_cast<const char*>(q + 4096 + l), _MM_HINT_NTA);
+      a0 = _mm512_xor_si512(a0, _mm512_load_si512(q));
+      a1 = _mm512_xor_si512(a1, _mm512_load_si512(q + 64));
+      a2 = _mm512_xor_si512(a2, _mm512_load_si512(q + 128));
+      a3 = _mm512_xor_si512(a3, _mm512_load_si512(q + 192));
+    }
+    total ^= uint64_t(_mm512_reduce_add_epi64(
+        _mm512_xor_si512(_mm512_xor_si512(a0, a1), _mm512_xor_si512(a2, a3))));
+  }
+  const double t = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  sink = total;
+  (void)sink;
+  return t;
+}
+
+}  // namespace detail
+
+// The plain read bandwidth in GB/s (1e9 bytes/s) on `threads` threads: an ordinary allocation
+// (4 KiB pages) of full-entropy data; each pass reads one 64 MiB segment of a 512 MiB buffer,
+// cycling through the segments so a pass reads what the last seven evicted from every cache. The
+// limit is the best of `passes` passes (short passes: the machine's best moment); the median pass
+// is there for context. The buffer is made once, so a benchmark can probe again between rounds.
 class BandwidthProbe {
  public:
   static constexpr size_t kSegments = 8;
   explicit BandwidthProbe(size_t bytes = size_t(512) << 20)
-      : seg_(bytes / sizeof(float) / kSegments / 64 * 64),
-        buf_(static_cast<float*>(std::aligned_alloc(64, seg_ * kSegments * sizeof(float))),
-             &std::free) {
-    float* p = buf_.get();
-    const size_t n = seg_ * kSegments;
-#pragma omp parallel for schedule(static)
-    // Values that differ from page to page: with a periodic fill (i & 7) every page was
-    // identical, and on this VM such pages were sometimes read at 1.5–3 GB/s (the host appears
-    // to merge identical pages), which made the limit a tenth of the real one.
-    for (size_t i = 0; i < n; ++i) p[i] = float((uint32_t(i) * 2654435761u) >> 29);
+      : seg_(bytes / kSegments / 256 * 256),
+        buf_(static_cast<uint8_t*>(std::aligned_alloc(64, seg_ * kSegments)), &std::free) {
+    // Until 2026-12-07 the fill was periodic small floats (the same few values on every page).
+    detail::fill_random(reinterpret_cast<uint64_t*>(buf_.get()), seg_ * kSegments / 8, 1);
   }
 
   // Best and median pass, GB/s.
@@ -102,41 +151,82 @@ class BandwidthProbe {
   };
   Result measure(int threads, int passes = 24) {
     std::vector<double> rates;
-    volatile float sink = 0;
     for (int p = 0; p < passes; ++p) {
-      const float* q = buf_.get() + (pass_++ % kSegments) * seg_;
-      const size_t seg = seg_;
-      float total = 0;
-      Timer t;
-#pragma omp parallel num_threads(threads) reduction(+ : total)
-      {
-        const int nt = omp_get_num_threads(), id = omp_get_thread_num();
-        const size_t b = seg / 64 * size_t(id) / size_t(nt) * 64;
-        const size_t e = seg / 64 * size_t(id + 1) / size_t(nt) * 64;
-        __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-        for (size_t i = b; i < e; i += 64) {
-          a0 = _mm512_add_ps(a0, _mm512_load_ps(q + i));
-          a1 = _mm512_add_ps(a1, _mm512_load_ps(q + i + 16));
-          a2 = _mm512_add_ps(a2, _mm512_load_ps(q + i + 32));
-          a3 = _mm512_add_ps(a3, _mm512_load_ps(q + i + 48));
-        }
-        total += _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
-      }
-      rates.push_back(double(seg_ * sizeof(float)) / t.seconds() / 1e9);
-      sink = total;
+      const uint8_t* q = buf_.get() + (pass_++ % kSegments) * seg_;
+      rates.push_back(double(seg_) / detail::timed_read(q, seg_, threads) / 1e9);
     }
-    (void)sink;
     std::sort(rates.begin(), rates.end());
     return {rates.back(), rates[rates.size() / 2]};
   }
-  double gbs(int threads, int passes = 24) {
-    return measure(threads, passes).best;
-  }
+  double gbs(int threads, int passes = 24) { return measure(threads, passes).best; }
 
  private:
   size_t seg_;
-  std::unique_ptr<float, decltype(&std::free)> buf_;
+  std::unique_ptr<uint8_t, decltype(&std::free)> buf_;
   size_t pass_ = 0;
+};
+
+// The sustained read bandwidth of memory placed like the model weights (io/file.cpp's
+// huge-page copy): anonymous memory from a 2 MiB boundary, advised MADV_HUGEPAGE, full-entropy
+// data, at least as large as the weights, and read whole in each pass: a pass is a sustained
+// sweep, not a short burst, and no part of it can come from a cache. measure() takes one pass;
+// a benchmark interleaves passes with its own rounds.
+class HugePageProbe {
+ public:
+  explicit HugePageProbe(size_t bytes) {
+    constexpr size_t kHuge = size_t(2) << 20;
+    bytes_ = (bytes + kHuge - 1) / kHuge * kHuge;
+    void* raw = ::mmap(nullptr, bytes_ + kHuge, PROT_READ | PROT_WRITE,
+                       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (raw == MAP_FAILED) throw std::runtime_error("HugePageProbe: mmap failed");
+    const uintptr_t r = reinterpret_cast<uintptr_t>(raw);
+    const uintptr_t a = (r + kHuge - 1) / kHuge * kHuge;
+    if (a > r) ::munmap(raw, a - r);
+    const size_t tail = (r + bytes_ + kHuge) - (a + bytes_);
+    if (tail > 0) ::munmap(reinterpret_cast<void*>(a + bytes_), tail);
+    p_ = reinterpret_cast<uint8_t*>(a);
+    advised_ = ::madvise(p_, bytes_, MADV_HUGEPAGE) == 0;
+    detail::fill_random(reinterpret_cast<uint64_t*>(p_), bytes_ / 8, 2);
+  }
+  ~HugePageProbe() { ::munmap(p_, bytes_); }
+  HugePageProbe(const HugePageProbe&) = delete;
+  HugePageProbe& operator=(const HugePageProbe&) = delete;
+
+  // GB/s of one read of the whole buffer.
+  double measure(int threads) {
+    return double(bytes_) / detail::timed_read(p_, bytes_, threads) / 1e9;
+  }
+  size_t bytes() const { return bytes_; }
+  bool advised() const { return advised_; }
+  // Share of the buffer the kernel backs with huge pages (AnonHugePages of its mapping in
+  // /proc/self/smaps); -1 when it cannot be read.
+  double huge_page_fraction() const {
+    std::FILE* f = std::fopen("/proc/self/smaps", "r");
+    if (!f) return -1;
+    char line[512];
+    bool in = false;
+    double huge = -1;
+    const uintptr_t lo = reinterpret_cast<uintptr_t>(p_);
+    while (std::fgets(line, sizeof line, f)) {
+      unsigned long b = 0, e = 0;
+      if (std::sscanf(line, "%lx-%lx ", &b, &e) == 2) {  // a mapping's header line
+        in = b <= lo && lo < e;
+        continue;
+      }
+      unsigned long kb = 0;
+      if (in && std::sscanf(line, "AnonHugePages: %lu kB", &kb) == 1) {
+        huge = double(kb) * 1024.0 / double(bytes_);
+        break;
+      }
+    }
+    std::fclose(f);
+    return huge;
+  }
+
+ private:
+  uint8_t* p_ = nullptr;
+  size_t bytes_ = 0;
+  bool advised_ = false;
 };
 
 inline double measure_memory_bandwidth_gbs(int threads) {
@@ -149,32 +239,10 @@ inline double median(std::vector<double> v) {
   return v.empty() ? 0.0 : v[v.size() / 2];
 }
 
-// FP32 FMA peak in GFLOP/s on `threads` threads: every thread runs a register-only loop of
-// independent AVX-512 FMA chains (enough of them to cover the FMA latency on both ports), so the
-// figure is the core's arithmetic limit with no memory traffic; the best of 5.
-inline double measure_fma_peak_gflops(int threads, int64_t iters = 20'000'000) {
-  constexpr int kChains = 16;
-  volatile float sink = 0;
-  const double t = best_seconds(5, [&] {
-    float total = 0;
-#pragma omp parallel num_threads(threads) reduction(+ : total)
-    {
-      __m512 acc[kChains];
-      for (int c = 0; c < kChains; ++c) acc[c] = _mm512_set1_ps(float(c) * 1e-3f);
-      const __m512 a = _mm512_set1_ps(0.999999f), b = _mm512_set1_ps(1e-7f);
-      for (int64_t i = 0; i < iters / kChains; ++i) {
-#pragma GCC unroll 16
-        for (int c = 0; c < kChains; ++c) acc[c] = _mm512_fmadd_ps(acc[c], a, b);
-      }
-      __m512 s = acc[0];
-      for (int c = 1; c < kChains; ++c) s = _mm512_add_ps(s, acc[c]);
-      total += _mm512_reduce_add_ps(s);
-    }
-    sink = total;
-  });
-  (void)sink;
-  // iters FMAs of 16 lanes, 2 flops each, per thread.
-  return double(threads) * double(iters / kChains * kChains) * 16.0 * 2.0 / t / 1e9;
+// FP32 FMA peak in GFLOP/s on `threads` threads: the library's register-only FMA probe
+// (core/fma_peak.hpp), the same denominator as the MFU of `dsv3 train`.
+inline double measure_fma_peak_gflops(int threads) {
+  return measure_fp32_fma_peak(threads).flops / 1e9;
 }
 
 // GEMM peak in GFLOP/s on `threads` threads: a oneDNN matmul [M, K]·[K, N] → f32 with weights

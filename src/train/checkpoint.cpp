@@ -311,9 +311,13 @@ std::vector<int64_t> list_checkpoints(const std::string& run_dir) {
 
 std::optional<CheckpointData> load_latest_checkpoint(const std::string& run_dir,
                                                      std::vector<std::string>* warnings) {
+  // To the caller's list when given (it reports them: Trainer::run logs its warnings), else to
+  // the log; not both, or a resume prints each warning twice.
   auto warn = [&](const std::string& m) {
-    log_warn(m);
-    if (warnings) warnings->push_back(m);
+    if (warnings)
+      warnings->push_back(m);
+    else
+      log_warn(m);
   };
   fs::path root = checkpoints_dir(run_dir);
   std::error_code ec;

@@ -88,7 +88,8 @@ std::vector<int64_t> list_checkpoints(const std::string& run_dir);
 
 // Removes leftover `.tmp-*` dirs of interrupted saves, then loads the newest checkpoint that
 // verifies. Every skipped (corrupt, partial) checkpoint and removed temp dir adds a line to
-// *warnings (when given) and to the log. Returns nullopt when no checkpoint verifies.
+// *warnings when given (the caller reports them), else to the log. Returns nullopt when no
+// checkpoint verifies.
 std::optional<CheckpointData> load_latest_checkpoint(const std::string& run_dir,
                                                      std::vector<std::string>* warnings = nullptr);
 

@@ -1,16 +1,14 @@
 // Training data: UTF-8 text files -> documents -> tokens, cached once as binary shards in a cache
-// dir, a validation split held out by document, and a deterministic, resumable batch sampler that
-// packs sequences of T+1 tokens out of the concatenated document stream (sequences span document
-// boundaries, as in pretraining packing). Formats and rules: docs/training-runs.md.
+// dir, and a validation split held out by document; the batch sampler that packs sequences out of
+// the token stream is in sampler.hpp. Formats and rules: docs/training-runs.md.
 #pragma once
-#include <array>
 #include <cstdint>
 #include <functional>
-#include <nlohmann/json.hpp>
-#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
+
+#include "train/sampler.hpp"
 
 namespace dsv3::train {
 
@@ -68,55 +66,12 @@ std::vector<std::string> list_input_files(const std::vector<std::string>& inputs
 // Cuts one file's text into documents.
 std::vector<std::string_view> split_documents(std::string_view text, DocSplit split);
 
+// Reads each file and cuts it into documents (copies, in file order).
+std::vector<std::string> read_documents(const std::vector<std::string>& files, DocSplit split);
+
 // Loads the token shards from cache when the corpus and tokenizer are unchanged, otherwise reads,
 // validates and tokenizes the inputs and writes the shards; then holds out the validation split.
 // All data errors are raised here, before any training work.
 Dataset load_dataset(const DataOptions& opt, const EncodeFn& encode);
-
-// Position of a BatchSampler: everything needed to continue exactly where it stopped.
-struct SamplerState {
-  uint64_t seed = 0;
-  int64_t epoch = 0;    // completed passes over the data
-  int64_t cursor = 0;   // next window in this epoch's permutation
-  int64_t batches = 0;  // batches drawn so far (informational)
-
-  nlohmann::json to_json() const;
-  static SamplerState from_json(const nlohmann::json& j);
-  std::array<int64_t, 4> to_array() const;  // for an I64 checkpoint tensor
-  static SamplerState from_array(std::span<const int64_t> a);
-  bool operator==(const SamplerState&) const = default;
-};
-
-// Draws batches of `batch` sequences of seq_len + 1 tokens (inputs = [0, T), targets = [1, T+1)).
-// Each epoch cuts the stream into windows of T+1 tokens starting at offset + i*T (the offset,
-// in [0, T), and the window order are drawn from (seed, epoch)), so every token is a target once
-// per epoch. With shuffle = false windows come in order from offset 0, every epoch alike (for
-// evaluation). A batch that runs past the last window continues in the next epoch.
-class BatchSampler {
- public:
-  BatchSampler(std::span<const int32_t> tokens, int64_t batch, int64_t seq_len, uint64_t seed,
-               bool shuffle = true);
-
-  // Fills out[batch * (seq_len + 1)].
-  void next(int32_t* out);
-  std::vector<int32_t> next();
-
-  const SamplerState& state() const { return state_; }
-  // Throws if the state's seed differs from this sampler's or the cursor is out of range.
-  void set_state(const SamplerState& s);
-
-  int64_t windows_in_epoch(int64_t epoch) const;
-  int64_t batch() const { return batch_; }
-  int64_t seq_len() const { return seq_len_; }
-
- private:
-  void start_epoch();
-  std::span<const int32_t> tokens_;
-  int64_t batch_, seq_len_;
-  bool shuffle_;
-  SamplerState state_;
-  int64_t offset_ = 0;          // of the current epoch
-  std::vector<int64_t> order_;  // window permutation of the current epoch
-};
 
 }  // namespace dsv3::train

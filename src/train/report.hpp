@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "train/metrics.hpp"
+#include "train/svg.hpp"
 
 namespace dsv3::train {
 
@@ -29,29 +30,5 @@ struct NamedLog {
 
 std::string render_report_html(const NamedLog& run, const NamedLog* other = nullptr);
 std::string render_loss_svg(const NamedLog& run, const NamedLog* other = nullptr);
-
-// Building blocks, exposed for tests and for other plots.
-struct Series {
-  std::string label;
-  std::vector<double> x, y;  // non-finite y values break the line
-  std::string color;
-  bool dashed = false;
-  bool points = false;  // markers instead of a line (sparse series such as validation loss)
-};
-
-struct ChartOptions {
-  std::string title, x_label, y_label;
-  int width = 640, height = 300;
-  bool log_y = false;
-};
-
-std::string svg_line_chart(const ChartOptions& opt, const std::vector<Series>& series);
-
-// load[s][e]: load of expert e at steps[s] (any unit; each step is normalized to shares).
-// Columns are averaged down to at most 100.
-std::string svg_expert_heatmap(const std::string& title, const std::vector<int64_t>& steps,
-                               const std::vector<std::vector<double>>& load, int width = 640);
-
-std::string xml_escape(const std::string& s);
 
 }  // namespace dsv3::train

@@ -4,7 +4,7 @@
 // sequence-wise balance loss), gradient clipping and AdamW (optimizer.hpp) on the schedules of
 // lr_schedule.hpp, the auxiliary-loss-free bias update (balance.hpp), metrics, progress line,
 // evaluation with samples, atomic checkpoints with exact resume (checkpoint.hpp) and the final
-// Hugging Face export plus report.
+// Hugging Face export (export.hpp) plus report.
 //
 // Exact resume: everything a step reads is either in the checkpoint (FP32 weights with the
 // routing biases, AdamW moments and step, sampler position, RNG state) or a pure function of the
@@ -24,7 +24,8 @@
 
 namespace dsv3::train {
 
-struct TrainerState;  // trainer.cpp
+struct TrainerState;  // trainer_state.hpp
+class RunDirLock;     // run_lock.hpp
 
 struct RunOptions {
   std::string run_dir = "runs/default";
@@ -50,7 +51,9 @@ class Trainer {
   // A fresh run: checks the options, the input files and the tokenizer dir; writes nothing.
   Trainer(TrainConfig config, RunOptions run);
   // Continues RUN_DIR from its newest valid checkpoint (older ones are tried when the newest is
-  // corrupt, with a warning). Throws when none verifies.
+  // corrupt, with a warning); a run dir with no checkpoint yet starts over from step 0 with the
+  // options recorded in RUN_DIR/run.json. Throws when checkpoints exist but none verifies, or
+  // when there is neither a checkpoint nor run.json. Locks RUN_DIR (run_lock.hpp) first.
   static Trainer resume(RunOptions run);
   ~Trainer();
   Trainer(Trainer&&) noexcept;
@@ -67,30 +70,12 @@ class Trainer {
   std::optional<CheckpointData> resume_from_;
   std::vector<std::string> warnings_;
   std::unique_ptr<TrainerState> s_;
+  std::unique_ptr<RunDirLock> lock_;  // held from resume() or the start of run() to the end
 };
 
-// Writes a Hugging Face DeepSeek-V3 dir (config.json, model.safetensors in `dtype`, tokenizer
-// files copied from tokenizer_dir when non-empty). With tie_mtp, the MTP module's embedding and
-// head copies are written from the main embedding and lm_head (training shares them).
-void export_hf(const ParamStore& store, bool tie_mtp, const std::string& dir, DType dtype,
-               const std::string& tokenizer_dir);
-
-// Rebuilds the parameter store of a checkpoint (meta "model_config" + "param.*" tensors).
-ParamStore params_from_checkpoint(const CheckpointData& ck);
-
-// `dsv3 export`: checkpoint `step` (< 0: the newest valid one) of run_dir to an HF dir.
-// Returns the step exported.
-int64_t export_checkpoint(const std::string& run_dir, int64_t step, const std::string& out,
-                          DType dtype);
-
-struct EvalResult {
-  double loss = 0, ppl = 0;
-  int64_t tokens = 0, sequences = 0;
-};
-
-// `dsv3 eval`: next-token loss and perplexity of the HF model dir on the documents of `inputs`
-// (tokenized with the model dir's tokenizer, BOS/EOS framed, cut into windows of seq_len + 1).
-EvalResult evaluate_model_dir(const std::string& model_dir, const std::vector<std::string>& inputs,
-                              int64_t seq_len, int64_t batch, int64_t max_sequences);
+// RUN_DIR/run.json: the options of a run (train_config with the thread count), written when the
+// run starts, before any other file of it, so a run killed before its first checkpoint can be
+// resumed from the start.
+std::string run_record_path(const std::string& run_dir);
 
 }  // namespace dsv3::train

@@ -11,6 +11,8 @@
 #include "io/file.hpp"
 #include "model/model.hpp"
 #include "train/checkpoint.hpp"
+#include "train/eval.hpp"
+#include "train/export.hpp"
 #include "train/metrics.hpp"
 #include "train/model_train.hpp"
 #include "train/test_trainer_util.hpp"
@@ -202,4 +204,15 @@ TEST(Trainer, LossAndMaxVioFallOver200Steps) {
   ASSERT_GE(log.evals.size(), 2u);
   EXPECT_LT(log.evals.back().val_loss, log.evals.front().val_loss - 1.0);
   EXPECT_TRUE(fs::exists(r.run_dir + "/report.html"));
+
+  // MFU is over the register-only FP32 FMA peak, and the record and the report say so.
+  const auto& x = log.run.extra;
+  ASSERT_TRUE(x.contains("mfu_peak") && x["mfu_peak"].is_string());
+  EXPECT_EQ(x["mfu_peak"].get<std::string>().rfind("fp32_fma", 0), 0u) << x.dump();
+  ASSERT_TRUE(x.contains("mfu_peak_flops") && x["mfu_peak_flops"].is_number());
+  EXPECT_GT(x["mfu_peak_flops"].get<double>(), 0);
+  EXPECT_FALSE(x.contains("fp32_peak_flops")) << "the GEMM-timed peak is gone";
+  for (const auto& st : log.steps) EXPECT_TRUE(std::isfinite(st.mfu) && st.mfu > 0) << st.step;
+  EXPECT_NE(io::read_file(r.run_dir + "/report.html").find("hardware FP32 FMA peak"),
+            std::string::npos);
 }

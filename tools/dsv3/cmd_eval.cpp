@@ -4,7 +4,7 @@
 
 #include "command.hpp"
 #include "core/parallel.hpp"
-#include "train/trainer.hpp"
+#include "train/eval.hpp"
 
 namespace {
 

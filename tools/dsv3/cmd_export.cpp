@@ -3,8 +3,8 @@
 #include <cstdio>
 
 #include "command.hpp"
+#include "train/export.hpp"
 #include "train/train_config.hpp"
-#include "train/trainer.hpp"
 
 namespace {
 

@@ -1,0 +1,96 @@
+// The training step of `dsv3 train` (trainer_state.hpp): forward/backward with MTP and the
+// balance loss, gradient clipping, AdamW on the LR schedule, and the auxiliary-loss-free bias
+// update (DeepSeek-V3 report §2.1.2) from the step's expert loads.
+#include <algorithm>
+#include <cmath>
+
+#include "core/error.hpp"
+#include "core/log.hpp"
+#include "train/balance.hpp"
+#include "train/trainer_state.hpp"
+
+namespace dsv3::train {
+
+namespace {
+
+std::string bias_name(int64_t layer) {
+  return fmt::format("model.layers.{}.mlp.gate.e_score_correction_bias", layer);
+}
+
+}  // namespace
+
+TrainOptions step_options(const TrainConfig& cfg, int64_t step, int64_t total) {
+  TrainOptions o;
+  if (cfg.mtp)
+    o.mtp_lambda = MtpLambdaSchedule{cfg.mtp_lambda, cfg.mtp_lambda_late}.at(step, total);
+  o.tie_mtp_embeddings = true;
+  o.recompute = cfg.recompute;
+  o.balance_alpha = cfg.alpha;
+  return o;
+}
+
+std::vector<int> moe_layers(const model::ModelConfig& c, bool mtp) {
+  std::vector<int> r;
+  for (int64_t i = 0; i < c.num_hidden_layers; ++i)
+    if (c.is_moe_layer(i)) r.push_back(int(i));
+  if (mtp)
+    for (int64_t k = 0; k < c.num_nextn_predict_layers; ++k)
+      if (c.is_moe_layer(c.num_hidden_layers + k)) r.push_back(int(c.num_hidden_layers + k));
+  return r;
+}
+
+std::vector<ParamRange> adamw_ranges(const ParamLayout& layout, bool tie_mtp) {
+  std::vector<ParamRange> r;
+  for (const auto& e : layout.entries()) {
+    const bool tied_copy =
+        tie_mtp && e.mtp &&
+        (e.name.ends_with(".embed_tokens.weight") || e.name.ends_with(".shared_head.head.weight"));
+    r.push_back({e.offset, e.numel, e.weight_decay, e.trainable && !tied_copy});
+  }
+  return r;
+}
+
+StepRecord train_step(TrainerState& s, const TrainConfig& cfg, std::vector<int32_t>& buf) {
+  const auto t0 = Clock::now();
+  const int64_t B = cfg.batch, W = cfg.seq_len + 1;
+  s.sampler->next(buf.data());
+  s.store->zero_grad();
+  StepStats st;
+  s.model->forward_backward(buf.data(), B, W, step_options(cfg, s.step, s.total), &st);
+  const float norm =
+      clip_grad_norm(s.store->grads(), size_t(s.store->size()), float(cfg.grad_clip));
+  // A non-finite loss or gradient stops the run before anything of the step is applied or
+  // written: the weights, metrics.jsonl and the last checkpoint stay as they were.
+  const bool mtp_finite = std::all_of(st.mtp_loss.begin(), st.mtp_loss.end(),
+                                      [](double l) { return std::isfinite(l); });
+  DSV3_CHECK(std::isfinite(st.main_loss) && mtp_finite && std::isfinite(norm),
+             "step {}: the {} is not finite (loss {}, MTP loss {}, gradient norm {}): training "
+             "stopped before the update, and the last checkpoint is as it was (a lower lr or "
+             "grad_clip may help; --resume continues from that checkpoint)",
+             s.step + 1, std::isfinite(st.main_loss) && mtp_finite ? "gradient" : "loss",
+             st.main_loss, st.mtp_loss.empty() ? kNoValue : st.mtp_loss[0], norm);
+  const double lr = s.lr->lr(s.step);
+  s.opt->step(s.store->params(), s.store->grads(), float(lr));
+  const double gamma = cfg.balance ? BiasSpeedSchedule{cfg.gamma}.at(s.step, s.total) : 0.0;
+  StepRecord rec;
+  for (size_t r = 0; r < st.moe_layer.size(); ++r) {
+    const auto& load = st.expert_load[r];
+    if (gamma > 0)
+      update_bias(s.store->param(bias_name(st.moe_layer[r])), load.data(), int64_t(load.size()),
+                  float(gamma));
+    rec.max_vio.push_back(max_vio(load.data(), int64_t(load.size())));
+    rec.expert_load.emplace_back(load.begin(), load.end());
+  }
+  const double dt = seconds_since(t0);
+  s.step += 1;
+  rec.step = s.step;
+  rec.loss = st.main_loss;
+  if (!st.mtp_loss.empty()) rec.mtp_loss = st.mtp_loss[0];
+  rec.lr = lr;
+  rec.tokens_per_s = double(B * cfg.seq_len) / dt;
+  rec.mfu = s.peak.flops > 0 ? s.flops_per_token * rec.tokens_per_s / s.peak.flops : kNoValue;
+  rec.grad_norm = norm;
+  return rec;
+}
+
+}  // namespace dsv3::train
