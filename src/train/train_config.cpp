@@ -6,6 +6,8 @@
 #include <set>
 
 #include "core/error.hpp"
+#include "core/memory.hpp"
+#include "model/footprint.hpp"
 
 namespace dsv3::train {
 namespace {
@@ -242,6 +244,9 @@ void TrainConfig::validate() const {
   DSV3_CHECK(seq_len + 1 <= c.max_position_embeddings,
              "{}: 'seq_len' {} exceeds the model's max_position_embeddings {}", w, seq_len,
              c.max_position_embeddings);
+  check_fits_in_memory(model::train_memory_bytes(c, batch, seq_len, moments == "f32" ? 4 : 2),
+                       fmt::format("{}: training with batch {} and seq_len {} ({:.3g} parameters)",
+                                   w, batch, seq_len, model::param_count(c)));
   DSV3_CHECK(!mtp || c.num_nextn_predict_layers >= 1,
              "{}: 'mtp' is on but the model has num_nextn_predict_layers = 0 (set mtp=false)", w);
 }
