@@ -149,7 +149,10 @@ nlohmann::json TrainConfig::to_json() const {
 TrainConfig TrainConfig::from_json(const nlohmann::json& j, const std::string& where) {
   DSV3_CHECK(j.is_object(), "{}: expected a JSON object of training options", where);
   TrainConfig c;
-  for (auto& [key, v] : j.items()) {
+  for (auto it = j.begin(); it != j.end(); ++it) {
+    // Not a structured binding: clang 14 (the sanitizer build) cannot capture one in a lambda.
+    const std::string& key = it.key();
+    const nlohmann::json& v = it.value();
     if (key == "model") {
       DSV3_CHECK(v.is_object(), "{}: 'model' must be an object of config.json keys", where);
       c.model = v;
