@@ -163,6 +163,10 @@ Bpe Bpe::from_json(const nlohmann::json& m) {
 
   int64_t max_id = -1;
   for (auto it = m.at("vocab").begin(); it != m.at("vocab").end(); ++it) {
+    // A float id would be cast to an integer, undefined out of range (fuzz_tokenizer_json).
+    DSV3_CHECK(it.value().is_number_integer(),
+               "tokenizer.json: vocab id {} of '{}' is not an integer", it.value().dump(),
+               it.key());
     int64_t id = it.value().get<int64_t>();
     DSV3_CHECK(id >= 0 && id < (int64_t(1) << 31), "tokenizer.json: vocab id {} of '{}' is invalid",
                id, it.key());
