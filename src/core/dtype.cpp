@@ -172,7 +172,7 @@ T load_unaligned(const void* src, size_t i) {
 void to_f32(float* dst, const void* src, DType t, size_t n) {
   switch (t) {
     case DType::F32:
-      std::memcpy(dst, src, n * 4);
+      if (n > 0) std::memcpy(dst, src, n * 4);  // an empty tensor's pointers may be null
       return;
     case DType::BF16:
       for (size_t i = 0; i < n; ++i) dst[i] = bf16_to_f32(load_unaligned<uint16_t>(src, i));
@@ -201,7 +201,7 @@ void to_f32(float* dst, const void* src, DType t, size_t n) {
 void from_f32(void* dst, const float* src, DType t, size_t n) {
   switch (t) {
     case DType::F32:
-      std::memcpy(dst, src, n * 4);
+      if (n > 0) std::memcpy(dst, src, n * 4);
       return;
     case DType::BF16: {
       auto* d = static_cast<uint16_t*>(dst);
