@@ -28,7 +28,7 @@ cmake --build "$BUILD" -j"$(nproc)" --target "${TARGETS[@]}"
 
 export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1}
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
-limits=(-rss_limit_mb=2048 -timeout=20 -max_len=65536 -print_final_stats=1)
+limits=(-rss_limit_mb=2048 -timeout="${DSV3_FUZZ_TIMEOUT:-20}" -max_len=65536 -print_final_stats=1)
 if [ -n "${DSV3_FUZZ_RUNS:-}" ]; then
   limits+=(-runs="$DSV3_FUZZ_RUNS")
 else
