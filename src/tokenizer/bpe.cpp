@@ -173,6 +173,13 @@ Bpe Bpe::from_json(const nlohmann::json& m) {
     bpe.vocab_[it.key()] = int32_t(id);
     max_id = std::max(max_id, id);
   }
+  // id_to_token_ is dense: one vocab id of 444444479 in a 4 KB file asked for 14 GB
+  // (fuzz_tokenizer_json). Real vocabularies number their tokens 0..n-1.
+  const int64_t entries = int64_t(m.at("vocab").size());
+  DSV3_CHECK(max_id < entries + (int64_t(1) << 20),
+             "tokenizer.json: vocab id {} is far beyond the vocabulary's {} entries (ids must be "
+             "numbered from 0 without large gaps)",
+             max_id, entries);
   bpe.id_to_token_.resize(size_t(max_id + 1));
   bpe.has_id_.assign(size_t(max_id + 1), false);
   for (const auto& [tok, id] : bpe.vocab_) {

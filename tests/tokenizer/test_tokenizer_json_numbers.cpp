@@ -48,6 +48,12 @@ TEST(TokenizerJsonNumbers, IdsMustBeIntegersInRange) {
   }
 }
 
+TEST(TokenizerJsonNumbers, SparseIdsCannotAskForGigabytes) {
+  json j = small_tokenizer();
+  j["model"]["vocab"]["a"] = 444444479;  // a dense id table of 14 GB
+  expect_refused(j, "vocab id 444444479 is far beyond");
+}
+
 TEST(TokenizerJsonNumbers, HugeModelMaxLengthSaturates) {
   const json cfg = {{"model_max_length", 1e30}};
   const auto t = dsv3::tok::Tokenizer::from_json(small_tokenizer().dump(), cfg.dump());
