@@ -6,7 +6,8 @@ cd "$(dirname "$0")/.."
 
 PKGS=(build-essential cmake pkg-config git libdnnl-dev libpcre2-dev nlohmann-json3-dev
       libcli11-dev libfmt-dev libgtest-dev libgmock-dev libbenchmark-dev fortunes
-      libopenmpi-dev openmpi-bin)
+      libopenmpi-dev openmpi-bin
+      clang libfuzzer-14-dev libomp-dev)  # clang and libFuzzer: the sanitizer build and fuzz/
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

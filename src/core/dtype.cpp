@@ -158,21 +158,28 @@ uint8_t f32_to_fp8_e5m2(float f) {
   return encode_small(f, 2, 15, 57344.0f, true);
 }
 
+namespace {
+// Element i of a little-endian array that may sit at any address: a safetensors data offset
+// need not be a multiple of the element size (found by fuzz/fuzz_safetensors under UBSan).
+template <typename T>
+T load_unaligned(const void* src, size_t i) {
+  T v;
+  std::memcpy(&v, static_cast<const uint8_t*>(src) + i * sizeof(T), sizeof(T));
+  return v;
+}
+}  // namespace
+
 void to_f32(float* dst, const void* src, DType t, size_t n) {
   switch (t) {
     case DType::F32:
-      std::memcpy(dst, src, n * 4);
+      if (n > 0) std::memcpy(dst, src, n * 4);  // an empty tensor's pointers may be null
       return;
-    case DType::BF16: {
-      auto* s = static_cast<const uint16_t*>(src);
-      for (size_t i = 0; i < n; ++i) dst[i] = bf16_to_f32(s[i]);
+    case DType::BF16:
+      for (size_t i = 0; i < n; ++i) dst[i] = bf16_to_f32(load_unaligned<uint16_t>(src, i));
       return;
-    }
-    case DType::F16: {
-      auto* s = static_cast<const uint16_t*>(src);
-      for (size_t i = 0; i < n; ++i) dst[i] = f16_to_f32(s[i]);
+    case DType::F16:
+      for (size_t i = 0; i < n; ++i) dst[i] = f16_to_f32(load_unaligned<uint16_t>(src, i));
       return;
-    }
     case DType::F8_E4M3: {
       auto* s = static_cast<const uint8_t*>(src);
       for (size_t i = 0; i < n; ++i) dst[i] = kE4M3[s[i]];
@@ -183,11 +190,9 @@ void to_f32(float* dst, const void* src, DType t, size_t n) {
       for (size_t i = 0; i < n; ++i) dst[i] = fp8_e5m2_to_f32(s[i]);
       return;
     }
-    case DType::F64: {
-      auto* s = static_cast<const double*>(src);
-      for (size_t i = 0; i < n; ++i) dst[i] = float(s[i]);
+    case DType::F64:
+      for (size_t i = 0; i < n; ++i) dst[i] = float(load_unaligned<double>(src, i));
       return;
-    }
     default:
       DSV3_FAIL("cannot convert {} to F32", dtype_name(t));
   }
@@ -196,7 +201,7 @@ void to_f32(float* dst, const void* src, DType t, size_t n) {
 void from_f32(void* dst, const float* src, DType t, size_t n) {
   switch (t) {
     case DType::F32:
-      std::memcpy(dst, src, n * 4);
+      if (n > 0) std::memcpy(dst, src, n * 4);
       return;
     case DType::BF16: {
       auto* d = static_cast<uint16_t*>(dst);

@@ -6,6 +6,9 @@
 // through a SpinTeam instead: one OpenMP region for the whole run, whose other threads spin on a
 // generation counter and run each posted job. A GOMP fork/join measured 3.2-3.7 µs here (an
 // empty `omp parallel for` on 2 threads) against 0.5 µs for a flag round trip between the cores.
+// A team never has more threads than cores, and a wait that lasts yields the core: with more
+// spinning threads than cores each job waits for the scheduler to run every thread in turn
+// (`generate --threads 1000` took minutes for two tokens).
 #pragma once
 #include <immintrin.h>
 #include <omp.h>
@@ -14,10 +17,23 @@
 #include <atomic>
 #include <cstdint>
 #include <exception>
+#include <thread>
 
 namespace dsv3 {
 
 namespace detail {
+
+// Busy-waits until ready(); after ~4096 pauses (tens of µs, longer than any decode region) it
+// yields the core on every retry, so that waiting threads cannot starve the ones they wait for.
+template <typename Ready>
+inline void spin_until(Ready&& ready) {
+  for (int spins = 0; !ready(); ++spins) {
+    if (spins < 4096)
+      _mm_pause();
+    else
+      std::this_thread::yield();
+  }
+}
 
 // The threads of one spin_team call. Only its master (the thread that called spin_team) posts
 // jobs; a job is fn(thread) on every thread of the team, the master included.
@@ -42,7 +58,7 @@ class SpinTeam {
     } catch (...) {
       error = std::current_exception();
     }
-    while (done_.load(std::memory_order_acquire) != threads_ - 1) _mm_pause();
+    spin_until([&] { return done_.load(std::memory_order_acquire) == threads_ - 1; });
     busy_ = false;
     if (error) std::rethrow_exception(error);
   }
@@ -52,7 +68,7 @@ class SpinTeam {
     uint64_t seen = 0;
     for (;;) {
       uint64_t g;
-      while ((g = gen_.load(std::memory_order_acquire)) == seen) _mm_pause();
+      spin_until([&] { return (g = gen_.load(std::memory_order_acquire)) != seen; });
       seen = g;
       if (!call_) return;
       call_(ctx_, thread);
@@ -116,7 +132,7 @@ void spin_team(Body&& body) {
   }
   detail::SpinTeam team;
   std::exception_ptr error;
-#pragma omp parallel num_threads(omp_get_max_threads())
+#pragma omp parallel num_threads(std::min(omp_get_max_threads(), omp_get_num_procs()))
   {
     const int thread = omp_get_thread_num();
     if (thread == 0) {

@@ -308,7 +308,7 @@ std::vector<float> read_f32(const TensorInfo& t) {
 std::vector<int32_t> read_i32(const TensorInfo& t) {
   std::vector<int32_t> out(size_t(t.numel()));
   if (t.dtype == DType::I32) {
-    std::memcpy(out.data(), t.data, t.nbytes);
+    if (t.nbytes) std::memcpy(out.data(), t.data, t.nbytes);  // empty: both may be null
   } else if (t.dtype == DType::I64) {
     for (size_t i = 0; i < out.size(); ++i) {
       int64_t v;  // the data section need not be 8-byte aligned

@@ -7,10 +7,12 @@
 #include <vector>
 
 #include "core/error.hpp"
+#include "core/memory.hpp"
 #include "core/quant.hpp"
 #include "core/rng.hpp"
 #include "io/file.hpp"
 #include "io/safetensors.hpp"
+#include "model/footprint.hpp"
 
 namespace dsv3::model {
 
@@ -61,6 +63,9 @@ void save_hf_checkpoint(const std::string& dir, const ModelConfig& c, const Para
   namespace fs = std::filesystem;
   DSV3_CHECK(opt.dtype == DType::BF16 || opt.dtype == DType::F32 || opt.dtype == DType::F8_E4M3,
              "export dtype must be bf16, f32 or fp8, got {}", dtype_name(opt.dtype));
+  check_fits_in_memory(
+      checkpoint_memory_bytes(c, opt.dtype),
+      fmt::format("a {} checkpoint of {:.3g} parameters", dtype_name(opt.dtype), param_count(c)));
   fs::create_directories(dir);
   ModelConfig out = c;
   out.quantization.enabled = opt.dtype == DType::F8_E4M3;

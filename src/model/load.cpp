@@ -6,6 +6,7 @@
 
 #include "core/error.hpp"
 #include "core/log.hpp"
+#include "io/finite.hpp"
 #include "model/model.hpp"
 
 namespace dsv3::model {
@@ -102,6 +103,7 @@ std::unique_ptr<Model> Model::load(const std::string& dir, const LoadOptions& op
   const ModelConfig& c = m->config_;
   m->compute_ = opt.compute;
   m->store_ = io::TensorStore::open_dir(dir, opt.residency);
+  io::check_finite(m->store_);  // one pass: a NaN/Inf weight is refused by name, not computed on
   int64_t mtp = 0;
   if (opt.load_mtp && c.num_nextn_predict_layers > 0) {
     if (m->store_.find(layer_prefix(c.num_hidden_layers) + "eh_proj.weight"))

@@ -4,6 +4,9 @@
 #include <algorithm>
 #include <cmath>
 
+#include "core/error.hpp"
+#include "core/memory.hpp"
+
 namespace dsv3::model {
 
 namespace {
@@ -46,6 +49,8 @@ std::vector<float> rope_cos_sin(const ModelConfig& c, int64_t max_pos) {
   if (c.rope_scaling.yarn && c.rope_scaling.mscale_all_dim != 0)
     m = yarn_mscale(c.rope_scaling.factor, c.rope_scaling.mscale) /
         yarn_mscale(c.rope_scaling.factor, c.rope_scaling.mscale_all_dim);
+  check_fits_in_memory(double(max_pos) * double(half) * 2 * sizeof(float),
+                       fmt::format("the RoPE table of {} positions", max_pos));
   std::vector<float> t(size_t(max_pos * half * 2));
   for (int64_t p = 0; p < max_pos; ++p)
     for (int64_t i = 0; i < half; ++i) {

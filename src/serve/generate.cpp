@@ -18,6 +18,8 @@ std::vector<std::vector<int32_t>> generate(model::Model& m,
   DSV3_CHECK(B > 0, "no prompts");
   const int64_t T = int64_t(prompts[0].size());
   DSV3_CHECK(T > 0, "empty prompt");
+  DSV3_CHECK(opt.max_new_tokens >= 0, "generate: max_new_tokens must be >= 0, got {}",
+             opt.max_new_tokens);
   for (const auto& p : prompts)
     DSV3_CHECK(int64_t(p.size()) == T, "batched prompts must have equal length ({} vs {})",
                p.size(), T);

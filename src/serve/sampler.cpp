@@ -9,6 +9,15 @@
 
 namespace dsv3::serve {
 
+void validate_sampling(const SamplingParams& p) {
+  DSV3_CHECK(std::isfinite(p.temperature) && p.temperature >= 0,
+             "sampling: temperature must be a finite number >= 0 (0: greedy), got {}",
+             p.temperature);
+  DSV3_CHECK(p.top_k >= 0, "sampling: top_k must be >= 0 (0: off), got {}", p.top_k);
+  DSV3_CHECK(p.top_p > 0 && p.top_p <= 1, "sampling: top_p must be in (0, 1] (1: off), got {}",
+             p.top_p);
+}
+
 int32_t Sampler::sample(const float* logits, int64_t V) {
   DSV3_CHECK(V > 0, "empty logits");
   if (p_.temperature <= 0) {

@@ -14,9 +14,13 @@ struct SamplingParams {
   uint64_t seed = 0;
 };
 
+// Throws dsv3::Error unless temperature is finite and >= 0, top_k >= 0 and top_p in (0, 1]
+// (NaN would sample garbage; top_p 0 keeps no token).
+void validate_sampling(const SamplingParams& p);
+
 class Sampler {
  public:
-  explicit Sampler(const SamplingParams& p) : p_(p), rng_(p.seed) {}
+  explicit Sampler(const SamplingParams& p) : p_(p), rng_(p.seed) { validate_sampling(p); }
   // Picks a token from logits[V]. Ties in greedy mode go to the lowest id.
   int32_t sample(const float* logits, int64_t V);
   const SamplingParams& params() const { return p_; }

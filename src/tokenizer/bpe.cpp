@@ -163,12 +163,23 @@ Bpe Bpe::from_json(const nlohmann::json& m) {
 
   int64_t max_id = -1;
   for (auto it = m.at("vocab").begin(); it != m.at("vocab").end(); ++it) {
+    // A float id would be cast to an integer, undefined out of range (fuzz_tokenizer_json).
+    DSV3_CHECK(it.value().is_number_integer(),
+               "tokenizer.json: vocab id {} of '{}' is not an integer", it.value().dump(),
+               it.key());
     int64_t id = it.value().get<int64_t>();
     DSV3_CHECK(id >= 0 && id < (int64_t(1) << 31), "tokenizer.json: vocab id {} of '{}' is invalid",
                id, it.key());
     bpe.vocab_[it.key()] = int32_t(id);
     max_id = std::max(max_id, id);
   }
+  // id_to_token_ is dense: one vocab id of 444444479 in a 4 KB file asked for 14 GB
+  // (fuzz_tokenizer_json). Real vocabularies number their tokens 0..n-1.
+  const int64_t entries = int64_t(m.at("vocab").size());
+  DSV3_CHECK(max_id < entries + (int64_t(1) << 20),
+             "tokenizer.json: vocab id {} is far beyond the vocabulary's {} entries (ids must be "
+             "numbered from 0 without large gaps)",
+             max_id, entries);
   bpe.id_to_token_.resize(size_t(max_id + 1));
   bpe.has_id_.assign(size_t(max_id + 1), false);
   for (const auto& [tok, id] : bpe.vocab_) {

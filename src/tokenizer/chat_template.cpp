@@ -129,23 +129,46 @@ std::string render_deepseek_v3_chat(std::span<const ChatMessage> messages,
   return out;
 }
 
+namespace {
+// The string at `key` of a chat message; the error names the message and the key rather than
+// surfacing the JSON library's type error.
+std::string message_string(const nlohmann::json& o, const char* key, const std::string& where) {
+  DSV3_CHECK(o.is_object() && o.contains(key), "{}: no '{}'", where, key);
+  DSV3_CHECK(o.at(key).is_string(), "{}: '{}' must be a string, got {}", where, key,
+             o.at(key).type_name());
+  return o.at(key).get<std::string>();
+}
+}  // namespace
+
 std::vector<ChatMessage> chat_messages_from_json(const nlohmann::json& j) {
   DSV3_CHECK(j.is_array(), "chat messages must be a JSON array, got {}", j.type_name());
   std::vector<ChatMessage> out;
-  for (const auto& mj : j) {
-    DSV3_CHECK(mj.is_object() && mj.contains("role"), "chat message {} has no role", mj.dump());
+  for (size_t i = 0; i < j.size(); ++i) {
+    const auto& mj = j[i];
+    const std::string where = fmt::format("chat message {}", i);
+    DSV3_CHECK(mj.is_object(), "{} is not a JSON object", where);
     ChatMessage m;
-    m.role = mj.at("role").get<std::string>();
+    m.role = message_string(mj, "role", where);
     if (mj.contains("content") && !mj.at("content").is_null())
-      m.content = mj.at("content").get<std::string>();
+      m.content = message_string(mj, "content", where);
     if (mj.contains("tool_calls")) {
-      for (const auto& tj : mj.at("tool_calls")) {
+      const auto& calls = mj.at("tool_calls");
+      DSV3_CHECK(calls.is_array(), "{}: 'tool_calls' must be an array", where);
+      for (size_t k = 0; k < calls.size(); ++k) {
+        const auto& tj = calls[k];
+        const std::string tw = fmt::format("{} tool_calls[{}]", where, k);
+        DSV3_CHECK(tj.is_object(), "{} is not a JSON object", tw);
         ToolCall t;
-        t.type = tj.value("type", "function");
+        t.type = tj.contains("type") ? message_string(tj, "type", tw) : "function";
+        DSV3_CHECK(tj.contains("function") && tj.at("function").is_object(),
+                   "{}: 'function' must be an object", tw);
         const auto& f = tj.at("function");
-        t.name = f.at("name").get<std::string>();
+        t.name = message_string(f, "name", tw + ".function");
+        DSV3_CHECK(f.contains("arguments"), "{}.function: no 'arguments'", tw);
         const auto& args = f.at("arguments");
-        t.arguments = args.is_string() ? args.get<std::string>() : args.dump();
+        t.arguments = args.is_string()
+                          ? args.get<std::string>()
+                          : args.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
         m.tool_calls.push_back(std::move(t));
       }
     }

@@ -72,8 +72,13 @@ void Decoder::add(const nlohmann::json& j) {
     steps_.push_back({Step::Fuse, "", ""});
   } else if (type == "Strip") {
     Step s{Step::Strip, j.at("content").get<std::string>(), ""};
-    s.start = j.value("start", 0);
-    s.stop = j.value("stop", 0);
+    for (const char* k : {"start", "stop"})
+      DSV3_CHECK(!j.contains(k) || (j.at(k).is_number_integer() && j.at(k).get<int64_t>() >= 0 &&
+                                    j.at(k).get<int64_t>() <= INT32_MAX),
+                 "tokenizer.json: Strip decoder '{}' must be an integer >= 0, got {}", k,
+                 j.contains(k) ? j.at(k).dump() : "");
+    s.start = int(j.value("start", int64_t(0)));
+    s.stop = int(j.value("stop", int64_t(0)));
     steps_.push_back(std::move(s));
   } else if (type == "Metaspace") {
     Step s{Step::Metaspace, j.value("replacement", "\u2581"), ""};

@@ -75,8 +75,11 @@ TokenizerConfig parse_config(const nlohmann::json& c) {
   cfg.add_bos_token = c.value("add_bos_token", false);
   cfg.add_eos_token = c.value("add_eos_token", false);
   cfg.tokenizer_class = c.value("tokenizer_class", "");
-  if (c.contains("model_max_length") && c.at("model_max_length").is_number())
-    cfg.model_max_length = c.at("model_max_length").get<int64_t>();
+  if (c.contains("model_max_length") && c.at("model_max_length").is_number()) {
+    // Often 1e30 ("no limit"): saturate rather than cast a float beyond int64 (undefined).
+    const double m = c.at("model_max_length").get<double>();
+    cfg.model_max_length = m >= 9.2e18 ? INT64_MAX : m <= 0 ? 0 : int64_t(m);
+  }
   if (c.contains("chat_template")) {
     const auto& t = c.at("chat_template");
     if (t.is_string()) {
@@ -152,7 +155,11 @@ Tokenizer Tokenizer::from_json(std::string_view tokenizer_json, std::string_view
       AddedToken t;
       t.content = a.at("content").get<std::string>();
       // HF keeps the model's id for a token the vocab already has.
-      t.id = impl->model.token_to_id(t.content).value_or(a.at("id").get<int32_t>());
+      const auto& id = a.at("id");
+      DSV3_CHECK(id.is_number_integer() && id.get<int64_t>() >= 0 && id.get<int64_t>() <= INT32_MAX,
+                 "tokenizer.json: added token '{}' has id {}, expected an integer in [0, 2^31)",
+                 t.content, id.dump());
+      t.id = impl->model.token_to_id(t.content).value_or(id.get<int32_t>());
       t.special = a.value("special", false);
       t.lstrip = a.value("lstrip", false);
       t.rstrip = a.value("rstrip", false);

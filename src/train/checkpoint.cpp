@@ -239,6 +239,19 @@ void save_checkpoint(const std::string& run_dir, const CheckpointData& data, int
   }
 }
 
+namespace {
+// Typed fields of manifest.json: a missing key or one of another JSON type reads as `dflt`, so
+// the checks below refuse it by name (json::value() would throw the library's type_error, found
+// by fuzz/fuzz_checkpoint_manifest).
+std::string manifest_string(const json& o, const char* key) {
+  return o.is_object() && o.contains(key) && o[key].is_string() ? o[key].get<std::string>() : "";
+}
+int64_t manifest_int(const json& o, const char* key, int64_t dflt) {
+  return o.is_object() && o.contains(key) && o[key].is_number_integer() ? o[key].get<int64_t>()
+                                                                        : dflt;
+}
+}  // namespace
+
 CheckpointData load_checkpoint(const std::string& dir) {
   fs::path d(dir);
   std::string mpath = (d / kManifestFile).string();
@@ -250,11 +263,11 @@ CheckpointData load_checkpoint(const std::string& dir) {
   } catch (const json::exception& e) {
     DSV3_FAIL("checkpoint {}: {} is not valid JSON: {}", dir, kManifestFile, e.what());
   }
-  DSV3_CHECK(manifest.is_object() && manifest.value("format", "") == kFormat,
+  DSV3_CHECK(manifest.is_object() && manifest_string(manifest, "format") == kFormat,
              "checkpoint {}: {} has no \"format\": \"{}\"", dir, kManifestFile, kFormat);
-  DSV3_CHECK(manifest.value("version", 0) == kVersion,
+  DSV3_CHECK(manifest_int(manifest, "version", 0) == kVersion,
              "checkpoint {}: format version {} is not supported (expected {})", dir,
-             manifest.value("version", 0), kVersion);
+             manifest.contains("version") ? manifest["version"].dump() : "(none)", kVersion);
   const json& files = manifest["files"];
   DSV3_CHECK(files.is_object(), "checkpoint {}: {} has no \"files\" object", dir, kManifestFile);
   for (const char* f : {kTensorsFile, kMetaFile})
@@ -265,11 +278,11 @@ CheckpointData load_checkpoint(const std::string& dir) {
     std::string p = (d / name).string();
     DSV3_CHECK(fs::is_regular_file(p), "checkpoint {}: {} is missing", dir, name);
     uint64_t size = fs::file_size(p);
-    uint64_t want_size = info.value("size", uint64_t(0));
-    DSV3_CHECK(size == want_size,
+    const int64_t want_size = manifest_int(info, "size", -1);
+    DSV3_CHECK(int64_t(size) == want_size,
                "checkpoint {}: {} has {} bytes, the manifest says {} (truncated?)", dir, name, size,
                want_size);
-    std::string got = hex64(hash_file(p)), want = info.value("hash64", "");
+    std::string got = hex64(hash_file(p)), want = manifest_string(info, "hash64");
     DSV3_CHECK(got == want, "checkpoint {}: checksum of {} is {}, the manifest says {} (corrupt)",
                dir, name, got, want);
   }
@@ -287,9 +300,9 @@ CheckpointData load_checkpoint(const std::string& dir) {
   int64_t dir_step = step_of(d.filename().string());
   DSV3_CHECK(dir_step < 0 || dir_step == out.step, "checkpoint {}: {} says step {}", dir, kMetaFile,
              out.step);
-  DSV3_CHECK(manifest.value("step", int64_t(-1)) == out.step,
+  DSV3_CHECK(manifest_int(manifest, "step", -1) == out.step,
              "checkpoint {}: manifest step {} differs from meta step {}", dir,
-             manifest.value("step", int64_t(-1)), out.step);
+             manifest_int(manifest, "step", -1), out.step);
 
   auto st = io::SafetensorsFile::open((d / kTensorsFile).string());
   for (const auto& t : st->tensors()) out.tensors[t.name] = Blob::of(t.dtype, t.shape, t.data);

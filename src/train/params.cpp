@@ -7,6 +7,7 @@
 #include "core/error.hpp"
 #include "core/quant.hpp"
 #include "core/rng.hpp"
+#include "io/finite.hpp"
 #include "io/safetensors.hpp"
 #include "model/export.hpp"
 
@@ -24,6 +25,7 @@ void ParamStore::zero_grad() {
 ParamStore ParamStore::load(const std::string& dir) {
   ParamStore p(model::load_config(dir));
   auto store = io::TensorStore::open_dir(dir);
+  io::check_finite(store);
   for (const auto& e : p.layout_.entries()) {
     float* dst = p.params_.data() + e.offset;
     // The MTP module shares the embedding and head; checkpoints may omit the copies.

@@ -6,6 +6,8 @@
 #include <set>
 
 #include "core/error.hpp"
+#include "core/memory.hpp"
+#include "model/footprint.hpp"
 
 namespace dsv3::train {
 namespace {
@@ -147,7 +149,10 @@ nlohmann::json TrainConfig::to_json() const {
 TrainConfig TrainConfig::from_json(const nlohmann::json& j, const std::string& where) {
   DSV3_CHECK(j.is_object(), "{}: expected a JSON object of training options", where);
   TrainConfig c;
-  for (auto& [key, v] : j.items()) {
+  for (auto it = j.begin(); it != j.end(); ++it) {
+    // Not a structured binding: clang 14 (the sanitizer build) cannot capture one in a lambda.
+    const std::string& key = it.key();
+    const nlohmann::json& v = it.value();
     if (key == "model") {
       DSV3_CHECK(v.is_object(), "{}: 'model' must be an object of config.json keys", where);
       c.model = v;
@@ -242,6 +247,9 @@ void TrainConfig::validate() const {
   DSV3_CHECK(seq_len + 1 <= c.max_position_embeddings,
              "{}: 'seq_len' {} exceeds the model's max_position_embeddings {}", w, seq_len,
              c.max_position_embeddings);
+  check_fits_in_memory(model::train_memory_bytes(c, batch, seq_len, moments == "f32" ? 4 : 2),
+                       fmt::format("{}: training with batch {} and seq_len {} ({:.3g} parameters)",
+                                   w, batch, seq_len, model::param_count(c)));
   DSV3_CHECK(!mtp || c.num_nextn_predict_layers >= 1,
              "{}: 'mtp' is on but the model has num_nextn_predict_layers = 0 (set mtp=false)", w);
 }

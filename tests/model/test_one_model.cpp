@@ -9,6 +9,7 @@
 
 #include <filesystem>
 
+#include "core/error.hpp"
 #include "core/rng.hpp"
 #include "model/model.hpp"
 #include "train/params.hpp"
@@ -133,6 +134,28 @@ TEST(OneModel, CrossEntropyOnBf16CheckpointEqualsTrainingLoss) {
   const double want = tm.forward_loss(f.tokens.data(), f.B, f.T, model::TrainOptions{});
   std::printf("[one-model] BF16 checkpoint: inference CE %.9f, training loss %.9f\n", ce, want);
   EXPECT_NEAR(ce, want, 1e-5 * want);
+  std::filesystem::remove_all(dir);
+}
+
+// A checkpoint with a NaN weight is refused by both loaders with the tensor's name.
+TEST(OneModel, LoadersRefuseNonFiniteWeights) {
+  Fixture f(3);
+  const auto dir = std::filesystem::temp_directory_path() /
+                   ("dsv3-test-one-model-nan-" + std::to_string(::getpid()));
+  const std::string name = "model.layers.1.mlp.gate.e_score_correction_bias";
+  f.store.param(name)[2] = NAN;
+  f.store.save(dir.string(), DType::F32);
+  for (int which = 0; which < 2; ++which) {
+    try {
+      if (which == 0)
+        model::Model::load(dir.string());
+      else
+        train::ParamStore::load(dir.string());
+      ADD_FAILURE() << (which == 0 ? "Model::load" : "ParamStore::load") << " accepted a NaN";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(name), std::string::npos) << e.what();
+    }
+  }
   std::filesystem::remove_all(dir);
 }
 

@@ -3,6 +3,7 @@
 // @huggingface/jinja renderings, error messages for unsupported components, and the `dsv3 tokenize`
 // command.
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <cstdio>
 #include <filesystem>
@@ -420,7 +421,9 @@ TEST(Loader, EmptyInputAndUnknownIds) {
 TEST(Cli, TokenizeJsonAndPlainModes) {
   DSV3_REQUIRE_DEEPSEEK_V3();
   if (!std::filesystem::exists(DSV3_BIN)) GTEST_SKIP() << "dsv3 binary not built at " << DSV3_BIN;
-  auto dir = std::filesystem::temp_directory_path() / "dsv3_test_tokenize";
+  // Per process: concurrent test runs on one machine shared the directory and raced.
+  auto dir =
+      std::filesystem::temp_directory_path() / ("dsv3_test_tokenize_" + std::to_string(::getpid()));
   std::filesystem::create_directories(dir);
   io::atomic_write((dir / "in.json").string(), R"(["Hello world!", "", "深度求索"])");
   std::string cmd = std::string(DSV3_BIN) + " tokenize --tokenizer " + test::deepseek_v3_dir() +

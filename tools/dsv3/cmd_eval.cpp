@@ -4,6 +4,7 @@
 
 #include "command.hpp"
 #include "core/parallel.hpp"
+#include "options.hpp"
 #include "train/eval.hpp"
 
 namespace {
@@ -20,13 +21,14 @@ void setup(CLI::App& app) {
   sub->add_option("--model", a->model, "model directory (HF layout, with tokenizer.json)")
       ->required();
   sub->add_option("--data", a->data, "text files or directories")->required()->expected(1, -1);
-  sub->add_option("--seq-len", a->seq_len, "tokens per window")->capture_default_str();
-  sub->add_option("--batch", a->batch, "windows per forward pass")->capture_default_str();
-  sub->add_option("--max-sequences", a->max_sequences, "at most this many windows (0: all)")
-      ->capture_default_str();
-  sub->add_option("--threads", a->threads, "worker threads (default: all cores)");
+  using dsv3::cli::add_int_option;
+  add_int_option(sub, "--seq-len", a->seq_len, 1, INT32_MAX, "tokens per window (default 128)");
+  add_int_option(sub, "--batch", a->batch, 1, INT32_MAX, "windows per forward pass (default 8)");
+  add_int_option(sub, "--max-sequences", a->max_sequences, 0, INT64_MAX,
+                 "at most this many windows (default 0: all)");
+  add_int_option(sub, "--threads", a->threads, 0, 1 << 20, "worker threads (default: all cores)");
   sub->callback([a] {
-    dsv3::set_num_threads(a->threads);
+    dsv3::set_num_threads(dsv3::cli::cap_threads(a->threads));
     auto r =
         dsv3::train::evaluate_model_dir(a->model, a->data, a->seq_len, a->batch, a->max_sequences);
     std::printf("loss %.4f  ppl %.3f  (%lld tokens in %lld windows)\n", r.loss, r.ppl,

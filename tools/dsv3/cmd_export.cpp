@@ -3,6 +3,7 @@
 #include <cstdio>
 
 #include "command.hpp"
+#include "options.hpp"
 #include "train/export.hpp"
 #include "train/train_config.hpp"
 
@@ -16,7 +17,8 @@ void setup(CLI::App& app) {
   auto a = std::make_shared<Args>();
   auto* sub = app.add_subcommand("export", "Export a training checkpoint as a Hugging Face dir");
   sub->add_option("run_dir", a->run_dir, "training run directory")->required();
-  sub->add_option("--step", a->step, "checkpoint step (default: the newest valid one)");
+  dsv3::cli::add_int_option(sub, "--step", a->step, 0, INT64_MAX,
+                            "checkpoint step (default: the newest valid one)");
   sub->add_option("--out", a->out, "output directory")->required();
   sub->add_option("--dtype", a->dtype, "bf16, f32 or fp8 (128x128 block-scaled e4m3)")
       ->capture_default_str();

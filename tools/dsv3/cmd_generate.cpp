@@ -7,6 +7,8 @@
 #include <filesystem>
 
 #include "command.hpp"
+#include "core/memory.hpp"
+#include "model/footprint.hpp"
 #include "model/model.hpp"
 #include "options.hpp"
 #include "serve/generate.hpp"
@@ -25,20 +27,13 @@ struct GenerateArgs {
   dsv3::cli::RunFlags run;
 };
 
+// Token ids are int32: a larger value is an error, not a wrapped id.
 std::vector<int32_t> parse_ids(const std::string& s) {
   std::vector<int32_t> ids;
   std::stringstream ss(s);
   std::string item;
-  while (std::getline(ss, item, ',')) {
-    try {
-      size_t used = 0;
-      long v = std::stol(item, &used);
-      DSV3_CHECK(used == item.size(), "--prompt-ids: '{}' is not an integer", item);
-      ids.push_back(int32_t(v));
-    } catch (const std::logic_error&) {
-      DSV3_FAIL("--prompt-ids: '{}' is not an integer", item);
-    }
-  }
+  while (std::getline(ss, item, ','))
+    ids.push_back(int32_t(dsv3::cli::parse_int("--prompt-ids:", item, 0, INT32_MAX)));
   DSV3_CHECK(!ids.empty(), "--prompt-ids is empty");
   return ids;
 }
@@ -52,6 +47,7 @@ bool ends_with_partial_char(const std::string& text) {
 void run_generate(const GenerateArgs& a) {
   using namespace dsv3;
   a.run.apply();
+  serve::validate_sampling({a.temperature, a.top_k, a.top_p, a.seed});
   DSV3_CHECK(a.prompt_ids.empty() != a.prompt.empty(), "give one of --prompt or --prompt-ids");
   // The tokenizer: --tokenizer, else the one stored with the model.
   std::optional<tok::Tokenizer> tk;
@@ -81,6 +77,11 @@ void run_generate(const GenerateArgs& a) {
   lo.compute = a.run.compute();
   lo.load_mtp = false;
   if (a.mmap) lo.residency = io::Residency::Map;
+  const model::ModelConfig mc = model::load_config(a.model);
+  check_fits_in_memory(
+      model::generate_memory_bytes(
+          mc, a.batch, std::min<int64_t>(mc.max_position_embeddings, int64_t(ids.size()) + a.n), 1),
+      fmt::format("generating {} sequences", a.batch));
   auto m = model::Model::load(a.model, lo);
   for (int32_t id : ids)
     DSV3_CHECK(id >= 0 && id < m->config().vocab_size,
@@ -136,10 +137,12 @@ void setup(CLI::App& app) {
   sub->add_option("--prompt-ids", a->prompt_ids, "prompt as comma-separated token ids");
   sub->add_option("--tokenizer", a->tokenizer, "tokenizer directory (default: the model's)");
   sub->add_flag("--chat", a->chat, "wrap the prompt as a user turn of the chat template");
-  sub->add_option("-n,--max-new-tokens", a->n, "tokens to generate")->capture_default_str();
-  sub->add_option("--batch", a->batch, "sequences generated together")->capture_default_str();
+  dsv3::cli::add_int_option(sub, "-n,--max-new-tokens", a->n, 1, INT32_MAX,
+                            "tokens to generate (default 64)");
+  dsv3::cli::add_int_option(sub, "--batch", a->batch, 1, INT32_MAX,
+                            "sequences generated together (default 1)");
   sub->add_option("--temperature", a->temperature, "0 = greedy")->capture_default_str();
-  sub->add_option("--top-k", a->top_k, "0 = off")->capture_default_str();
+  dsv3::cli::add_int_option(sub, "--top-k", a->top_k, 0, INT32_MAX, "0 = off (default 0)");
   sub->add_option("--top-p", a->top_p, "1 = off")->capture_default_str();
   sub->add_option("--seed", a->seed, "sampling seed")->capture_default_str();
   sub->add_flag("--no-stop", a->no_stop, "do not stop at the end-of-sequence token");

@@ -22,7 +22,7 @@ struct GradsArgs {
 
 void run_grads(const GradsArgs& a) {
   using namespace dsv3;
-  set_num_threads(a.threads);
+  set_num_threads(cli::cap_threads(a.threads));
   auto tf = io::TensorStore::open_file(a.tokens);
   const io::TensorInfo& t = tf.get("tokens");
   DSV3_CHECK(t.shape.size() == 2, "{}: 'tokens' must be [B, T], got {}", a.tokens, t.shape_str());
@@ -61,7 +61,8 @@ void setup(CLI::App& app) {
   sub->add_flag("--tie-mtp-embeddings", a->tie,
                 "MTP uses the main embedding/head (gradients add up there)");
   sub->add_flag("--recompute", a->recompute, "recompute norms and MLA up-projections");
-  sub->add_option("--threads", a->threads, "worker threads (default: all cores)");
+  dsv3::cli::add_int_option(sub, "--threads", a->threads, 0, 1 << 20,
+                            "worker threads (default: all cores)");
   sub->callback([a] { run_grads(*a); });
 }
 }  // namespace

@@ -1,5 +1,6 @@
-// `dsv3 inspect PATH [--stats]`: lists the tensors of a .safetensors file or of a checkpoint
-// directory (model.safetensors or shards through model.safetensors.index.json): name, dtype,
+// `dsv3 inspect PATH [--stats]`: lists the tensors of a .safetensors file, of a Hugging Face
+// checkpoint directory (model.safetensors or shards through model.safetensors.index.json) or of a
+// training checkpoint directory (RUN_DIR/checkpoints/step-N/tensors.safetensors): name, dtype,
 // shape and bytes per tensor, then totals by dtype. --stats adds min/max/mean/std of each float
 // tensor; an F8_E4M3 weight with its `<name>_scale_inv` (the DeepSeek-V3 release layout) is
 // summarised dequantized, as the model sees it.
@@ -73,11 +74,24 @@ std::string stats_str(const std::vector<float>& v) {
   return s;
 }
 
-void run_inspect(const InspectArgs& a) {
+// A file, a Hugging Face dir, or a training checkpoint dir (its tensors.safetensors).
+TensorStore open_path(const std::string& path) {
   namespace fs = std::filesystem;
-  DSV3_CHECK(fs::exists(a.path), "{}: no such file or directory", a.path);
-  const TensorStore st =
-      fs::is_directory(a.path) ? TensorStore::open_dir(a.path) : TensorStore::open_file(a.path);
+  DSV3_CHECK(fs::exists(path), "{}: no such file or directory", path);
+  if (!fs::is_directory(path)) return TensorStore::open_file(path);
+  const fs::path d(path);
+  if (fs::exists(d / "model.safetensors") || fs::exists(d / "model.safetensors.index.json"))
+    return TensorStore::open_dir(path);
+  DSV3_CHECK(fs::exists(d / "tensors.safetensors"),
+             "{}: neither model.safetensors nor model.safetensors.index.json (a Hugging Face "
+             "checkpoint) nor tensors.safetensors (a training checkpoint, RUN_DIR/checkpoints/"
+             "step-N)",
+             path);
+  return TensorStore::open_file((d / "tensors.safetensors").string());
+}
+
+void run_inspect(const InspectArgs& a) {
+  const TensorStore st = open_path(a.path);
   const std::vector<std::string> names = st.names();
 
   size_t name_w = 4, shape_w = 5;
@@ -117,7 +131,10 @@ void run_inspect(const InspectArgs& a) {
 void setup(CLI::App& app) {
   auto a = std::make_shared<InspectArgs>();
   auto* sub = app.add_subcommand("inspect", "List the tensors of a safetensors file or checkpoint");
-  sub->add_option("path", a->path, "a .safetensors file or a checkpoint directory")->required();
+  sub->add_option("path", a->path,
+                  "a .safetensors file, a Hugging Face checkpoint directory or a training "
+                  "checkpoint directory (RUN_DIR/checkpoints/step-N)")
+      ->required();
   sub->add_flag("--stats", a->stats, "also print min/max/mean/std of every float tensor");
   sub->callback([a] { run_inspect(*a); });
 }

@@ -12,6 +12,7 @@
 #include "core/error.hpp"
 #include "core/parallel.hpp"
 #include "io/file.hpp"
+#include "options.hpp"
 #include "tokenizer/tokenizer.hpp"
 
 namespace {
@@ -33,6 +34,24 @@ void write_output(const std::string& path, const std::string& text) {
     dsv3::io::atomic_write(path, text);
 }
 
+// The ids of one array of a --decode input: each a JSON integer that names a token of the
+// tokenizer (1.5, 2^32, -1 and ids past the vocabulary are errors, not wrapped or dropped).
+std::vector<int32_t> checked_ids(const nlohmann::json& arr, const dsv3::tok::Tokenizer& tok,
+                                 const std::string& where, size_t i) {
+  std::vector<int32_t> ids;
+  for (size_t k = 0; k < arr.size(); ++k) {
+    const nlohmann::json& v = arr[k];
+    const bool in_range = v.is_number_integer() && !v.is_number_unsigned()
+                              ? v.get<int64_t>() >= 0 && v.get<int64_t>() <= INT32_MAX
+                              : v.is_number_unsigned() && v.get<uint64_t>() <= INT32_MAX;
+    DSV3_CHECK(in_range && tok.id_to_token(v.get<int32_t>()),
+               "{}: element {} item {}: {} is not a token id of this tokenizer", where, i, k,
+               v.dump());
+    ids.push_back(v.get<int32_t>());
+  }
+  return ids;
+}
+
 void run_json(const TokenizeArgs& a, const dsv3::tok::Tokenizer& tok) {
   nlohmann::json in;
   try {
@@ -47,7 +66,7 @@ void run_json(const TokenizeArgs& a, const dsv3::tok::Tokenizer& tok) {
   if (a.decode) {
     for (size_t i = 0; i < in.size(); ++i) {
       DSV3_CHECK(in[i].is_array(), "{}: element {} is not an array of ids", a.input, i);
-      auto ids = in[i].get<std::vector<int32_t>>();
+      auto ids = checked_ids(in[i], tok, a.input, i);
       out += (i ? ",\n" : "") + json_quote(tok.decode(ids, a.skip_special));
     }
   } else {
@@ -63,23 +82,30 @@ void run_json(const TokenizeArgs& a, const dsv3::tok::Tokenizer& tok) {
 }
 
 void run_plain(const TokenizeArgs& a, const dsv3::tok::Tokenizer& tok) {
-  std::string text = a.text;
+  DSV3_CHECK(!a.decode, "--decode needs --input (a JSON array of id arrays)");
+  std::string text = a.text, out;
   if (!a.chat.empty()) {
-    auto messages =
-        dsv3::tok::chat_messages_from_json(nlohmann::json::parse(dsv3::io::read_file(a.chat)));
+    nlohmann::json j;
+    try {
+      j = nlohmann::json::parse(dsv3::io::read_file(a.chat));
+    } catch (const nlohmann::json::exception& e) {
+      DSV3_FAIL("--chat {}: not valid JSON: {}", a.chat, e.what());
+    }
+    auto messages = dsv3::tok::chat_messages_from_json(j);
     text = tok.apply_chat_template(messages, a.generation_prompt);
-    std::printf("text: %s\n", json_quote(text).c_str());
+    out += fmt::format("text: {}\n", json_quote(text));
   } else if (text.empty()) {
     text.assign(std::istreambuf_iterator<char>(std::cin), {});
   }
   auto ids = tok.encode(text, a.add_special);
-  std::printf("ids: %s\n", nlohmann::json(ids).dump().c_str());
-  std::printf("%zu tokens, %zu bytes\n", ids.size(), text.size());
+  out += fmt::format("ids: {}\n", nlohmann::json(ids).dump());
+  out += fmt::format("{} tokens, {} bytes\n", ids.size(), text.size());
   for (int32_t id : ids) {
     std::string piece = tok.decode(std::vector<int32_t>{id});
-    std::printf("%8d  %-24s %s\n", id, json_quote(tok.id_to_token(id).value_or("")).c_str(),
-                json_quote(piece).c_str());
+    out += fmt::format("{:>8}  {:<24} {}\n", id, json_quote(tok.id_to_token(id).value_or("")),
+                       json_quote(piece));
   }
+  write_output(a.output, out);
 }
 
 void setup(CLI::App& app) {
@@ -90,7 +116,7 @@ void setup(CLI::App& app) {
       ->required();
   sub->add_option("--input", args->input,
                   "JSON array of strings to encode ('-' for stdin); with --decode, of id arrays");
-  sub->add_option("--output", args->output, "where the JSON result goes (default: stdout)");
+  sub->add_option("--output", args->output, "where the result goes (default: stdout)");
   sub->add_option("text", args->text, "plain mode: the text (default: read stdin)");
   sub->add_flag("--add-special-tokens", args->add_special,
                 "add the BOS/EOS the tokenizer's post-processor or config asks for");
@@ -100,9 +126,10 @@ void setup(CLI::App& app) {
                   "plain mode: render this JSON array of chat messages with the chat template");
   sub->add_flag("--add-generation-prompt", args->generation_prompt,
                 "with --chat: end with the assistant prompt");
-  sub->add_option("--threads", args->threads, "worker threads (default: all cores)");
+  dsv3::cli::add_int_option(sub, "--threads", args->threads, 0, 1 << 20,
+                            "worker threads (default: all cores)");
   sub->callback([args] {
-    dsv3::set_num_threads(args->threads);
+    dsv3::set_num_threads(dsv3::cli::cap_threads(args->threads));
     auto tok = dsv3::tok::Tokenizer::load(args->tokenizer);
     if (!args->input.empty())
       run_json(*args, tok);

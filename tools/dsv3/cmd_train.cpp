@@ -10,6 +10,7 @@
 #include "core/error.hpp"
 #include "core/log.hpp"
 #include "io/file.hpp"
+#include "options.hpp"
 #include "train/trainer.hpp"
 
 namespace {
@@ -52,7 +53,7 @@ void run_train(const TrainArgs& a) {
                "--quiet may be given with it");
     run.run_dir = a.resume;
     run.steps = a.steps;
-    run.threads = a.threads;
+    run.threads = a.threads >= 0 ? dsv3::cli::cap_threads(a.threads) : a.threads;
     auto t = train::Trainer::resume(run);
     print_result(t.run(), run.run_dir);
     return;
@@ -71,7 +72,7 @@ void run_train(const TrainArgs& a) {
   if (a.steps >= 0) cfg.steps = a.steps;
   if (a.seed >= 0) cfg.seed = uint64_t(a.seed);
   if (a.checkpoint_every >= 0) cfg.checkpoint_every = a.checkpoint_every;
-  if (a.threads >= 0) cfg.threads = a.threads;
+  if (a.threads >= 0) cfg.threads = dsv3::cli::cap_threads(a.threads);
   if (a.no_balance) cfg.balance = false;
   for (const auto& kv : a.set) cfg.set(kv);
   // The default run dir is scratch space: running `dsv3 train` again starts it over.
@@ -94,10 +95,13 @@ void setup(CLI::App& app) {
   sub->add_option("--data", a->data, "text files or directories (default: the fortunes corpus)")
       ->expected(1, -1);
   sub->add_option("--out", a->out, "run directory (default: runs/default, started over)");
-  sub->add_option("--steps", a->steps, "optimizer steps");
-  sub->add_option("--seed", a->seed, "seed of init, data order and validation split");
-  sub->add_option("--checkpoint-every", a->checkpoint_every, "steps between checkpoints");
-  sub->add_option("--threads", a->threads, "worker threads (default: all cores)");
+  using dsv3::cli::add_int_option;
+  add_int_option(sub, "--steps", a->steps, 0, int64_t(1) << 40, "optimizer steps");
+  add_int_option(sub, "--seed", a->seed, 0, INT64_MAX,
+                 "seed of init, data order and validation split");
+  add_int_option(sub, "--checkpoint-every", a->checkpoint_every, 0, INT64_MAX,
+                 "steps between checkpoints");
+  add_int_option(sub, "--threads", a->threads, 0, 1 << 20, "worker threads (default: all cores)");
   sub->add_option("--resume", a->resume, "continue RUN_DIR from its newest valid checkpoint");
   sub->add_option("--tokenizer", a->tokenizer, "dir with tokenizer.json (default: train one)");
   sub->add_option("--name", a->name, "run name shown in the report");

@@ -13,6 +13,7 @@
 #include "core/log.hpp"
 #include "core/parallel.hpp"
 #include "io/file.hpp"
+#include "options.hpp"
 #include "tokenizer/trainer.hpp"
 
 namespace {
@@ -88,10 +89,11 @@ void setup(CLI::App& app) {
   sub->add_option("--out", a->out, "output directory")->required();
   sub->add_option("--min-frequency", a->opt.min_frequency, "smallest pair count that is merged")
       ->capture_default_str();
-  sub->add_option("--threads", a->threads, "worker threads (default: all cores)");
+  dsv3::cli::add_int_option(sub, "--threads", a->threads, 0, 1 << 20,
+                            "worker threads (default: all cores)");
   sub->add_flag("--quiet", a->quiet, "no progress bar");
   sub->callback([a] {
-    dsv3::set_num_threads(a->threads);
+    dsv3::set_num_threads(dsv3::cli::cap_threads(a->threads));
     auto t0 = std::chrono::steady_clock::now();
     size_t bytes = 0;
     auto texts = read_texts(a->data, &bytes);
