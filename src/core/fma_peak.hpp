@@ -8,14 +8,17 @@
 namespace dsv3 {
 
 struct FmaPeak {
-  double flops = 0;  // FP32 FLOP/s on `threads` threads (an FMA counts 2)
+  double flops = 0;  // FP32 FLOP/s of `threads` threads (an FMA counts 2)
   int threads = 0;
   const char* name = "";  // which peak: "fp32_fma_avx512", "fp32_fma_avx2" or "fp32_fma_scalar"
 };
 
-// Runs `iters` FMAs per lane and thread (16 lanes with AVX-512) in 16 independent chains, enough
-// to cover the FMA latency on two ports; the best of `reps` timings (~5 ms each with the default
-// on a 2-3 GHz core).
-FmaPeak measure_fp32_fma_peak(int threads, int64_t iters = 20'000'000, int reps = 5);
+// One core's peak times min(threads, hardware threads): the cores are alike (on this machine
+// the 2-thread peak measured alone was 1.98x the 1-thread one), and a probe of all threads at
+// once reads low whenever another process holds one of the cores for a moment (it read 188
+// GFLOP/s for 2 threads while training then ran at 201, an MFU of 106%). The core's peak is the
+// best of `reps` runs of `iters` FMAs per lane (16 lanes with AVX-512) in 16 independent chains,
+// enough to cover the FMA latency on two ports (~5 ms each on a 2-3 GHz core).
+FmaPeak measure_fp32_fma_peak(int threads, int64_t iters = 20'000'000, int reps = 8);
 
 }  // namespace dsv3
