@@ -47,8 +47,8 @@ void decoder_layer_forward(S* h, const LayerW<W<S>>& w, const ModelConfig& c, co
 template <typename S>
 void decoder_layer_backward_input(S* dh, const LayerW<G<S>>& g, const LayerW<W<S>>& w,
                                   const ModelConfig& c, const DecoderDims& d, const float* cos_sin,
-                                  const LayerActs<S>& a, DecoderScratch<S>& s,
-                                  DecoderGrads<S>& gs) {
+                                  const LayerActs<S>& a, DecoderScratch<S>& s, DecoderGrads<S>& gs,
+                                  bool fuse_expert_weights) {
   const int64_t N = d.B * d.T, D = c.hidden_size;
   const S eps = S(c.rms_norm_eps);
   S* dxn = grow(s.dxn, size_t(N * D));
@@ -63,7 +63,8 @@ void decoder_layer_backward_input(S* dh, const LayerW<G<S>>& g, const LayerW<W<S
   // FFN.
   const S* xn2 = norm_in(a.xn2, s.xn2, a.h_mid, w.ffn_norm);
   if (w.moe) {
-    moe_backward_input(dxn, dh, xn2, w.moe_w, moe_dims(c, N), a.moe, s.moe, gs.moe);
+    moe_backward_input(dxn, dh, xn2, w.moe_w, moe_dims(c, N), a.moe, s.moe, gs.moe, false,
+                       fuse_expert_weights ? &g.moe_w : nullptr);
   } else {
     const int64_t F = c.intermediate_size;
     gs.xn2 = xn2;
@@ -99,7 +100,7 @@ template <typename S>
 void decoder_layer_backward(S* dh, const LayerW<G<S>>& g, const LayerW<W<S>>& w,
                             const ModelConfig& c, const DecoderDims& d, const float* cos_sin,
                             const LayerActs<S>& a, DecoderScratch<S>& s) {
-  decoder_layer_backward_input(dh, g, w, c, d, cos_sin, a, s, s.grads);
+  decoder_layer_backward_input(dh, g, w, c, d, cos_sin, a, s, s.grads, true);
   decoder_layer_backward_weight(g, w, c, d, a, s, s.grads);
 }
 
@@ -143,7 +144,7 @@ void decoder_layer_cached(float* h, int64_t B, int64_t T, int64_t start_pos,
                                           const LayerActs<S>&, DecoderScratch<S>&);             \
   template void decoder_layer_backward_input<S>(                                                \
       S*, const LayerW<G<S>>&, const LayerW<W<S>>&, const ModelConfig&, const DecoderDims&,     \
-      const float*, const LayerActs<S>&, DecoderScratch<S>&, DecoderGrads<S>&);                 \
+      const float*, const LayerActs<S>&, DecoderScratch<S>&, DecoderGrads<S>&, bool);           \
   template void decoder_layer_backward_weight<S>(                                               \
       const LayerW<G<S>>&, const LayerW<W<S>>&, const ModelConfig&, const DecoderDims&,         \
       const LayerActs<S>&, DecoderScratch<S>&, const DecoderGrads<S>&);

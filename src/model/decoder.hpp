@@ -61,10 +61,13 @@ void decoder_layer_forward(S* h, const LayerW<W<S>>& w, const ModelConfig& c, co
 // Backward, input part: dh[N, D] in place, the gradient of the layer output in, of its input
 // out; the RMSNorm weight gradients added into g. Reads h_in, h_mid, both rstd, xn/xn2
 // (recomputed from h_in/h_mid and the rstd with recompute) and the MLA/FFN activations; fills gs.
+// fuse_expert_weights: the routed experts' weight gradients are added at once (each expert's
+// right after its input part, while its data is in cache), leaving the rest to the weight part.
 template <typename S>
 void decoder_layer_backward_input(S* dh, const LayerW<G<S>>& g, const LayerW<W<S>>& w,
                                   const ModelConfig& c, const DecoderDims& d, const float* cos_sin,
-                                  const LayerActs<S>& a, DecoderScratch<S>& s, DecoderGrads<S>& gs);
+                                  const LayerActs<S>& a, DecoderScratch<S>& s, DecoderGrads<S>& gs,
+                                  bool fuse_expert_weights = false);
 
 // Weight part: every matrix gradient of the layer added into g, from gs and the activations.
 // With recompute it reads the recomputed inputs in s, so it runs before s serves another layer.

@@ -280,10 +280,12 @@ void routed_forward(S* out_rows, const Rows<S>& r, const MoeW<W<S>>& w, const Mo
 
 // Backward input part over the rows: dx_rows[n, D] += the experts' input gradients, dw_slots
 // [n, K] = the gate-weight gradients (0 in invalid slots); fills gs.dyg, gs.xg, gs.dg, gs.du.
+// With fuse non-null, each expert's weight gradients are added into *fuse right after its input
+// part, on the same thread while its data is in cache (the immediate backward of training).
 template <typename S>
 void routed_backward_input(S* dx_rows, S* dw_slots, const S* dout_rows, const Rows<S>& r,
                            const MoeW<W<S>>& w, const MoeDims& d, const MoeActs<S>& a,
-                           MoeScratch<S>& s, MoeGrads<S>& gs) {
+                           MoeScratch<S>& s, MoeGrads<S>& gs, const MoeW<G<S>>* fuse) {
   const int64_t K = d.K, D = d.D, F = d.F;
   const int32_t *slot = a.slot.data(), *offsets = a.offsets.data(), *order = a.order.data();
   const int64_t pairs = offsets[r.experts];
@@ -322,6 +324,9 @@ void routed_backward_input(S* dx_rows, S* dw_slots, const S* dout_rows, const Ro
     const int64_t b = offsets[e], m = offsets[e + 1] - b;
     mlp_backward_input(dxg + b * D, dg + b * F, du + b * F, dyg + b * D, a.g.data() + b * F,
                        a.u.data() + b * F, m, w.experts[size_t(r.e0 + e)]);
+    if (fuse)
+      mlp_backward_weight(fuse->experts[size_t(r.e0 + e)], dyg + b * D, xg + b * D,
+                          a.act.data() + b * F, dg + b * F, du + b * F, m, D, F);
   });
   ps.emplace(&StepProfile::moe_permute_s);
   parallel_for(r.n, [&](int64_t tb, int64_t te) {
@@ -383,7 +388,9 @@ void moe_forward(S* out, const S* x, const MoeW<W<S>>& w, const MoeDims& d, MoeA
 
 template <typename S>
 void moe_backward_input(S* dx, const S* dout, const S* x, const MoeW<W<S>>& w, const MoeDims& d,
-                        const MoeActs<S>& a, MoeScratch<S>& s, MoeGrads<S>& gs, bool accumulate) {
+                        const MoeActs<S>& a, MoeScratch<S>& s, MoeGrads<S>& gs, bool accumulate,
+                        const MoeW<G<S>>* fuse_expert_weights) {
+  gs.experts_done = fuse_expert_weights != nullptr;
   const int64_t N = d.N, E = d.E, K = d.K, D = d.D;
   gs.x = x;
   std::copy_n(dout, N * D, grow(gs.dout, size_t(N * D)));
@@ -405,14 +412,14 @@ void moe_backward_input(S* dx, const S* dout, const S* x, const MoeW<W<S>>& w, c
       S* dxr = grow(gs.dxr, size_t(R * D));
       std::fill_n(dxr, R * D, S(0));
       S* dwr = grow(gs.dwr, size_t(R * K));
-      routed_backward_input(dxr, dwr, gs.dyr.data(), r, w, d, a, s, gs);
+      routed_backward_input(dxr, dwr, gs.dyr.data(), r, w, d, a, s, gs, fuse_expert_weights);
       dist::expert_dispatch_backward(ep, a.plan, dx, dwt, dxr, dwr);
       done = true;
     }
   }
   if (!done) {
     const Rows<S> r{x, N, a.indices.data(), a.weights.data(), E, 0};
-    routed_backward_input(dx, dwt, dout, r, w, d, a, s, gs);
+    routed_backward_input(dx, dwt, dout, r, w, d, a, s, gs, fuse_expert_weights);
   }
   // Router: d(gate weights) -> d(scores) -> d(logits).
   ProfileScope ps(&StepProfile::router_s);
@@ -456,11 +463,13 @@ void moe_backward_weight(const MoeW<G<S>>& dw, const MoeDims& d, const MoeActs<S
     e0 = s.ep->rank() * experts;
   }
   const int32_t* offsets = a.offsets.data();
-  for_each_expert(offsets, experts, s.eorder, [&](int64_t e) {
-    const int64_t b = offsets[e], m = offsets[e + 1] - b;
-    mlp_backward_weight(dw.experts[size_t(e0 + e)], gs.dyg.data() + b * D, gs.xg.data() + b * D,
-                        a.act.data() + b * F, gs.dg.data() + b * F, gs.du.data() + b * F, m, D, F);
-  });
+  if (!gs.experts_done)
+    for_each_expert(offsets, experts, s.eorder, [&](int64_t e) {
+      const int64_t b = offsets[e], m = offsets[e + 1] - b;
+      mlp_backward_weight(dw.experts[size_t(e0 + e)], gs.dyg.data() + b * D, gs.xg.data() + b * D,
+                          a.act.data() + b * F, gs.dg.data() + b * F, gs.du.data() + b * F, m, D,
+                          F);
+    });
   if (d.Fs > 0)
     mlp_backward_weight(dw.shared, gs.dout.data(), gs.x, a.sact.data(), gs.sdg.data(),
                         gs.sdu.data(), N, D, d.Fs);
@@ -474,7 +483,8 @@ void moe_backward_weight(const MoeW<G<S>>& dw, const MoeDims& d, const MoeActs<S
   template void moe_forward<S>(S*, const S*, const MoeW<W<S>>&, const MoeDims&, MoeActs<S>&,     \
                                MoeScratch<S>&);                                                  \
   template void moe_backward_input<S>(S*, const S*, const S*, const MoeW<W<S>>&, const MoeDims&, \
-                                      const MoeActs<S>&, MoeScratch<S>&, MoeGrads<S>&, bool);    \
+                                      const MoeActs<S>&, MoeScratch<S>&, MoeGrads<S>&, bool,     \
+                                      const MoeW<G<S>>*);                                        \
   template void moe_backward_weight<S>(const MoeW<G<S>>&, const MoeDims&, const MoeActs<S>&,     \
                                        MoeScratch<S>&, const MoeGrads<S>&);
 DSV3_MOE_INSTANTIATE(float)

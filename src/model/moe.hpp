@@ -97,15 +97,18 @@ struct MoeGrads {
   std::vector<S> ds;        // [N, E] router logit gradients
   std::vector<S> dyr, dxr, dwr;  // expert parallelism: [R, D], [R, D], [R, K] of received rows
   const S* x = nullptr;          // the layer's input
+  bool experts_done = false;  // the routed experts' weight gradients were fused into the input part
 };
 
 // Backward of moe_forward, input part: dx[N, D] (+= when accumulate) given dout[N, D]. Reads the
 // saved x, scores, indices, weights, order/offsets/slot and the expert activations and outputs,
 // and a.dscores when non-empty (an extra gradient on the scores). Fills gs.
+// With fuse_expert_weights, the routed experts' weight gradients are added there at once, each
+// right after its input part (data still in cache); the weight part then does the rest.
 template <typename S>
 void moe_backward_input(S* dx, const S* dout, const S* x, const MoeW<W<S>>& w, const MoeDims& d,
                         const MoeActs<S>& a, MoeScratch<S>& s, MoeGrads<S>& gs,
-                        bool accumulate = false);
+                        bool accumulate = false, const MoeW<G<S>>* fuse_expert_weights = nullptr);
 
 // Weight part: expert (routed and shared) and router weight gradients added into dw (the
 // correction bias gets nothing), from gs and the saved activations.
