@@ -35,6 +35,19 @@ struct ExpertPlan {
   int64_t experts_per_rank() const { return E / P; }
 };
 
+// The volume of the dispatches of a step on one rank (the combine returns as many rows): token
+// rows per destination rank (its own included), and the rows and bytes that leave the rank and
+// its node (ranks_per_node consecutive ranks of the expert-parallel group form a node).
+struct DispatchStats {
+  int ranks_per_node = 1;
+  std::vector<int64_t> rows_to;               // [P]
+  int64_t tokens = 0;                         // local tokens dispatched (summed over layers)
+  int64_t remote_rows = 0, remote_bytes = 0;  // to other ranks
+  int64_t cross_node_rows = 0, cross_node_bytes = 0;
+  void reset() { *this = DispatchStats{ranks_per_node, {}, 0, 0, 0, 0, 0}; }
+  void add(const ExpertPlan& plan, int rank);
+};
+
 // Builds the plan from the local routing (indices [N, K] of experts in [0, E), gate weights
 // [N, K]) and exchanges counts and slots; then sends x [N, D] rows, received into xr [R, D]
 // (resized).
