@@ -389,7 +389,10 @@ void moe_forward(S* out, const S* x, const MoeW<W<S>>& w, const MoeDims& d, MoeA
       // Each token goes once to every rank owning one of its experts; this rank's experts run on
       // what it received, and their weighted sums go back to the tokens' ranks.
       dist::Comm& ep = *s.ep;
-      dist::expert_dispatch(ep, a.plan, a.xr, x, a.indices.data(), a.weights.data(), N, K, D, E);
+      {
+        dist::DispatchTimer t(s.dispatch);
+        dist::expert_dispatch(ep, a.plan, a.xr, x, a.indices.data(), a.weights.data(), N, K, D, E);
+      }
       if (s.dispatch) s.dispatch->add(a.plan, ep.rank());
       const int64_t per = E / ep.size();
       const Rows<S> r{
@@ -398,6 +401,7 @@ void moe_forward(S* out, const S* x, const MoeW<W<S>>& w, const MoeDims& d, MoeA
       S* yr = grow(a.yr, size_t(a.plan.R * D));
       std::fill_n(yr, a.plan.R * D, S(0));
       routed_forward(yr, r, w, d, a, s, false, d.Fs > 0, shared);
+      dist::DispatchTimer t(s.dispatch);
       dist::expert_combine(ep, a.plan, out, yr);
       return;
     }
@@ -429,12 +433,18 @@ void moe_backward_input(S* dx, const S* dout, const S* x, const MoeW<W<S>>& w, c
       const int64_t per = E / ep.size(), R = a.plan.R;
       const Rows<S> r{a.xr.data(),    R, a.plan.recv_expert.data(), a.plan.recv_weight.data(), per,
                       ep.rank() * per};
-      dist::expert_combine_backward(ep, a.plan, gs.dyr, dout);
+      {
+        dist::DispatchTimer t(s.dispatch);
+        dist::expert_combine_backward(ep, a.plan, gs.dyr, dout);
+      }
       S* dxr = grow(gs.dxr, size_t(R * D));
       std::fill_n(dxr, R * D, S(0));
       S* dwr = grow(gs.dwr, size_t(R * K));
       routed_backward_input(dxr, dwr, gs.dyr.data(), r, w, d, a, s, gs, fuse_expert_weights);
-      dist::expert_dispatch_backward(ep, a.plan, dx, dwt, dxr, dwr);
+      {
+        dist::DispatchTimer t(s.dispatch);
+        dist::expert_dispatch_backward(ep, a.plan, dx, dwt, dxr, dwr);
+      }
       done = true;
     }
   }

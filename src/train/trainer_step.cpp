@@ -120,7 +120,9 @@ StepRecord train_step(TrainerState& s, const TrainConfig& cfg, std::vector<int32
   if (s.distributed()) {
     s.world->all_reduce(&mem, 1, DType::F64, dist::ReduceOp::Max);
     rec.comm_wait_s = comm_wait;
-    rec.dist = {{"layout", layout_json(s)}};
+    rec.dist = {
+        {"layout", layout_json(s)},
+        {"grad_sync", {{"bytes", s.sync->bytes_per_step()}, {"exposed_wait_s", comm_wait}}}};
     if (o.ep) {
       const dist::DispatchStats& d = s.dispatch;
       std::vector<int64_t> v = d.rows_to;
@@ -128,6 +130,8 @@ StepRecord train_step(TrainerState& s, const TrainConfig& cfg, std::vector<int32
       v.push_back(d.tokens);
       v.push_back(d.remote_bytes);
       v.push_back(d.cross_node_bytes);
+      double a2a_s = d.seconds;
+      s.world->all_reduce(&a2a_s, 1, DType::F64, dist::ReduceOp::Max);
       s.world->all_reduce(v.data(), int64_t(v.size()), DType::I64, dist::ReduceOp::Sum);
       const int64_t cross = v.back(), remote = v[v.size() - 2], tokens = v[v.size() - 3];
       v.resize(size_t(s.ep));
