@@ -55,6 +55,7 @@ void visit_fields(C& c, F&& f) {
   f("ep", c.ep);
   f("ranks_per_node", c.ranks_per_node);
   f("max_nodes", c.max_nodes);
+  f("grad_overlap", c.grad_overlap);
 }
 
 // Assigns a JSON value to a field, naming the key and source on a type mismatch.

@@ -71,6 +71,8 @@ struct TrainConfig {
   // Node-limited routing: ranks_per_node consecutive EP ranks form a node (0: one node), each
   // token's experts on at most max_nodes nodes (DeepSeek-V3: 4).
   int64_t dp = 0, ep = 1, ranks_per_node = 0, max_nodes = 4;
+  // Gradients reduced layer by layer during the backward (false: all after it; benchmarks).
+  bool grad_overlap = true;
 
   // The model: HF config.json keys; vocab_size is set from the tokenizer.
   nlohmann::json model;

@@ -72,7 +72,7 @@ StepRecord train_step(TrainerState& s, const TrainConfig& cfg, std::vector<int32
     s.dispatch.reset();
     if (o.ep) o.dispatch = &s.dispatch;
     s.sync->begin_step();
-    o.grads_ready = [&s](int64_t b, int64_t e) { s.sync->ready(b, e); };
+    if (cfg.grad_overlap) o.grads_ready = [&s](int64_t b, int64_t e) { s.sync->ready(b, e); };
   }
   s.model->forward_backward(buf.data() + r0 * W, r1 - r0, W, o, &st);
   if (s.distributed()) {
