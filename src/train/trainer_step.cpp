@@ -137,6 +137,7 @@ StepRecord train_step(TrainerState& s, const TrainConfig& cfg, std::vector<int32
       v.resize(size_t(s.ep));
       rec.dist["dispatch"] = {
           {"rows_to_rank", v},
+          {"all_to_all_s", a2a_s},
           {"tokens", tokens},
           {"bytes", remote},
           {"cross_node_bytes", cross},
