@@ -231,6 +231,8 @@ double TrainModelT<S>::run(const int32_t* tokens, int64_t B, int64_t T, const Tr
              depth + 2);
   if (o.tie_mtp_embeddings != bound_tie_) bind(o.tie_mtp_embeddings);
   ds_.moe.ep = o.ep;
+  ds_.moe.node_limit = o.node_limit;
+  ds_.moe.dispatch = o.dispatch;
   if (T > rope_len_) {
     cos_sin_ = rope_cos_sin(c_, T);
     rope_len_ = T;

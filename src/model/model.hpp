@@ -138,6 +138,8 @@ struct TrainOptions {
   // The expert-parallel group (dist/expert_dispatch.hpp): null, every routed expert runs here;
   // else this rank runs its share of every MoE layer's experts on the tokens all ranks send it.
   dist::Comm* ep = nullptr;
+  NodeLimit node_limit;                     // node-limited routing (moe.hpp); off by default
+  dist::DispatchStats* dispatch = nullptr;  // adds the step's expert dispatch volume when set
 };
 
 struct StepStats {
