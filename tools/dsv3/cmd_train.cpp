@@ -16,7 +16,7 @@
 namespace {
 
 struct TrainArgs {
-  std::string config, options, out, resume, tokenizer, name;
+  std::string config, options, out, resume, tokenizer, name, precision;
   std::vector<std::string> set, data;
   int64_t steps = -1, checkpoint_every = -1;
   int64_t seed = -1;
@@ -48,7 +48,7 @@ void run_train(const TrainArgs& a) {
   if (!a.resume.empty()) {
     DSV3_CHECK(a.config.empty() && a.options.empty() && a.set.empty() && a.data.empty() &&
                    a.out.empty() && a.tokenizer.empty() && a.seed < 0 && a.checkpoint_every < 0 &&
-                   !a.no_balance && !a.overwrite,
+                   a.precision.empty() && !a.no_balance && !a.overwrite,
                "--resume continues a run with its recorded options: only --steps, --threads and "
                "--quiet may be given with it");
     run.run_dir = a.resume;
@@ -74,6 +74,7 @@ void run_train(const TrainArgs& a) {
   if (a.checkpoint_every >= 0) cfg.checkpoint_every = a.checkpoint_every;
   if (a.threads >= 0) cfg.threads = dsv3::cli::cap_threads(a.threads);
   if (a.no_balance) cfg.balance = false;
+  if (!a.precision.empty()) cfg.precision = a.precision;
   for (const auto& kv : a.set) cfg.set(kv);
   // The default run dir is scratch space: running `dsv3 train` again starts it over.
   run.run_dir = a.out.empty() ? "runs/default" : a.out;
@@ -105,6 +106,8 @@ void setup(CLI::App& app) {
   sub->add_option("--resume", a->resume, "continue RUN_DIR from its newest valid checkpoint");
   sub->add_option("--tokenizer", a->tokenizer, "dir with tokenizer.json (default: train one)");
   sub->add_option("--name", a->name, "run name shown in the report");
+  sub->add_option("--precision", a->precision,
+                  "inputs of the linear layers' GEMMs: fp32 | bf16 | fp8 (DeepSeek-V3 FP8 recipe)");
   sub->add_flag("--no-balance", a->no_balance, "no auxiliary-loss-free balancing (γ = 0)");
   sub->add_flag("--overwrite", a->overwrite, "start --out over if it already holds a run");
   sub->add_flag("--quiet", a->quiet, "no progress output");
