@@ -4,8 +4,11 @@
 // already quantized), for one shape M tokens × out × in. GFLOP/s beside the FP32 FMA and BF16
 // dot peaks measured in the same run. Prints JSON.
 //
-//   bench_lowp_gemm [--m 2048] [--out 512] [--in 192] [--threads 2] [--reps 20]
+//   bench_lowp_gemm [--m 2048] [--out 512] [--in 192] [--threads 2] [--reps 20] [--cpu-time]
+// --cpu-time times by process CPU time (meaningful on 1 thread when other jobs share the cores).
 #include <omp.h>
+
+#include <time.h>
 
 #include <chrono>
 #include <cstdio>
@@ -25,14 +28,25 @@ using namespace dsv3::cpu;
 
 namespace {
 
+bool g_cpu_time = false;  // --cpu-time: process CPU time instead of wall time (a shared machine)
+
+double now_s() {
+  if (g_cpu_time) {
+    timespec ts;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return double(ts.tv_sec) + 1e-9 * double(ts.tv_nsec);
+  }
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
 template <typename F>
 double best_seconds(int reps, F&& f) {
   f();
   double best = 1e30;
   for (int r = 0; r < reps; ++r) {
-    const auto t0 = std::chrono::steady_clock::now();
+    const double t0 = now_s();
     f();
-    best = std::min(best, bench::seconds_since(t0));
+    best = std::min(best, now_s() - t0);
   }
   return best;
 }
@@ -42,8 +56,17 @@ double best_seconds(int reps, F&& f) {
 int main(int argc, char** argv) {
   int64_t M = 2048, out = 512, in = 192;
   int threads = 2, reps = 20;
-  for (int i = 1; i + 1 < argc; i += 2) {
-    const std::string a = argv[i], v = argv[i + 1];
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (a == "--cpu-time") {
+      g_cpu_time = true;
+      continue;
+    }
+    if (i + 1 >= argc) {
+      std::fprintf(stderr, "bench_lowp_gemm: %s needs a value\n", a.c_str());
+      return 2;
+    }
+    const std::string v = argv[++i];
     if (a == "--m")
       M = std::stoll(v);
     else if (a == "--out")
@@ -109,8 +132,8 @@ int main(int argc, char** argv) {
       if (p == Precision::BF16)
         quant = best_seconds(reps, [&] { bf16_rows(a.data(), lda, x.data(), in, M, in); });
       else
-        quant = best_seconds(reps,
-                             [&] { fp8_rows(a.data(), lda, sa.data(), x.data(), in, M, in); });
+        quant =
+            best_seconds(reps, [&] { fp8_rows(a.data(), lda, sa.data(), x.data(), in, M, in); });
       const bool sc = p == Precision::FP8;
       const double kern = best_seconds(reps, [&] {
         gemm_lowp_nt(y.data(), out, M, out, in, a.data(), lda, lw.w.data(), lda,

@@ -96,7 +96,12 @@ TEST(Lowp, Fp8RowsMatchActQuantize) {
   }
 }
 
-TEST(Lowp, Fp8ColsMatchTransposedActQuantize) {
+// Element (r, c) of a [rows, cols] matrix stored in the pairs layout.
+float pair_at(const std::vector<uint32_t>& p, int64_t ldp, int64_t r, int64_t c) {
+  return bf16_to_f32(uint16_t(p[size_t((r / 2) * ldp + c)] >> (16 * (r & 1))));
+}
+
+TEST(Lowp, Fp8PairsMatchTransposedActQuantize) {
   const uint64_t seed = 13;
   std::printf("seed %llu\n", (unsigned long long)seed);
   Rng rng(seed);
@@ -105,17 +110,23 @@ TEST(Lowp, Fp8ColsMatchTransposedActQuantize) {
     std::vector<float> xt(x.size());
     for (int64_t r = 0; r < rows; ++r)
       for (int64_t c = 0; c < cols; ++c) xt[size_t(c * rows + r)] = x[size_t(r * cols + c)];
-    const int64_t ld = lowp_pad_k(rows), tiles = quant_tiles(rows);
-    std::vector<uint16_t> q(size_t(cols * ld));
+    const int64_t ld = cols + 3, tiles = quant_tiles(rows);
+    std::vector<uint32_t> p(size_t((rows + 1) / 2 * ld));
     std::vector<float> s(size_t(cols * tiles)), rs(s.size());
     std::vector<uint8_t> codes(x.size());
-    fp8_cols(q.data(), ld, s.data(), x.data(), cols, rows, cols);
+    fp8_pairs(p.data(), ld, s.data(), x.data(), cols, rows, cols);
     fp8_act_quantize(codes.data(), rs.data(), xt.data(), cols, rows);
     for (size_t i = 0; i < s.size(); ++i) ASSERT_EQ(s[i], rs[i]) << "tile " << i;
-    for (int64_t c = 0; c < cols; ++c)
+    for (int64_t c = 0; c < cols; ++c) {
       for (int64_t r = 0; r < rows; ++r)
-        ASSERT_TRUE(
-            same(bf16_to_f32(q[size_t(c * ld + r)]), fp8_e4m3_to_f32(codes[size_t(c * rows + r)])));
+        ASSERT_TRUE(same(pair_at(p, ld, r, c), fp8_e4m3_to_f32(codes[size_t(c * rows + r)])));
+      if (rows % 2) ASSERT_EQ(pair_at(p, ld, rows, c), 0.0f);  // the padding half
+    }
+    // BF16 pairs of the same matrix.
+    bf16_pairs(p.data(), ld, x.data(), cols, rows, cols);
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t c = 0; c < cols; ++c)
+        ASSERT_TRUE(same(pair_at(p, ld, r, c), bf16_to_f32(f32_to_bf16(x[size_t(r * cols + c)]))));
   }
 }
 
@@ -125,19 +136,20 @@ TEST(Lowp, Fp8BlocksMatchBlockQuantize) {
   Rng rng(seed);
   for (auto [rows, cols] : {std::pair<int64_t, int64_t>{200, 300}, {129, 7}, {3, 130}}) {
     const auto w = test_matrix(rng, rows, cols);
-    const int64_t ld = lowp_pad_k(cols), ldt = lowp_pad_k(rows);
-    std::vector<uint16_t> q(size_t(rows * ld)), qt(size_t(cols * ldt));
+    const int64_t ld = lowp_pad_k(cols);
+    std::vector<uint16_t> q(size_t(rows * ld));
+    std::vector<uint32_t> p(size_t((rows + 1) / 2 * cols));
     const size_t nb = size_t(quant_tiles(rows) * quant_tiles(cols));
     std::vector<float> s(nb), rs(nb);
     std::vector<uint8_t> codes(w.size());
-    fp8_blocks(q.data(), ld, qt.data(), ldt, s.data(), w.data(), rows, cols);
+    fp8_blocks(q.data(), ld, p.data(), cols, s.data(), w.data(), rows, cols);
     fp8_block_quantize(codes.data(), rs.data(), w.data(), rows, cols);
     for (size_t i = 0; i < nb; ++i) ASSERT_EQ(s[i], rs[i]) << "block " << i;
     for (int64_t r = 0; r < rows; ++r)
       for (int64_t c = 0; c < cols; ++c) {
         const float ref = fp8_e4m3_to_f32(codes[size_t(r * cols + c)]);
         ASSERT_TRUE(same(bf16_to_f32(q[size_t(r * ld + c)]), ref));
-        ASSERT_TRUE(same(bf16_to_f32(qt[size_t(c * ldt + r)]), ref));
+        ASSERT_TRUE(same(pair_at(p, cols, r, c), ref));
       }
   }
 }

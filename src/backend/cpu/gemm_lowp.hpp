@@ -19,6 +19,21 @@
 
 namespace dsv3::cpu {
 
+// An operand of M (or N) rows over K, in one of two layouts:
+//   rows   uint16 [rows, ld]: BF16, K contiguous, padded by zeros to an even count ≤ ld (even);
+//   pairs  uint32 [ceil(K/2), ld] with ld ≥ rows: element (r, kp) holds the BF16 pair of
+//          K = 2kp and 2kp + 1 (zero past K) — what interleaving consecutive rows of a [K, rows]
+//          matrix gives, so a Wgrad operand (tokens × channels) needs no transpose.
+struct LowpOperand {
+  const void* data = nullptr;
+  int64_t ld = 0;
+  bool pairs = false;
+};
+
+// C[M, N] (+)= Σ_k A(m, k)·B(n, k); scales as gemm_lowp_nt.
+void gemm_lowp(float* C, int64_t ldc, int64_t M, int64_t N, int64_t K, const LowpOperand& A,
+               const LowpOperand& B, const float* sa, const float* sb, bool accumulate);
+
 // A [M, lda], B [N, ldb]: BF16 with K padded by zeros to an even count ≤ lda, ldb (lda, ldb even);
 // sa, sb: both null, or both set (scaled). C [M, ldc] FP32. Thread-safe; runs on the calling
 // thread alone inside a parallel region.

@@ -19,7 +19,8 @@ std::atomic<int> g_wgrad{int(Precision::F32)};
 
 // Per-thread operand scratch; grows, then reused.
 struct Scratch {
-  std::vector<uint16_t> a, b;
+  std::vector<uint16_t> a;
+  std::vector<uint32_t> pa, pb;
   std::vector<float> sa, sb;
 };
 Scratch& scratch() {
@@ -68,19 +69,19 @@ void LowpWeight::refresh(const float* w_f32, int64_t rows, int64_t cols, Precisi
   p_ = p;
   rows_ = rows;
   cols_ = cols;
-  const int64_t ldw = lowp_pad_k(cols), ldt = lowp_pad_k(rows);
+  const int64_t ldw = lowp_pad_k(cols), kp = (rows + 1) / 2;
   uint16_t* q = grow(w, size_t(rows * ldw));
-  uint16_t* qt = grow(wt, size_t(cols * ldt));
+  uint32_t* qp = grow(wp, size_t(kp * cols));
   if (p == Precision::BF16) {
     bf16_rows(q, ldw, w_f32, cols, rows, cols);
-    bf16_cols(qt, ldt, w_f32, cols, rows, cols);
+    bf16_pairs(qp, cols, w_f32, cols, rows, cols);
     return;
   }
   const int64_t br = quant_tiles(rows), bc = quant_tiles(cols);
   float* sb = grow(sblock, size_t(br * bc));
-  fp8_blocks(q, ldw, qt, ldt, sb, w_f32, rows, cols);
-  // Fprop: row n of W, chunk c of its input axis → block (n/128, c); Dgrad: row i of Wᵀ, chunk c
-  // of the output axis → block (c, i/128).
+  fp8_blocks(q, ldw, qp, cols, sb, w_f32, rows, cols);
+  // Fprop: row n of W, chunk c of its input axis → block (n/128, c); Dgrad: column i of W, chunk
+  // c of the output axis → block (c, i/128).
   float* s = grow(sw, size_t(rows * bc));
   for (int64_t n = 0; n < rows; ++n)
     for (int64_t c = 0; c < bc; ++c) s[n * bc + c] = sb[(n / kQuantTile) * bc + c];
@@ -90,7 +91,7 @@ void LowpWeight::refresh(const float* w_f32, int64_t rows, int64_t cols, Precisi
 }
 
 size_t LowpWeight::bytes() const {
-  return (w.size() + wt.size()) * 2 + (sw.size() + swt.size() + sblock.size()) * 4;
+  return w.size() * 2 + (wp.size() + sw.size() + swt.size() + sblock.size()) * 4;
 }
 
 void lowp_forward(float* y, const float* x, int64_t M, const LowpWeight& w, bool accumulate) {
@@ -116,37 +117,40 @@ void lowp_backward_input(float* dx, const float* dy, int64_t M, const LowpWeight
   const int64_t N = w.cols(), K = w.rows(), lda = lowp_pad_k(K);
   Scratch& s = scratch();
   uint16_t* a = grow(s.a, size_t(M * lda));
+  const LowpOperand B{w.wp.data(), N, true};
   if (w.precision() == Precision::BF16) {
     bf16_rows(a, lda, dy, K, M, K);
-    gemm_lowp_nt(dx, N, M, N, K, a, lda, w.wt.data(), lda, nullptr, nullptr, accumulate);
+    gemm_lowp(dx, N, M, N, K, {a, lda, false}, B, nullptr, nullptr, accumulate);
     return;
   }
   float* sa = grow(s.sa, size_t(M * quant_tiles(K)));
   fp8_rows(a, lda, sa, dy, K, M, K);
-  gemm_lowp_nt(dx, N, M, N, K, a, lda, w.wt.data(), lda, sa, w.swt.data(), accumulate);
+  gemm_lowp(dx, N, M, N, K, {a, lda, false}, B, sa, w.swt.data(), accumulate);
 }
 
+// dW[out, in] += Σ_t dy[t, out]·x[t, in]: K = tokens, both operands in the pairs layout of their
+// natural [tokens, channels] storage (no transpose).
 void lowp_backward_weight(float* dW, const float* dy, const float* x, int64_t M, int64_t in,
                           int64_t out, Precision p) {
   check_lowp(p, "lowp_backward_weight");
   if (M <= 0) return;
   GemmTimer timer;
-  const int64_t ld = lowp_pad_k(M);
+  const int64_t kp = (M + 1) / 2;
   Scratch& s = scratch();
-  uint16_t* a = grow(s.a, size_t(out * ld));
-  uint16_t* b = grow(s.b, size_t(in * ld));
+  uint32_t* a = grow(s.pa, size_t(kp * out));
+  uint32_t* b = grow(s.pb, size_t(kp * in));
   if (p == Precision::BF16) {
-    bf16_cols(a, ld, dy, out, M, out);
-    bf16_cols(b, ld, x, in, M, in);
-    gemm_lowp_nt(dW, in, out, in, M, a, ld, b, ld, nullptr, nullptr, true);
+    bf16_pairs(a, out, dy, out, M, out);
+    bf16_pairs(b, in, x, in, M, in);
+    gemm_lowp(dW, in, out, in, M, {a, out, true}, {b, in, true}, nullptr, nullptr, true);
     return;
   }
   const int64_t tiles = quant_tiles(M);
   float* sa = grow(s.sa, size_t(out * tiles));
   float* sb = grow(s.sb, size_t(in * tiles));
-  fp8_cols(a, ld, sa, dy, out, M, out);
-  fp8_cols(b, ld, sb, x, in, M, in);
-  gemm_lowp_nt(dW, in, out, in, M, a, ld, b, ld, sa, sb, true);
+  fp8_pairs(a, out, sa, dy, out, M, out);
+  fp8_pairs(b, in, sb, x, in, M, in);
+  gemm_lowp(dW, in, out, in, M, {a, out, true}, {b, in, true}, sa, sb, true);
 }
 
 Precision wgrad_precision() {

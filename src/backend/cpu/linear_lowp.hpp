@@ -13,10 +13,10 @@
 // dense and expert MLPs, eh_proj). Kept in FP32, as in the report: embedding, output heads,
 // MoE router (gating), norms, attention's core (scores, softmax, P·V), the optimizer.
 //
-// A LowpWeight holds one weight's low-precision copies (W for Fprop, Wᵀ for Dgrad, with their
-// scales in FP8), refreshed from the FP32 master weight before each step; a LinearWeight points
-// at it (LinearWeight::set_lowp) and linear_forward / linear_backward_input then run through it.
-// The Wgrad GEMM (linear_backward_weight) has no weight argument: it takes the precision of the
+// A LowpWeight holds one weight's low-precision copies (W as rows for Fprop, as K pairs for Dgrad,
+// with their scales in FP8), refreshed from the FP32 master weight before each step; a LinearWeight
+// points at it (LinearWeight::set_lowp) and linear_forward / linear_backward_input then run through
+// it. The Wgrad GEMM (linear_backward_weight) has no weight argument: it takes the precision of the
 // WgradPrecision scope that the training step holds (process-wide; the expert GEMMs run on
 // OpenMP worker threads), F32 outside any scope. The head and the router compute their weight
 // gradients with cpu::gemm, so they stay FP32.
@@ -40,9 +40,11 @@ class LowpWeight {
   int64_t cols() const { return cols_; }
   size_t bytes() const;
 
-  // Operands (quant_train.hpp layouts): w [rows, pad(cols)], wt [cols, pad(rows)]; FP8 scales
-  // per row of the operand and 128-chunk of K: sw [rows, tiles(cols)], swt [cols, tiles(rows)].
-  std::vector<uint16_t> w, wt;
+  // Operands (quant_train.hpp layouts): w [rows, pad(cols)] for Fprop; wp, W in the pairs
+  // layout [ceil(rows/2), cols] for Dgrad (K = out). FP8 scales per row of the operand and
+  // 128-chunk of K: sw [rows, tiles(cols)], swt [cols, tiles(rows)]; sblock the 128×128 blocks'.
+  std::vector<uint16_t> w;
+  std::vector<uint32_t> wp;
   std::vector<float> sw, swt, sblock;
 
  private:

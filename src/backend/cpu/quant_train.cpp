@@ -65,6 +65,12 @@ inline __m256i to_bf16(__m512 x) {
   return (__m256i)_mm512_cvtneps_pbh(x);
 }
 
+// 16 pairs (lo[i] in the low half, hi[i] in the high half of lane i).
+inline __m512i interleave(__m256i lo, __m256i hi) {
+  return _mm512_or_si512(_mm512_cvtepu16_epi32(lo),
+                         _mm512_slli_epi32(_mm512_cvtepu16_epi32(hi), 16));
+}
+
 void zero_pad(uint16_t* row, int64_t from, int64_t to) {
   if (to > from) std::memset(row + from, 0, size_t(to - from) * 2);
 }
@@ -124,22 +130,23 @@ void bf16_rows(uint16_t* q, int64_t ldq, const float* x, int64_t ldx, int64_t ro
       std::max<int64_t>(1, 8192 / std::max<int64_t>(cols, 1)));
 }
 
-void bf16_cols(uint16_t* q, int64_t ldq, const float* x, int64_t ldx, int64_t rows, int64_t cols) {
-  check("bf16_cols", ldq, rows);
-  const int64_t cb = (cols + 15) / 16;
-  parallel_for(cb, [&](int64_t b0, int64_t b1) {
-    alignas(64) uint16_t t[16];
-    for (int64_t b = b0; b < b1; ++b) {
-      const int64_t c0 = b * 16, n = std::min<int64_t>(16, cols - c0);
-      const __mmask16 k = tail_mask(n);
-      for (int64_t r = 0; r < rows; ++r) {
-        _mm256_store_si256(reinterpret_cast<__m256i*>(t),
-                           to_bf16(_mm512_maskz_loadu_ps(k, x + r * ldx + c0)));
-        for (int64_t j = 0; j < n; ++j) q[(c0 + j) * ldq + r] = t[j];
-      }
-      for (int64_t j = 0; j < n; ++j) zero_pad(q + (c0 + j) * ldq, rows, ldq);
-    }
-  });
+void bf16_pairs(uint32_t* p, int64_t ldp, const float* x, int64_t ldx, int64_t rows, int64_t cols) {
+  DSV3_CHECK(ldp >= cols, "bf16_pairs: leading dimension {} < {}", ldp, cols);
+  parallel_for(
+      (rows + 1) / 2,
+      [&](int64_t k0, int64_t k1) {
+        for (int64_t kp = k0; kp < k1; ++kp) {
+          const float* lo = x + 2 * kp * ldx;
+          const bool has_hi = 2 * kp + 1 < rows;
+          for (int64_t c = 0; c < cols; c += 16) {
+            const __mmask16 k = tail_mask(cols - c);
+            const __m512 vl = _mm512_maskz_loadu_ps(k, lo + c);
+            const __m512 vh = has_hi ? _mm512_maskz_loadu_ps(k, lo + ldx + c) : _mm512_setzero_ps();
+            _mm512_mask_storeu_epi32(p + kp * ldp + c, k, interleave(to_bf16(vl), to_bf16(vh)));
+          }
+        }
+      },
+      std::max<int64_t>(1, 4096 / std::max<int64_t>(cols, 1)));
 }
 
 void fp8_rows(uint16_t* q, int64_t ldq, float* scale, const float* x, int64_t ldx, int64_t rows,
@@ -174,44 +181,43 @@ void fp8_rows(uint16_t* q, int64_t ldq, float* scale, const float* x, int64_t ld
       std::max<int64_t>(1, 8192 / std::max<int64_t>(cols, 1)));
 }
 
-void fp8_cols(uint16_t* q, int64_t ldq, float* scale, const float* x, int64_t ldx, int64_t rows,
-              int64_t cols) {
-  check("fp8_cols", ldq, rows);
+void fp8_pairs(uint32_t* p, int64_t ldp, float* scale, const float* x, int64_t ldx, int64_t rows,
+               int64_t cols) {
+  DSV3_CHECK(ldp >= cols, "fp8_pairs: leading dimension {} < {}", ldp, cols);
   const int64_t tiles = quant_tiles(rows), cb = (cols + 15) / 16;
-  parallel_for(cb, [&](int64_t b0, int64_t b1) {
-    alignas(64) uint16_t t16[16];
+  parallel_for(tiles * cb, [&](int64_t j0, int64_t j1) {
     alignas(64) float s16[16];
-    for (int64_t b = b0; b < b1; ++b) {
-      const int64_t c0 = b * 16, n = std::min<int64_t>(16, cols - c0);
+    for (int64_t jb = j0; jb < j1; ++jb) {
+      const int64_t t = jb / cb, c0 = (jb % cb) * 16, n = std::min<int64_t>(16, cols - c0);
       const __mmask16 k = tail_mask(n);
-      for (int64_t t = 0; t < tiles; ++t) {
-        const int64_t r0 = t * kQuantTile, r1 = std::min(rows, r0 + kQuantTile);
-        __m512 m = _mm512_setzero_ps();
-        for (int64_t r = r0; r < r1; ++r)
-          m = amax_v(m, _mm512_maskz_loadu_ps(k, x + r * ldx + c0), k);
-        __m512 vs = _mm512_div_ps(m, _mm512_set1_ps(kE4M3Max));
-        vs = _mm512_mask_mov_ps(vs, _mm512_cmp_ps_mask(vs, _mm512_setzero_ps(), _CMP_EQ_OQ),
-                                _mm512_set1_ps(1.0f));
-        _mm512_store_ps(s16, vs);
-        for (int64_t j = 0; j < n; ++j) scale[(c0 + j) * tiles + t] = s16[j];
-        for (int64_t r = r0; r < r1; ++r) {
-          const __m512 v = _mm512_div_ps(_mm512_maskz_loadu_ps(k, x + r * ldx + c0), vs);
-          _mm256_store_si256(reinterpret_cast<__m256i*>(t16), to_bf16(e4m3_round_v(v)));
-          for (int64_t j = 0; j < n; ++j) q[(c0 + j) * ldq + r] = t16[j];
-        }
+      const int64_t r0 = t * kQuantTile, r1 = std::min(rows, r0 + kQuantTile);
+      __m512 m = _mm512_setzero_ps();
+      for (int64_t r = r0; r < r1; ++r)
+        m = amax_v(m, _mm512_maskz_loadu_ps(k, x + r * ldx + c0), k);
+      __m512 vs = _mm512_div_ps(m, _mm512_set1_ps(kE4M3Max));
+      vs = _mm512_mask_mov_ps(vs, _mm512_cmp_ps_mask(vs, _mm512_setzero_ps(), _CMP_EQ_OQ),
+                              _mm512_set1_ps(1.0f));
+      _mm512_store_ps(s16, vs);
+      for (int64_t j = 0; j < n; ++j) scale[(c0 + j) * tiles + t] = s16[j];
+      // r0 is even (tiles are 128 rows), so pairs never straddle two tiles.
+      for (int64_t r = r0; r < r1; r += 2) {
+        const __m512 vl = _mm512_div_ps(_mm512_maskz_loadu_ps(k, x + r * ldx + c0), vs);
+        const __m512 vh = r + 1 < r1
+                              ? _mm512_div_ps(_mm512_maskz_loadu_ps(k, x + (r + 1) * ldx + c0), vs)
+                              : _mm512_setzero_ps();
+        _mm512_mask_storeu_epi32(p + (r / 2) * ldp + c0, k,
+                                 interleave(to_bf16(e4m3_round_v(vl)), to_bf16(e4m3_round_v(vh))));
       }
-      for (int64_t j = 0; j < n; ++j) zero_pad(q + (c0 + j) * ldq, rows, ldq);
     }
   });
 }
 
-void fp8_blocks(uint16_t* q, int64_t ldq, uint16_t* qt, int64_t ldqt, float* sblock, const float* w,
+void fp8_blocks(uint16_t* q, int64_t ldq, uint32_t* p, int64_t ldp, float* sblock, const float* w,
                 int64_t rows, int64_t cols) {
   if (q) check("fp8_blocks", ldq, cols);
-  if (qt) check("fp8_blocks (transposed)", ldqt, rows);
+  DSV3_CHECK(!p || ldp >= cols, "fp8_blocks: pairs leading dimension {} < {}", ldp, cols);
   const int64_t br = quant_tiles(rows), bc = quant_tiles(cols);
   parallel_for(br * bc, [&](int64_t t0, int64_t t1) {
-    alignas(64) uint16_t t16[16];
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t i = t / bc, j = t % bc;
       const int64_t r0 = i * kQuantTile, r1 = std::min(rows, r0 + kQuantTile);
@@ -225,24 +231,25 @@ void fp8_blocks(uint16_t* q, int64_t ldq, uint16_t* qt, int64_t ldqt, float* sbl
       const float sc = scale_of(_mm512_reduce_max_ps(m));
       sblock[t] = sc;
       const __m512 vs = _mm512_set1_ps(sc);
-      for (int64_t r = r0; r < r1; ++r)
+      auto quant = [&](int64_t r, int64_t c, __mmask16 k) {
+        if (r >= r1) return _mm256_setzero_si256();
+        return to_bf16(e4m3_round_v(_mm512_div_ps(_mm512_maskz_loadu_ps(k, w + r * cols + c), vs)));
+      };
+      // r0 is even (blocks are 128 rows), so pairs never straddle two blocks.
+      for (int64_t r = r0; r < r1; r += 2)
         for (int64_t c = c0; c < c1; c += 16) {
-          const int64_t n = std::min<int64_t>(16, c1 - c);
-          const __mmask16 k = tail_mask(n);
-          const __m256i h =
-              to_bf16(e4m3_round_v(_mm512_div_ps(_mm512_maskz_loadu_ps(k, w + r * cols + c), vs)));
-          if (q) _mm256_mask_storeu_epi16(q + r * ldq + c, k, h);
-          if (qt) {
-            _mm256_store_si256(reinterpret_cast<__m256i*>(t16), h);
-            for (int64_t e = 0; e < n; ++e) qt[(c + e) * ldqt + r] = t16[e];
+          const __mmask16 k = tail_mask(c1 - c);
+          const __m256i lo = quant(r, c, k), hi = quant(r + 1, c, k);
+          if (q) {
+            _mm256_mask_storeu_epi16(q + r * ldq + c, k, lo);
+            if (r + 1 < r1) _mm256_mask_storeu_epi16(q + (r + 1) * ldq + c, k, hi);
           }
+          if (p) _mm512_mask_storeu_epi32(p + (r / 2) * ldp + c, k, interleave(lo, hi));
         }
     }
   });
   if (q)
     for (int64_t r = 0; r < rows; ++r) zero_pad(q + r * ldq, cols, ldq);
-  if (qt)
-    for (int64_t c = 0; c < cols; ++c) zero_pad(qt + c * ldqt, rows, ldqt);
 }
 
 void e5m6_rows(uint16_t* h, float* scale, const float* x, int64_t rows, int64_t cols) {

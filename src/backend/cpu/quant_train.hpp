@@ -7,9 +7,9 @@
 // below write the decoded E4M3 value as BF16 (`q`) and the scale beside it; the uint8 code of the
 // same value is f32_to_fp8_e4m3(bf16_to_f32(q)) (core/quant.hpp stores codes).
 //   rows     per 1×128 tile along a row (an activation: per token, per 128 channels)
-//   cols     per 128×1 tile along a column, written transposed (the Wgrad operands: per channel,
-//            per 128 tokens; the report's 128×1 tiling of the transposed activation)
-//   block    per 128×128 block, written both as is and transposed (a weight for Fprop and Dgrad)
+//   pairs    per 128×1 tile along a column, in gemm_lowp's pairs layout (the Wgrad operands: per
+//            channel, per 128 tokens; the report's 128×1 tiling of the transposed activation)
+//   block    per 128×128 block, written as rows (Fprop) and as pairs (Dgrad)
 // Scales follow core/quant.hpp: scale = amax / 448 over the tile's finite elements (1 when that
 // is 0), code = e4m3 round-to-nearest-even of x / scale with saturation at ±448; NaN and ±Inf
 // elements become NaN (they take no part in amax).
@@ -45,20 +45,25 @@ void e4m3_round_n(float* dst, const float* src, int64_t n);
 uint16_t e5m6_encode(float v);
 float e5m6_decode(uint16_t h);
 
+// The "pairs" layout of gemm_lowp.hpp for a [rows = K, cols] matrix: p [ceil(rows/2), ldp]
+// (ldp ≥ cols) of uint32, element (kp, c) = the BF16 values of rows 2kp (low half) and 2kp + 1
+// (high half, zero past rows) in column c.
+
 // q [rows, ldq] = bf16(x) with zero padding to ldq (ldq ≥ cols, even); x [rows, ldx].
 void bf16_rows(uint16_t* q, int64_t ldq, const float* x, int64_t ldx, int64_t rows, int64_t cols);
-// q [cols, ldq] = bf16(xᵀ), zero padded to ldq (≥ rows, even).
-void bf16_cols(uint16_t* q, int64_t ldq, const float* x, int64_t ldx, int64_t rows, int64_t cols);
+// p = bf16(x) in the pairs layout.
+void bf16_pairs(uint32_t* p, int64_t ldp, const float* x, int64_t ldx, int64_t rows, int64_t cols);
 
 // 1×128 tiles: q [rows, ldq] E4M3 values as BF16, scale [rows, quant_tiles(cols)].
 void fp8_rows(uint16_t* q, int64_t ldq, float* scale, const float* x, int64_t ldx, int64_t rows,
               int64_t cols);
-// 128×1 tiles, transposed: q [cols, ldq] (ldq ≥ rows), scale [cols, quant_tiles(rows)].
-void fp8_cols(uint16_t* q, int64_t ldq, float* scale, const float* x, int64_t ldx, int64_t rows,
-              int64_t cols);
-// 128×128 blocks of w [rows, cols]: q [rows, ldq], qt [cols, ldqt] (either may be null) and the
-// block scales sblock [quant_tiles(rows), quant_tiles(cols)].
-void fp8_blocks(uint16_t* q, int64_t ldq, uint16_t* qt, int64_t ldqt, float* sblock, const float* w,
+// 128×1 tiles (along the rows): p in the pairs layout, scale [cols, quant_tiles(rows)] (per
+// column and 128 rows: the report's tiling of a Wgrad operand along the tokens).
+void fp8_pairs(uint32_t* p, int64_t ldp, float* scale, const float* x, int64_t ldx, int64_t rows,
+               int64_t cols);
+// 128×128 blocks of w [rows, cols]: q [rows, ldq] and p (pairs layout, ldp ≥ cols) (either may
+// be null) and the block scales sblock [quant_tiles(rows), quant_tiles(cols)].
+void fp8_blocks(uint16_t* q, int64_t ldq, uint32_t* p, int64_t ldp, float* sblock, const float* w,
                 int64_t rows, int64_t cols);
 
 // E5M6 per 1×128 tile with power-of-two scales: h [rows, cols] containers, scale [rows,
