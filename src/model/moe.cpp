@@ -504,7 +504,8 @@ void moe_backward_weight(const MoeW<G<S>>& dw, const MoeDims& d, const MoeActs<S
   if (d.Fs > 0)
     mlp_backward_weight(dw.shared, gs.dout.data(), gs.x, a.sact.data(), gs.sdg.data(),
                         gs.sdu.data(), N, D, d.Fs);
-  cpu::linear_backward_weight(dw.router, gs.ds.data(), gs.x, N, D, d.E);
+  // dWg += dsᵀ·x, FP32 whatever the training precision (gating stays FP32, report §3.3).
+  cpu::gemm(true, false, d.E, D, N, S(1), gs.ds.data(), d.E, gs.x, D, S(1), dw.router, D);
 }
 
 #define DSV3_MOE_INSTANTIATE(S)                                                                  \

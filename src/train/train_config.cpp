@@ -40,6 +40,7 @@ void visit_fields(C& c, F&& f) {
   f("mtp_lambda", c.mtp_lambda);
   f("mtp_lambda_late", c.mtp_lambda_late);
   f("recompute", c.recompute);
+  f("precision", c.precision);
   f("checkpoint_every", c.checkpoint_every);
   f("keep_last", c.keep_last);
   f("eval_every", c.eval_every);
@@ -236,6 +237,8 @@ void TrainConfig::validate() const {
   DSV3_CHECK(grad_clip > 0, "{}: 'grad_clip' must be positive", w);
   DSV3_CHECK(moments == "bf16" || moments == "f32", "{}: 'moments' must be bf16 or f32, got '{}'",
              w, moments);
+  DSV3_CHECK(precision == "fp32" || precision == "bf16" || precision == "fp8",
+             "{}: 'precision' must be fp32, bf16 or fp8, got '{}'", w, precision);
   DSV3_CHECK(gamma >= 0 && alpha >= 0, "{}: 'gamma' and 'alpha' must be >= 0", w);
   DSV3_CHECK(mtp_lambda >= 0 && mtp_lambda_late >= 0, "{}: 'mtp_lambda*' must be >= 0", w);
   DSV3_CHECK(checkpoint_every >= 0 && eval_every >= 0, "{}: intervals must be >= 0", w);

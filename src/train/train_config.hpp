@@ -52,6 +52,8 @@ struct TrainConfig {
   double mtp_lambda = 0.3;  // λ for the first 10/14.8 of the run
   double mtp_lambda_late = 0.1;  // λ afterwards
   bool recompute = false;
+  // Inputs of the linear layers' GEMMs (backend/cpu/linear_lowp.hpp): fp32 | bf16 | fp8.
+  std::string precision = "fp32";
 
   // Checkpoints, evaluation, samples, export.
   int64_t checkpoint_every = 250;  // and at the end; 0: only at the end

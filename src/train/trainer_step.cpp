@@ -25,6 +25,7 @@ TrainOptions step_options(const TrainConfig& cfg, int64_t step, int64_t total) {
     o.mtp_lambda = MtpLambdaSchedule{cfg.mtp_lambda, cfg.mtp_lambda_late}.at(step, total);
   o.tie_mtp_embeddings = true;
   o.recompute = cfg.recompute;
+  o.precision = cpu::parse_precision(cfg.precision);
   o.balance_alpha = cfg.alpha;
   return o;
 }

@@ -17,7 +17,7 @@
 namespace {
 
 struct TrainArgs {
-  std::string config, options, out, resume, tokenizer, name;
+  std::string config, options, out, resume, tokenizer, name, precision;
   std::vector<std::string> set, data;
   int64_t steps = -1, checkpoint_every = -1;
   int64_t seed = -1;
@@ -53,8 +53,8 @@ void run_train(const TrainArgs& a, dsv3::dist::Comm* comm) {
   if (!a.resume.empty()) {
     DSV3_CHECK(a.config.empty() && a.options.empty() && a.set.empty() && a.data.empty() &&
                    a.out.empty() && a.tokenizer.empty() && a.seed < 0 && a.checkpoint_every < 0 &&
-                   !a.no_balance && !a.overwrite && a.dp < 0 && a.ep < 0 && a.ranks_per_node < 0 &&
-                   a.max_nodes < 0,
+                   a.precision.empty() && !a.no_balance && !a.overwrite && a.dp < 0 &&
+                   a.ep < 0 && a.ranks_per_node < 0 && a.max_nodes < 0,
                "--resume continues a run with its recorded options: only --steps, --threads and "
                "--quiet may be given with it");
     run.run_dir = a.resume;
@@ -84,6 +84,7 @@ void run_train(const TrainArgs& a, dsv3::dist::Comm* comm) {
   if (a.ep >= 0) cfg.ep = a.ep;
   if (a.ranks_per_node >= 0) cfg.ranks_per_node = a.ranks_per_node;
   if (a.max_nodes >= 0) cfg.max_nodes = a.max_nodes;
+  if (!a.precision.empty()) cfg.precision = a.precision;
   for (const auto& kv : a.set) cfg.set(kv);
   // The default run dir is scratch space: running `dsv3 train` again starts it over.
   run.run_dir = a.out.empty() ? "runs/default" : a.out;
@@ -129,6 +130,8 @@ void setup(CLI::App& app) {
   sub->add_option("--resume", a->resume, "continue RUN_DIR from its newest valid checkpoint");
   sub->add_option("--tokenizer", a->tokenizer, "dir with tokenizer.json (default: train one)");
   sub->add_option("--name", a->name, "run name shown in the report");
+  sub->add_option("--precision", a->precision,
+                  "inputs of the linear layers' GEMMs: fp32 | bf16 | fp8 (DeepSeek-V3 FP8 recipe)");
   sub->add_flag("--no-balance", a->no_balance, "no auxiliary-loss-free balancing (γ = 0)");
   sub->add_flag("--overwrite", a->overwrite, "start --out over if it already holds a run");
   sub->add_flag("--quiet", a->quiet, "no progress output");
