@@ -166,9 +166,17 @@ void Model::mtp_forward_batch(const float* hidden, const int32_t* next,
              "the KV cache has no layer for MTP module {} (made without MTP layers)", depth + 1);
   int64_t N = 0;
   for (const SeqSpan& q : seqs) N += q.len;
-  mtp_forward_cached(logits, mtp_hidden, hidden, next, seqs, N, rows, nrows, w_.mtp[size_t(depth)],
-                     config_, cos_sin_.data(), cache.layer(config_.num_hidden_layers + depth),
-                     opt.attn, ms_, ds_, opt.times, opt.routes);
+  auto run = [&] {
+    mtp_forward_cached(logits, mtp_hidden, hidden, next, seqs, N, rows, nrows,
+                       w_.mtp[size_t(depth)], config_, cos_sin_.data(),
+                       cache.layer(config_.num_hidden_layers + depth), opt.attn, ms_, ds_,
+                       opt.times, opt.routes);
+  };
+  // A draft step is as short as a decode step: the same spin team (see forward_batch).
+  if (N <= kSpinTeamTokens && opt.attn != AttnImpl::Naive)
+    spin_team(run);
+  else
+    run();
 }
 
 double Model::cross_entropy(const int32_t* tokens, int64_t B, int64_t T, KVCache& cache,

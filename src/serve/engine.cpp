@@ -361,7 +361,6 @@ void Engine::Impl::preempt(std::unique_ptr<Seq> s) {
 
 void Engine::Impl::match_prefix(Seq& s) {
   const int64_t n = int64_t(s.tokens.size());
-  mtr.prefix_cache_queried_tokens += n;
   if (!opt.prefix_cache) return;
   // Full blocks only, and at least one token left to compute (its logits are needed); with MTP
   // a block's key includes the token after it, which is then inside the known tokens.
@@ -376,7 +375,6 @@ void Engine::Impl::match_prefix(Seq& s) {
     parent = key.hash;
   }
   s.computed = int64_t(s.blocks.size()) * bt;
-  mtr.prefix_cache_hit_tokens += s.computed;
   referenced.store(pool->referenced());
 }
 
@@ -402,6 +400,9 @@ void Engine::Impl::admit() {
       release(s);
       break;
     }
+    // Counted once per admission (a request that must wait is matched again next step).
+    mtr.prefix_cache_queried_tokens += int64_t(s.tokens.size());
+    mtr.prefix_cache_hit_tokens += s.computed;
     if (!s.admitted) {
       s.admitted = true;
       s.st.queue_s = secs(s.t_submit, Clock::now());
