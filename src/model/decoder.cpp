@@ -104,17 +104,17 @@ void decoder_layer_backward(S* dh, const LayerW<G<S>>& g, const LayerW<W<S>>& w,
   decoder_layer_backward_weight(g, w, c, d, a, s, s.grads);
 }
 
-void decoder_layer_cached(float* h, int64_t B, int64_t T, int64_t start_pos,
+void decoder_layer_cached(float* h, std::span<const SeqSpan> seqs, int64_t N,
                           const LayerW<W<float>>& w, const ModelConfig& c, const float* cos_sin,
                           MlaCache& cache, AttnImpl impl, DecoderScratch<float>& s,
                           ForwardTimes* times, std::vector<Routing>* routes) {
-  const int64_t N = B * T, D = c.hidden_size;
+  const int64_t D = c.hidden_size;
   const float eps = float(c.rms_norm_eps);
   float* xn = grow(s.xn, size_t(N * D));
   float* tmp = grow(s.tmp, size_t(N * D));
   cpu::rmsnorm_forward(xn, static_cast<float*>(nullptr), h, w.attn_norm, N, D, eps);
   auto t0 = Clock::now();
-  mla_forward_cached(tmp, xn, B, T, start_pos, w.attn, c, cos_sin, cache, impl, s.mla);
+  mla_forward_cached(tmp, xn, seqs, w.attn, c, cos_sin, cache, impl, s.mla);
   if (times) times->attention += seconds_since(t0);
   for (int64_t i = 0; i < N * D; ++i) h[i] += tmp[i];
   cpu::rmsnorm_forward(xn, static_cast<float*>(nullptr), h, w.ffn_norm, N, D, eps);

@@ -91,9 +91,10 @@ struct ForwardTimes {
   double total = 0;      // the whole forward
 };
 
-// Inference: h[B*T, D] in place for tokens at positions start_pos.. of cache slots 0..B-1.
+// Inference: h[N, D] in place for the N tokens of a ragged batch of sequences (mla.hpp SeqSpan):
+// token-wise parts over all N at once, attention per sequence over its cache blocks.
 // Adds the parts' times to *times and appends the MoE routing to *routes when non-null.
-void decoder_layer_cached(float* h, int64_t B, int64_t T, int64_t start_pos,
+void decoder_layer_cached(float* h, std::span<const SeqSpan> seqs, int64_t N,
                           const LayerW<W<float>>& w, const ModelConfig& c, const float* cos_sin,
                           MlaCache& cache, AttnImpl impl, DecoderScratch<float>& s,
                           ForwardTimes* times, std::vector<Routing>* routes);

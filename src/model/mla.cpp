@@ -366,18 +366,24 @@ void mla_backward_weight(const MlaW<G<S>>& dw, const MlaDims& d, const MlaGrads<
 
 // ---- Inference on the latent cache ----
 
-void mla_forward_cached(float* out, const float* x, int64_t B, int64_t T, int64_t start_pos,
+void mla_forward_cached(float* out, const float* x, std::span<const SeqSpan> seqs,
                         const MlaW<W<float>>& w, const ModelConfig& c, const float* cos_sin,
                         MlaCache& cache, AttnImpl impl, MlaScratch<float>& s) {
-  const MlaDims d = mla_dims(c, B, T);
-  const int64_t N = d.N(), H = d.H, Dq = d.Dq(), Dr = d.Dr, Dv = d.Dv, R = d.R, Dkv = d.Dkv();
-  DSV3_CHECK(B <= cache.slots, "batch {} exceeds the KV cache's {} sequences", B, cache.slots);
-  DSV3_CHECK(start_pos + T <= cache.max_seq,
-             "positions up to {} exceed the KV cache length {} (max_position_embeddings or "
-             "--max-seq)",
-             start_pos + T, cache.max_seq);
+  int64_t N = 0;
+  for (const SeqSpan& q : seqs) N += q.len;
+  const MlaDims d = mla_dims(c, 1, N);
+  const int64_t H = d.H, Dq = d.Dq(), Dr = d.Dr, Dv = d.Dv, R = d.R, Dkv = d.Dkv();
+  const int64_t bt = cache.max_seq;
   int64_t* pos = grow(s.pos, size_t(N));
-  for (int64_t i = 0; i < N; ++i) pos[i] = start_pos + i % T;
+  for (int64_t i = 0; const SeqSpan& q : seqs) {
+    DSV3_CHECK(q.len > 0 && q.start >= 0, "empty sequence in a batch (start {}, len {})", q.start,
+               q.len);
+    DSV3_CHECK(q.start + q.len <= q.nblocks * bt,
+               "positions up to {} exceed the sequence's KV cache ({} block(s) of {} positions; "
+               "max_position_embeddings or --max-seq)",
+               q.start + q.len, q.nblocks, bt);
+    for (int64_t t = 0; t < q.len; ++t) pos[i++] = q.start + t;
+  }
 
   float* qa_n = nullptr;
   if (d.Qr) {
@@ -389,34 +395,53 @@ void mla_forward_cached(float* out, const float* x, int64_t B, int64_t T, int64_
   // Latent kv: c_kv normalized straight into the cache, k_pe copied beside it.
   float* kv = grow(s.kv, size_t(N * (R + Dr)));
   kv_latent(kv, x, w, d, cos_sin, pos);
-  for (int64_t b = 0; b < B; ++b) {
-    float* lat = cache.latent.data() + (b * cache.max_seq + start_pos) * R;
-    float* pe = cache.pe.data() + (b * cache.max_seq + start_pos) * Dr;
-    const float* src = kv + b * T * (R + Dr);
-    cpu::rmsnorm_forward(lat, static_cast<float*>(nullptr), src, w.kv_a_norm, T, R,
-                         float(c.rms_norm_eps), R + Dr, R);
-    for (int64_t t = 0; t < T; ++t)
-      std::copy(src + t * (R + Dr) + R, src + (t + 1) * (R + Dr), pe + t * Dr);
+  float* ckv = grow(s.ckv, size_t(N * R));
+  cpu::rmsnorm_forward(ckv, static_cast<float*>(nullptr), kv, w.kv_a_norm, N, R,
+                       float(c.rms_norm_eps), R + Dr, R);
+  for (int64_t i = 0; const SeqSpan& sq : seqs) {
+    for (int64_t t = 0; t < sq.len; ++t, ++i) {
+      const int64_t blk = sq.blocks[pos[i] / bt];
+      DSV3_CHECK(blk >= 0 && blk < cache.slots, "KV block {} outside the cache's {} blocks", blk,
+                 cache.slots);
+      const int64_t row = blk * bt + pos[i] % bt;
+      std::copy_n(ckv + i * R, R, cache.latent.data() + row * R);
+      std::copy_n(kv + i * (R + Dr) + R, Dr, cache.pe.data() + row * Dr);
+    }
   }
 
-  if (impl == AttnImpl::Auto) impl = T >= kNaiveMinTokens ? AttnImpl::Naive : AttnImpl::Absorbed;
   float* attn = grow(s.attn, size_t(N * H * Dv));
-  const int64_t S = start_pos + T;
-  for (int64_t b = 0; b < B; ++b) {
-    const float* lat = cache.latent.data() + b * cache.max_seq * R;
-    const float* pe = cache.pe.data() + b * cache.max_seq * Dr;
-    const float* qb = q + b * T * H * Dq;
-    float* ab = attn + b * T * H * Dv;
-    if (impl == AttnImpl::Naive) {
+  for (int64_t first = 0; const SeqSpan& sq : seqs) {
+    const int64_t T = sq.len, start = sq.start, S = start + T;
+    AttnImpl use = impl;
+    if (use == AttnImpl::Auto) use = T >= kNaiveMinTokens ? AttnImpl::Naive : AttnImpl::Absorbed;
+    // The sequence's latents: in place when they lie in one block, else gathered from its blocks.
+    const float* lat = cache.latent.data() + sq.blocks[0] * bt * R;
+    const float* pe = cache.pe.data() + sq.blocks[0] * bt * Dr;
+    if (S > bt) {
+      float* gl = grow(s.glat, size_t(S * R));
+      float* gp = grow(s.gpe, size_t(S * Dr));
+      for (int64_t j = 0; j * bt < S; ++j) {
+        const int64_t n = std::min(bt, S - j * bt), blk = sq.blocks[j];
+        std::copy_n(cache.latent.data() + blk * bt * R, n * R, gl + j * bt * R);
+        std::copy_n(cache.pe.data() + blk * bt * Dr, n * Dr, gp + j * bt * Dr);
+      }
+      lat = gl;
+      pe = gp;
+    }
+    const float* qb = q + first * H * Dq;
+    float* ab = attn + first * H * Dv;
+    const MlaDims ds = mla_dims(c, 1, T);
+    if (use == AttnImpl::Naive) {
       // K/V of every attended position, expanded per head: kvup [S, H*(Dn+Dv)].
       float* kvup = grow(s.kvup, size_t(S * H * Dkv));
       cpu::linear_forward(kvup, lat, S, w.kv_b);
-      attend_naive(ab, static_cast<float*>(nullptr), qb, 1, T, start_pos, kvup, pe, Dr, d, s);
+      attend_naive(ab, static_cast<float*>(nullptr), qb, 1, T, start, kvup, pe, Dr, ds, s);
     } else if (T <= kAbsorbedDecodeTokens) {
-      attend_absorbed_decode(ab, qb, T, start_pos, w, d, lat, pe, s);
+      attend_absorbed_decode(ab, qb, T, start, w, ds, lat, pe, s);
     } else {
-      attend_absorbed(ab, qb, T, start_pos, w, d, lat, pe, s);
+      attend_absorbed(ab, qb, T, start, w, ds, lat, pe, s);
     }
+    first += T;
   }
   cpu::linear_forward(out, attn, N, w.o);
 }

@@ -17,6 +17,7 @@
 // the probabilities (O(T) memory per head instead of O(T²)).
 #pragma once
 #include <cstdint>
+#include <span>
 #include <vector>
 
 #include "model/config.hpp"
@@ -38,11 +39,23 @@ struct MlaDims {
 };
 MlaDims mla_dims(const ModelConfig& c, int64_t B, int64_t T);
 
-// One layer's latent cache for `slots` sequences of up to `max_seq` positions.
+// One layer's latent cache: `slots` blocks of `max_seq` positions each. A sequence's positions
+// live in the blocks of its block table (SeqSpan): the slot-contiguous cache of Model::forward
+// gives sequence b the one block b; the serving engine's paged cache gives every sequence a
+// table of small blocks from a shared pool.
 struct MlaCache {
   std::vector<float> latent;  // [slots, max_seq, R]
   std::vector<float> pe;      // [slots, max_seq, Dr]
   int64_t slots = 0, max_seq = 0;
+};
+
+// One sequence of a ragged batch: `len` new tokens at positions start..start+len-1, attending
+// positions 0..start+len-1, whose latent entries live in blocks[0..nblocks) of the cache
+// (position p in block blocks[p / max_seq] at row p % max_seq).
+struct SeqSpan {
+  int64_t start = 0, len = 0;
+  const int32_t* blocks = nullptr;
+  int64_t nblocks = 0;
 };
 
 // Activations one layer keeps from forward to backward. The recomputable ones (normalized
@@ -72,6 +85,7 @@ struct MlaScratch {
   std::vector<S> rstd;               // [N] rstd recomputed with the norms
   std::vector<S> qabs, scores, lat;  // absorbed path
   std::vector<int64_t> pos, valid;   // [N]
+  std::vector<S> glat, gpe;          // a paged sequence's latents gathered: [S, R], [S, Dr]
 };
 
 // Training: out[N, D] = MLA(x[N, D]) causal over positions 0..T-1 of each of the B sequences;
@@ -106,10 +120,12 @@ void mla_backward_input(S* dx, const MlaW<G<S>>& dw, const S* dout, const S* x, 
 template <typename S>
 void mla_backward_weight(const MlaW<G<S>>& dw, const MlaDims& d, const MlaGrads<S>& gs);
 
-// Inference: out[B*T, D] = MLA(x[B*T, D]) for tokens at positions start_pos..start_pos+T-1 of
-// cache slots 0..B-1; appends their latent entries to the cache first. cos_sin: RoPE table
-// [max_pos, Dr/2, 2].
-void mla_forward_cached(float* out, const float* x, int64_t B, int64_t T, int64_t start_pos,
+// Inference over a ragged batch: out[N, D] = MLA(x[N, D]) for the N = Σ len tokens of `seqs`
+// (rows in order of the sequences); writes their latent entries into the cache through each
+// sequence's block table first, then attends each sequence over its positions. The projections
+// run over all N tokens at once; the attention path is chosen per sequence (Auto: naive for
+// chunks of at least kNaiveMinTokens, absorbed otherwise). cos_sin: RoPE table [max_pos, Dr/2, 2].
+void mla_forward_cached(float* out, const float* x, std::span<const SeqSpan> seqs,
                         const MlaW<W<float>>& w, const ModelConfig& c, const float* cos_sin,
                         MlaCache& cache, AttnImpl impl, MlaScratch<float>& s);
 

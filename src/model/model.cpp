@@ -65,43 +65,80 @@ void Model::prepare() {
   cos_sin_ = rope_cos_sin(c, c.max_position_embeddings);
 }
 
+std::span<const SeqSpan> Model::slot_spans(int64_t B, int64_t T, int64_t start_pos) {
+  if (int64_t(slot_ids_.size()) < B) {
+    slot_ids_.resize(size_t(B));
+    for (int64_t b = 0; b < B; ++b) slot_ids_[size_t(b)] = int32_t(b);
+  }
+  spans_.resize(size_t(B));
+  for (int64_t b = 0; b < B; ++b) spans_[size_t(b)] = {start_pos, T, &slot_ids_[size_t(b)], 1};
+  return spans_;
+}
+
 void Model::forward(const int32_t* tokens, int64_t B, int64_t T, int64_t start_pos, KVCache& cache,
                     float* logits, const ForwardOptions& opt) {
   const ModelConfig& c = config_;
-  const int64_t N = B * T;
   DSV3_CHECK(B > 0 && T > 0, "empty batch ({} x {})", B, T);
   DSV3_CHECK(start_pos >= 0 && start_pos + T <= c.max_position_embeddings,
              "positions {}..{} exceed max_position_embeddings {}", start_pos, start_pos + T - 1,
              c.max_position_embeddings);
+  DSV3_CHECK(B <= cache.slots(), "batch {} exceeds the KV cache's {} sequences", B, cache.slots());
+  const auto seqs = slot_spans(B, T, start_pos);
+  const int64_t* rows = nullptr;
+  int64_t nrows = B * T;
+  if (!opt.all_logits) {
+    rows_.resize(size_t(B));
+    for (int64_t b = 0; b < B; ++b) rows_[size_t(b)] = (b + 1) * T - 1;
+    rows = rows_.data();
+    nrows = B;
+  }
+  forward_batch(tokens, seqs, cache, logits, rows, nrows, opt);
+}
+
+void Model::forward_batch(const int32_t* tokens, std::span<const SeqSpan> seqs, KVCache& cache,
+                          float* logits, const int64_t* rows, int64_t nrows,
+                          const ForwardOptions& opt) {
+  const ModelConfig& c = config_;
+  DSV3_CHECK(!seqs.empty(), "empty batch");
+  int64_t N = 0;
+  for (const SeqSpan& q : seqs) {
+    DSV3_CHECK(q.len > 0 && q.start >= 0 && q.start + q.len <= c.max_position_embeddings,
+               "positions {}..{} exceed max_position_embeddings {}", q.start, q.start + q.len - 1,
+               c.max_position_embeddings);
+    N += q.len;
+  }
+  for (int64_t r = 0; rows && r < nrows; ++r)
+    DSV3_CHECK(rows[r] >= 0 && rows[r] < N, "logit row {} outside the batch's {} tokens", rows[r],
+               N);
   // A decode step (GEMV products, the absorbed attention) is ~80 short parallel regions per
   // token: they go through one spin team instead of an OpenMP fork/join each.
   if (N <= kSpinTeamTokens && opt.attn != AttnImpl::Naive)
-    spin_team([&] { forward_layers(tokens, B, T, start_pos, cache, logits, opt); });
+    spin_team([&] { forward_layers(tokens, seqs, N, cache, logits, rows, nrows, opt); });
   else
-    forward_layers(tokens, B, T, start_pos, cache, logits, opt);
+    forward_layers(tokens, seqs, N, cache, logits, rows, nrows, opt);
 }
 
-void Model::forward_layers(const int32_t* tokens, int64_t B, int64_t T, int64_t start_pos,
-                           KVCache& cache, float* logits, const ForwardOptions& opt) {
+void Model::forward_layers(const int32_t* tokens, std::span<const SeqSpan> seqs, int64_t N,
+                           KVCache& cache, float* logits, const int64_t* rows, int64_t nrows,
+                           const ForwardOptions& opt) {
   const ModelConfig& c = config_;
-  const int64_t N = B * T, D = c.hidden_size;
+  const int64_t D = c.hidden_size;
   const auto t_start = Clock::now();
   float* h = grow(h_, size_t(N * D));
   embedding_forward<float>(h, w_.embed, tokens, N);
   for (int64_t l = 0; l < c.num_hidden_layers; ++l)
-    decoder_layer_cached(h, B, T, start_pos, w_.layers[size_t(l)], c, cos_sin_.data(),
-                         cache.layer(l), opt.attn, ds_, opt.times, opt.routes);
+    decoder_layer_cached(h, seqs, N, w_.layers[size_t(l)], c, cos_sin_.data(), cache.layer(l),
+                         opt.attn, ds_, opt.times, opt.routes);
   const auto t_head = Clock::now();
   float* xn = grow(xn_, size_t(N * D));
   cpu::rmsnorm_forward(xn, static_cast<float*>(nullptr), h, w_.norm, N, D, float(c.rms_norm_eps));
   if (opt.final_hidden) std::copy(xn, xn + N * D, opt.final_hidden);
-  if (opt.head && opt.all_logits) {
+  if (opt.head && !rows) {
     cpu::linear_forward(logits, xn, N, w_.head);
-  } else if (opt.head) {
-    float* last = grow(last_, size_t(B * D));
-    for (int64_t b = 0; b < B; ++b)
-      std::copy(xn + ((b + 1) * T - 1) * D, xn + (b + 1) * T * D, last + b * D);
-    cpu::linear_forward(logits, last, B, w_.head);
+  } else if (opt.head && nrows > 0) {
+    float* last = grow(last_, size_t(nrows * D));
+    for (int64_t r = 0; r < nrows; ++r) std::copy_n(xn + rows[r] * D, D, last + r * D);
+    cpu::linear_forward(logits, last, nrows, w_.head);
   }
   if (opt.times) {
     opt.times->head += seconds_since(t_head);
@@ -112,12 +149,34 @@ void Model::forward_layers(const int32_t* tokens, int64_t B, int64_t T, int64_t 
 void Model::mtp_forward(const float* hidden, const int32_t* next, int64_t B, int64_t T,
                         int64_t start_pos, KVCache& cache, float* logits, const ForwardOptions& opt,
                         float* mtp_hidden, int64_t depth) {
+  DSV3_CHECK(B > 0 && T > 0, "empty batch ({} x {})", B, T);
+  DSV3_CHECK(B <= cache.slots(), "batch {} exceeds the KV cache's {} sequences", B, cache.slots());
+  mtp_forward_batch(hidden, next, slot_spans(B, T, start_pos), cache, logits, nullptr, B * T, opt,
+                    mtp_hidden, depth);
+}
+
+void Model::mtp_forward_batch(const float* hidden, const int32_t* next,
+                              std::span<const SeqSpan> seqs, KVCache& cache, float* logits,
+                              const int64_t* rows, int64_t nrows, const ForwardOptions& opt,
+                              float* mtp_hidden, int64_t depth) {
   DSV3_CHECK(has_mtp(), "this checkpoint has no MTP module");
   DSV3_CHECK(depth >= 0 && depth < int64_t(w_.mtp.size()),
              "MTP depth {} requested; the model has {} MTP module(s)", depth + 1, w_.mtp.size());
-  mtp_forward_cached(logits, mtp_hidden, hidden, next, B, T, start_pos, w_.mtp[size_t(depth)],
-                     config_, cos_sin_.data(), cache.layer(config_.num_hidden_layers + depth),
-                     opt.attn, ms_, ds_, opt.times, opt.routes);
+  DSV3_CHECK(config_.num_hidden_layers + depth < cache.layers(),
+             "the KV cache has no layer for MTP module {} (made without MTP layers)", depth + 1);
+  int64_t N = 0;
+  for (const SeqSpan& q : seqs) N += q.len;
+  auto run = [&] {
+    mtp_forward_cached(logits, mtp_hidden, hidden, next, seqs, N, rows, nrows,
+                       w_.mtp[size_t(depth)], config_, cos_sin_.data(),
+                       cache.layer(config_.num_hidden_layers + depth), opt.attn, ms_, ds_,
+                       opt.times, opt.routes);
+  };
+  // A draft step is as short as a decode step: the same spin team (see forward_batch).
+  if (N <= kSpinTeamTokens && opt.attn != AttnImpl::Naive)
+    spin_team(run);
+  else
+    run();
 }
 
 double Model::cross_entropy(const int32_t* tokens, int64_t B, int64_t T, KVCache& cache,
@@ -155,6 +214,21 @@ size_t Model::active_weight_bytes() const {
     if (c.n_shared_experts > 0) n += mlp_bytes(l.moe_w.shared);
     n += size_t(c.num_experts_per_tok) * mlp_bytes(l.moe_w.experts[0]);
   }
+  return n;
+}
+
+size_t Model::routed_expert_bytes() const {
+  for (const auto& l : w_.layers)
+    if (l.moe && !l.moe_w.experts.empty()) {
+      const auto& e = l.moe_w.experts[0];
+      return e.gate.stored_bytes() + e.up.stored_bytes() + e.down.stored_bytes();
+    }
+  return 0;
+}
+
+int64_t Model::moe_layers() const {
+  int64_t n = 0;
+  for (const auto& l : w_.layers) n += l.moe ? 1 : 0;
   return n;
 }
 

@@ -37,11 +37,14 @@ struct LoadOptions {
   io::Residency residency = io::Residency::HugePageCopy;
 };
 
-// Latent KV cache of every layer (MTP layers after the main ones).
+// Latent KV cache of every layer (MTP layers after the main ones): `slots` blocks of `max_seq`
+// positions per layer. Model::forward puts sequence b in block b; the serving engine uses it as
+// a pool of small blocks addressed through block tables (SeqSpan).
 class KVCache {
  public:
   KVCache(const ModelConfig& c, int64_t slots, int64_t max_seq, bool with_mtp);
   MlaCache& layer(int64_t i) { return layers_[size_t(i)]; }
+  int64_t layers() const { return int64_t(layers_.size()); }
   int64_t slots() const { return slots_; }
   int64_t max_seq() const { return max_seq_; }
   // Bytes stored per token across all main layers.
@@ -79,6 +82,22 @@ class Model {
   void forward(const int32_t* tokens, int64_t B, int64_t T, int64_t start_pos, KVCache& cache,
                float* logits, const ForwardOptions& opt = {});
 
+  // A ragged batch over a paged cache (the serving engine's step): the N = Σ len tokens of
+  // `seqs` (tokens[N], in order of the sequences), each sequence at its own positions over its
+  // own block table into `cache` (whose layers are pools of cache.slots() blocks of
+  // cache.max_seq() positions). logits[nrows, V] of the tokens rows[0..nrows) (indices into the
+  // N; rows null: all N). opt.final_hidden receives [N, D]; opt.all_logits is not used. forward
+  // is the special case of B sequences of T tokens, sequence b in the one block b.
+  void forward_batch(const int32_t* tokens, std::span<const SeqSpan> seqs, KVCache& cache,
+                     float* logits, const int64_t* rows, int64_t nrows,
+                     const ForwardOptions& opt = {});
+  // MTP module `depth` over a ragged batch: hidden[N, D] (forward_batch's final_hidden), next[N]
+  // the token following each; logits[nrows, V] of the rows (null: all N).
+  void mtp_forward_batch(const float* hidden, const int32_t* next, std::span<const SeqSpan> seqs,
+                         KVCache& cache, float* logits, const int64_t* rows, int64_t nrows,
+                         const ForwardOptions& opt = {}, float* mtp_hidden = nullptr,
+                         int64_t depth = 0);
+
   // MTP module `depth` (0-based; report §2.2): from the previous depth's hidden states
   // h[B, T, D] at positions start_pos.. (depth 0: the main model's post-norm output) and the
   // tokens next[B, T] that follow them, logits[B, T, V] of the token after those.
@@ -96,14 +115,22 @@ class Model {
   // Bytes of weights read to decode one token (attention + dense/shared + K routed experts +
   // head), for bandwidth accounting.
   size_t active_weight_bytes() const;
+  // Bytes of one routed expert (gate, up, down) and the number of MoE layers: a step whose
+  // tokens reach X distinct (layer, expert) pairs reads active_weight_bytes() - K·moe_layers()
+  // ·routed_expert_bytes() + X·routed_expert_bytes() of weights.
+  size_t routed_expert_bytes() const;
+  int64_t moe_layers() const;
   size_t total_weight_bytes() const;
 
  private:
   Model() = default;
   // Up to this many tokens per forward run on a spin team (core/parallel.hpp): all GEMV there.
   static constexpr int64_t kSpinTeamTokens = 2;
-  void forward_layers(const int32_t* tokens, int64_t B, int64_t T, int64_t start_pos,
-                      KVCache& cache, float* logits, const ForwardOptions& opt);
+  void forward_layers(const int32_t* tokens, std::span<const SeqSpan> seqs, int64_t N,
+                      KVCache& cache, float* logits, const int64_t* rows, int64_t nrows,
+                      const ForwardOptions& opt);
+  // forward's B sequences of T tokens at start_pos, sequence b in cache block b.
+  std::span<const SeqSpan> slot_spans(int64_t B, int64_t T, int64_t start_pos);
   void prepare();  // derived weights (absorbed kv_b) and the RoPE table
 
   ModelConfig config_;
@@ -117,6 +144,9 @@ class Model {
   // Scratch, reused across calls.
   std::vector<float> h_, xn_, last_, hidden_;
   std::vector<int32_t> targets_;
+  std::vector<int32_t> slot_ids_;
+  std::vector<SeqSpan> spans_;
+  std::vector<int64_t> rows_;
   HeadScratch<float> hs_;
   DecoderScratch<float> ds_;
   MtpScratch<float> ms_;

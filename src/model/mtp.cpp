@@ -98,11 +98,12 @@ void mtp_backward(S* dprev, const MtpW<G<S>>& g, const MtpW<W<S>>& w, int64_t B,
 }
 
 void mtp_forward_cached(float* logits, float* out_hidden, const float* hidden, const int32_t* next,
-                        int64_t B, int64_t T, int64_t start_pos, const MtpW<W<float>>& w,
-                        const ModelConfig& c, const float* cos_sin, MlaCache& cache, AttnImpl impl,
-                        MtpScratch<float>& s, DecoderScratch<float>& ds, ForwardTimes* times,
+                        std::span<const SeqSpan> seqs, int64_t N, const int64_t* rows,
+                        int64_t nrows, const MtpW<W<float>>& w, const ModelConfig& c,
+                        const float* cos_sin, MlaCache& cache, AttnImpl impl, MtpScratch<float>& s,
+                        DecoderScratch<float>& ds, ForwardTimes* times,
                         std::vector<Routing>* routes) {
-  const int64_t N = B * T, D = c.hidden_size;
+  const int64_t D = c.hidden_size;
   const float eps = float(c.rms_norm_eps);
   float* e = grow(s.e, size_t(N * D));
   float* cat = grow(s.cat, size_t(N * 2 * D));
@@ -111,9 +112,18 @@ void mtp_forward_cached(float* logits, float* out_hidden, const float* hidden, c
                 eps);
   float* x = grow(s.x, size_t(N * D));
   cpu::linear_forward(x, cat, N, w.eh_proj);
-  decoder_layer_cached(x, B, T, start_pos, w.layer, c, cos_sin, cache, impl, ds, times, routes);
+  decoder_layer_cached(x, seqs, N, w.layer, c, cos_sin, cache, impl, ds, times, routes);
   if (out_hidden) std::copy_n(x, N * D, out_hidden);
   float* xn = grow(s.yn, size_t(N * D));
+  if (rows) {
+    // Only the wanted rows go through the norm and the head (none: the cache entries only).
+    if (nrows == 0) return;
+    float* sel = grow(s.e, size_t(nrows * D));
+    for (int64_t r = 0; r < nrows; ++r) std::copy_n(x + rows[r] * D, D, sel + r * D);
+    cpu::rmsnorm_forward(xn, static_cast<float*>(nullptr), sel, w.head_norm, nrows, D, eps);
+    cpu::linear_forward(logits, xn, nrows, w.head);
+    return;
+  }
   cpu::rmsnorm_forward(xn, static_cast<float*>(nullptr), x, w.head_norm, N, D, eps);
   cpu::linear_forward(logits, xn, N, w.head);
 }

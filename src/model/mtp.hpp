@@ -58,15 +58,17 @@ void mtp_backward(S* dprev, const MtpW<G<S>>& g, const MtpW<W<S>>& w, int64_t B,
                   int64_t k, const ModelConfig& c, bool recompute, const float* cos_sin,
                   MtpActs<S>& a, MtpScratch<S>& s, DecoderScratch<S>& ds);
 
-// Inference, one module: from the previous depth's hidden states hidden[B, T, D] (depth 0: the
-// main model's output after model.norm) at positions start_pos.. and the tokens next[B, T] that
-// follow them, logits[B, T, V] of the token after those; the module's own latent cache is
-// `cache`. out_hidden[B, T, D] (h^k, before shared_head.norm) when non-null; the routing of
-// its MoE layer appended to *routes when non-null.
+// Inference, one module, over a ragged batch of sequences (mla.hpp SeqSpan; N tokens): from the
+// previous depth's hidden states hidden[N, D] (depth 0: the main model's output after
+// model.norm) and the tokens next[N] that follow them, the logits of the token after those:
+// logits[nrows, V] of the tokens rows[0..nrows) (rows null: all N). The module's own latent cache
+// is `cache`. out_hidden[N, D] (h^k, before shared_head.norm) when non-null; the routing of its
+// MoE layer appended to *routes when non-null.
 void mtp_forward_cached(float* logits, float* out_hidden, const float* hidden, const int32_t* next,
-                        int64_t B, int64_t T, int64_t start_pos, const MtpW<W<float>>& w,
-                        const ModelConfig& c, const float* cos_sin, MlaCache& cache, AttnImpl impl,
-                        MtpScratch<float>& s, DecoderScratch<float>& ds, ForwardTimes* times,
+                        std::span<const SeqSpan> seqs, int64_t N, const int64_t* rows,
+                        int64_t nrows, const MtpW<W<float>>& w, const ModelConfig& c,
+                        const float* cos_sin, MlaCache& cache, AttnImpl impl, MtpScratch<float>& s,
+                        DecoderScratch<float>& ds, ForwardTimes* times,
                         std::vector<Routing>* routes);
 
 }  // namespace dsv3::model
