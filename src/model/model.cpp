@@ -135,7 +135,7 @@ void Model::forward_layers(const int32_t* tokens, std::span<const SeqSpan> seqs,
   if (opt.final_hidden) std::copy(xn, xn + N * D, opt.final_hidden);
   if (opt.head && !rows) {
     cpu::linear_forward(logits, xn, N, w_.head);
-  } else if (opt.head) {
+  } else if (opt.head && nrows > 0) {
     float* last = grow(last_, size_t(nrows * D));
     for (int64_t r = 0; r < nrows; ++r) std::copy_n(xn + rows[r] * D, D, last + r * D);
     cpu::linear_forward(logits, last, nrows, w_.head);

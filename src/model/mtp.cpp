@@ -116,7 +116,8 @@ void mtp_forward_cached(float* logits, float* out_hidden, const float* hidden, c
   if (out_hidden) std::copy_n(x, N * D, out_hidden);
   float* xn = grow(s.yn, size_t(N * D));
   if (rows) {
-    // Only the wanted rows go through the norm and the head.
+    // Only the wanted rows go through the norm and the head (none: the cache entries only).
+    if (nrows == 0) return;
     float* sel = grow(s.e, size_t(nrows * D));
     for (int64_t r = 0; r < nrows; ++r) std::copy_n(x + rows[r] * D, D, sel + r * D);
     cpu::rmsnorm_forward(xn, static_cast<float*>(nullptr), sel, w.head_norm, nrows, D, eps);

@@ -58,8 +58,9 @@ struct EngineOptions {
   int64_t prefill_chunk = 256;  // prompt tokens per step (chunked prefill)
   bool prefix_cache = true;
   Speculative speculative = Speculative::None;
-  int64_t num_draft = 1;    // MTP draft tokens per step (the model's MTP modules: 1 each)
-  int64_t max_context = 0;  // 0: config max_position_embeddings
+  int64_t num_draft = 1;        // MTP draft tokens per step (the model's MTP modules: 1 each)
+  int64_t max_context = 0;      // 0: config max_position_embeddings
+  int64_t kv_cache_blocks = 0;  // > 0: exactly this many blocks instead of kv_cache_mb (tests)
 };
 
 struct EngineMetrics {  // a snapshot, for /metrics

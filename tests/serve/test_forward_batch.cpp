@@ -1,0 +1,134 @@
+// The ragged, paged forward (Model::forward_batch) against the slot-contiguous forward: several
+// sequences at their own positions, prompts split in chunks, decode tokens, blocks scattered over
+// the pool in shuffled order; both attention paths (a 40-token chunk takes the naive one). The
+// MTP module over a ragged batch against mtp_forward.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <array>
+#include <numeric>
+
+#include "core/error.hpp"
+#include "core/rng.hpp"
+#include "model/model.hpp"
+
+using namespace dsv3;
+
+namespace {
+
+struct Ref {
+  std::vector<float> logits, hidden;  // [T, V], [T, D] of the whole sequence in one forward
+};
+
+Ref reference(model::Model& m, const std::vector<int32_t>& seq) {
+  const auto& c = m.config();
+  const int64_t T = int64_t(seq.size());
+  model::KVCache cache(c, 1, T, false);
+  Ref r;
+  r.logits.resize(size_t(T * c.vocab_size));
+  r.hidden.resize(size_t(T * c.hidden_size));
+  model::ForwardOptions fo;
+  fo.final_hidden = r.hidden.data();
+  m.forward(seq.data(), 1, T, 0, cache, r.logits.data(), fo);
+  return r;
+}
+
+TEST(ForwardBatch, RaggedPagedEqualsForward) {
+  for (const char* name : {"tiny-v3", "tiny-v2lite"}) {
+    auto m = model::Model::load(std::string(DSV3_TEST_DATA) + "/" + name);
+    const auto& c = m->config();
+    const int64_t V = c.vocab_size, bt = 4;
+    const uint64_t seed = 16;
+    std::printf("%s seed %llu\n", name, (unsigned long long)seed);
+    Rng rng(seed);
+    // Three sequences: 9 tokens (chunks 5 + 4), 6 tokens (5 prefill + 1 decode), 41 tokens
+    // (40 in one naive chunk + 1 decode).
+    std::vector<std::vector<int32_t>> seqs = {std::vector<int32_t>(9), std::vector<int32_t>(6),
+                                              std::vector<int32_t>(41)};
+    for (auto& s : seqs)
+      for (auto& t : s) t = int32_t(rng.below(uint64_t(V)));
+    // Block tables over a pool of 24 blocks in shuffled order.
+    std::vector<int32_t> ids(24);
+    std::iota(ids.begin(), ids.end(), 0);
+    for (size_t i = ids.size() - 1; i > 0; --i) std::swap(ids[i], ids[rng.below(i + 1)]);
+    std::vector<std::vector<int32_t>> tables = {
+        {ids[0], ids[1], ids[2]},
+        {ids[3], ids[4]},
+        std::vector<int32_t>(ids.begin() + 5, ids.begin() + 16)};
+    model::KVCache cache(c, 24, bt, false);
+    // Per step: (sequence, start, len).
+    const std::vector<std::vector<std::array<int64_t, 3>>> steps = {
+        {{0, 0, 5}, {1, 0, 5}, {2, 0, 40}}, {{0, 5, 4}, {1, 5, 1}, {2, 40, 1}}};
+    std::vector<std::vector<float>> got(3);
+    for (size_t i = 0; i < 3; ++i) got[i].resize(seqs[i].size() * size_t(V));
+    for (const auto& st : steps) {
+      std::vector<int32_t> tok;
+      std::vector<model::SeqSpan> spans;
+      for (const auto& [s, start, len] : st) {
+        for (int64_t t = 0; t < len; ++t) tok.push_back(seqs[size_t(s)][size_t(start + t)]);
+        spans.push_back({start, len, tables[size_t(s)].data(), int64_t(tables[size_t(s)].size())});
+      }
+      std::vector<float> logits(tok.size() * size_t(V));
+      m->forward_batch(tok.data(), spans, cache, logits.data(), nullptr, int64_t(tok.size()));
+      int64_t row = 0;
+      for (const auto& [s, start, len] : st)
+        for (int64_t t = 0; t < len; ++t, ++row)
+          std::copy_n(logits.data() + row * V, V, got[size_t(s)].data() + (start + t) * V);
+    }
+    for (size_t s = 0; s < 3; ++s) {
+      const Ref r = reference(*m, seqs[s]);
+      float worst = 0;
+      for (size_t i = 0; i < r.logits.size(); ++i)
+        worst = std::max(worst, std::abs(r.logits[i] - got[s][i]));
+      EXPECT_LT(worst, 1e-4f) << name << " sequence " << s;
+    }
+  }
+}
+
+TEST(ForwardBatch, MtpRaggedEqualsMtpForward) {
+  auto m = model::Model::load(std::string(DSV3_TEST_DATA) + "/tiny-v3");
+  ASSERT_TRUE(m->has_mtp());
+  const auto& c = m->config();
+  const int64_t V = c.vocab_size, D = c.hidden_size, T = 11, bt = 4;
+  Rng rng(7);
+  std::printf("seed 7\n");
+  std::vector<int32_t> seq(size_t(T + 1));
+  for (auto& t : seq) t = int32_t(rng.below(uint64_t(V)));
+  // Reference: main forward over T tokens, then the MTP module over the same positions with the
+  // following tokens, in one call on a contiguous cache.
+  model::KVCache ref_cache(c, 1, T, true);
+  std::vector<float> logits(size_t(T * V)), hidden(size_t(T * D)), want(size_t(T * V));
+  model::ForwardOptions fo;
+  fo.final_hidden = hidden.data();
+  m->forward(seq.data(), 1, T, 0, ref_cache, logits.data(), fo);
+  m->mtp_forward(hidden.data(), seq.data() + 1, 1, T, 0, ref_cache, want.data());
+  // Paged: the MTP module in two chunks (7 + 4) through a scattered block table.
+  model::KVCache cache(c, 8, bt, true);
+  const std::vector<int32_t> table = {5, 2, 7};
+  std::vector<float> got(size_t(T * V));
+  for (const auto& [start, len] : {std::pair<int64_t, int64_t>{0, 7}, {7, 4}}) {
+    const model::SeqSpan span{start, len, table.data(), 3};
+    m->forward_batch(seq.data() + start, {&span, 1}, cache, logits.data(), nullptr, len, fo);
+    m->mtp_forward_batch(hidden.data(), seq.data() + start + 1, {&span, 1}, cache,
+                         got.data() + start * V, nullptr, len);
+  }
+  float worst = 0;
+  for (size_t i = 0; i < want.size(); ++i) worst = std::max(worst, std::abs(want[i] - got[i]));
+  EXPECT_LT(worst, 1e-4f);
+}
+
+TEST(ForwardBatch, BadBlockTableIsAnError) {
+  auto m = model::Model::load(std::string(DSV3_TEST_DATA) + "/tiny-v3");
+  const auto& c = m->config();
+  model::KVCache cache(c, 4, 4, false);
+  const std::vector<int32_t> table = {1, 9};  // block 9 is outside the pool
+  const std::vector<int32_t> tok(6, 3);
+  std::vector<float> logits(size_t(6 * c.vocab_size));
+  const model::SeqSpan span{0, 6, table.data(), 2};
+  EXPECT_THROW(m->forward_batch(tok.data(), {&span, 1}, cache, logits.data(), nullptr, 6), Error);
+  const model::SeqSpan short_table{0, 6, table.data(), 1};  // 6 positions in one 4-block
+  EXPECT_THROW(m->forward_batch(tok.data(), {&short_table, 1}, cache, logits.data(), nullptr, 6),
+               Error);
+}
+
+}  // namespace
