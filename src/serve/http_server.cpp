@@ -424,6 +424,8 @@ HttpServer::HttpServer(Engine& engine, const tok::Tokenizer& tk, ServerOptions o
   impl_->svr.set_payload_max_length(impl_->opt.max_body_bytes);
   impl_->svr.set_read_timeout(30);
   impl_->svr.set_write_timeout(30);
+  // An idle keep-alive connection holds a worker until this ends, and so delays shutdown.
+  impl_->svr.set_keep_alive_timeout(2);
   impl_->setup_routes();
 }
 

@@ -302,7 +302,7 @@ CompletionRequest parse_completion_request(const json& b, const ApiLimits& lim) 
 
 std::string new_response_id(bool chat) {
   static std::atomic<uint64_t> counter{0};
-  static const uint64_t salt = std::random_device{}();
+  static const uint64_t salt = (uint64_t(std::random_device{}()) << 32) | std::random_device{}();
   return fmt::format("{}-{:016x}{:08x}", chat ? "chatcmpl" : "cmpl", salt,
                      uint32_t(counter.fetch_add(1)));
 }
