@@ -264,52 +264,70 @@ void HttpServer::Impl::respond_whole(const std::shared_ptr<Generation>& g, httpl
                   "application/json");
 }
 
+namespace {
+// What one stream keeps between calls of its content provider.
+struct StreamState {
+  bool first = true;
+  Clock::time_point last_write = Clock::now();
+};
+
+// One call of the content provider: writes what the engine produced since the last call.
+// Returns false when the client is gone (the write failed).
+bool stream_step(Generation& g, StreamState& st, httplib::DataSink& sink) {
+  auto write = [&](const std::string& s) {
+    st.last_write = Clock::now();
+    return sink.write(s.data(), s.size());
+  };
+  const bool chat = g.req.chat;
+  if (st.first) {
+    st.first = false;
+    if (chat && !write(sse_event(completion_chunk(g.hdr, true, "", true, "", nullptr, 0))))
+      return false;
+  }
+  auto s = g.next(std::chrono::milliseconds(250));
+  if (!s.text.empty() || !s.logprobs.empty()) {
+    if (!write(sse_event(completion_chunk(g.hdr, chat, s.text, false, "",
+                                          g.req.logprobs ? &s.logprobs : nullptr, g.text_offset))))
+      return false;
+    g.text_offset += s.text.size();
+  } else if (!g.done && Clock::now() - st.last_write > std::chrono::seconds(2)) {
+    // An SSE comment: clients ignore it; a client that left makes the write fail.
+    if (!write(": keep-alive\n\n")) return false;
+  }
+  if (!g.done) return true;
+  std::string tail;
+  if (!g.error.empty() || g.finish_reason == "cancelled") {
+    const ApiError e = g.error.empty()
+                           ? ApiError(503, "the server is shutting down", "", "shutting_down")
+                           : ApiError(500, g.error, "", "generation_error");
+    tail = sse_event(e.to_json());
+  } else {
+    tail = sse_event(
+        completion_chunk(g.hdr, chat, "", false, g.finish_reason, nullptr, g.text_offset));
+    if (g.req.include_usage) tail += sse_event(usage_chunk(g.hdr, chat, g.usage()));
+  }
+  tail += kSseDone;
+  if (!write(tail)) return false;
+  sink.done();
+  return true;
+}
+}  // namespace
+
 void HttpServer::Impl::respond_stream(const std::shared_ptr<Generation>& g,
                                       httplib::Response& res) {
   res.set_header("Cache-Control", "no-cache");
   res.set_header("X-Accel-Buffering", "no");
-  auto first = std::make_shared<bool>(true);
-  auto last_write = std::make_shared<Clock::time_point>(Clock::now());
+  auto st = std::make_shared<StreamState>();
   res.set_chunked_content_provider(
       "text/event-stream",
-      [this, g, first, last_write](size_t, httplib::DataSink& sink) {
-        auto write = [&](const std::string& s) {
-          *last_write = Clock::now();
-          return sink.write(s.data(), s.size());
-        };
-        const bool chat = g->req.chat;
-        const bool lp = g->req.logprobs;
-        if (*first) {
-          *first = false;
-          if (chat && !write(sse_event(completion_chunk(g->hdr, true, "", true, "", nullptr, 0))))
-            return false;
+      [g, st](size_t, httplib::DataSink& sink) {
+        // httplib does not catch exceptions of a provider: one must not end the process.
+        try {
+          return stream_step(*g, *st, sink);
+        } catch (const std::exception& e) {
+          log_message(LogLevel::Error, std::string("dsv3 serve: stream failed: ") + e.what());
+          return false;
         }
-        auto s = g->next(std::chrono::milliseconds(250));
-        if (!s.text.empty() || !s.logprobs.empty()) {
-          if (!write(sse_event(completion_chunk(g->hdr, chat, s.text, false, "",
-                                                lp ? &s.logprobs : nullptr, g->text_offset))))
-            return false;
-          g->text_offset += s.text.size();
-        } else if (!g->done && Clock::now() - *last_write > std::chrono::seconds(2)) {
-          // An SSE comment: clients ignore it; a client that left makes the write fail.
-          if (!write(": keep-alive\n\n")) return false;
-        }
-        if (!g->done) return true;
-        std::string tail;
-        if (!g->error.empty() || g->finish_reason == "cancelled") {
-          const ApiError e = g->error.empty()
-                                 ? ApiError(503, "the server is shutting down", "", "shutting_down")
-                                 : ApiError(500, g->error, "", "generation_error");
-          tail = sse_event(e.to_json());
-        } else {
-          tail = sse_event(
-              completion_chunk(g->hdr, chat, "", false, g->finish_reason, nullptr, g->text_offset));
-          if (g->req.include_usage) tail += sse_event(usage_chunk(g->hdr, chat, g->usage()));
-        }
-        tail += kSseDone;
-        if (!write(tail)) return false;
-        sink.done();
-        return true;
       },
       [this, g](bool) {
         // Ends the request however the stream ended; a client that left cancels it.

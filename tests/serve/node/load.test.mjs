@@ -1,4 +1,4 @@
-// Load and abuse: 32 concurrent clients for a bounded time (DSV3_LOAD_SECONDS, default 12) send a
+// Load and abuse: 32 concurrent clients for a bounded time (DSV3_LOAD_SECONDS, default 10) send a
 // mix of good requests (streamed and not, chat and completions), malformed ones (bad JSON, wrong
 // types, prompts over the context, oversized bodies) and streams they abandon midway. Afterwards
 // the server still answers, every KV block is released (/metrics), no request is left in flight,
@@ -7,7 +7,7 @@ import assert from "node:assert/strict";
 import { requireSetup, startServer, test, done, waitIdle, metrics, rssKb } from "./harness.mjs";
 
 requireSetup();
-const SECONDS = Number(process.env.DSV3_LOAD_SECONDS || 12);
+const SECONDS = Number(process.env.DSV3_LOAD_SECONDS || 10);
 const CLIENTS = 32;
 let seed = Number(process.env.DSV3_LOAD_SEED || 20261207);
 console.log(`seed ${seed}, ${CLIENTS} clients, ${SECONDS} s`);
