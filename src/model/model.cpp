@@ -209,6 +209,21 @@ size_t Model::active_weight_bytes() const {
   return n;
 }
 
+size_t Model::routed_expert_bytes() const {
+  for (const auto& l : w_.layers)
+    if (l.moe && !l.moe_w.experts.empty()) {
+      const auto& e = l.moe_w.experts[0];
+      return e.gate.stored_bytes() + e.up.stored_bytes() + e.down.stored_bytes();
+    }
+  return 0;
+}
+
+int64_t Model::moe_layers() const {
+  int64_t n = 0;
+  for (const auto& l : w_.layers) n += l.moe ? 1 : 0;
+  return n;
+}
+
 size_t Model::total_weight_bytes() const {
   if (arena_bytes_) return arena_bytes_;
   size_t n = 0;

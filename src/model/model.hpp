@@ -114,6 +114,11 @@ class Model {
   // Bytes of weights read to decode one token (attention + dense/shared + K routed experts +
   // head), for bandwidth accounting.
   size_t active_weight_bytes() const;
+  // Bytes of one routed expert (gate, up, down) and the number of MoE layers: a step whose
+  // tokens reach X distinct (layer, expert) pairs reads active_weight_bytes() - K·moe_layers()
+  // ·routed_expert_bytes() + X·routed_expert_bytes() of weights.
+  size_t routed_expert_bytes() const;
+  int64_t moe_layers() const;
   size_t total_weight_bytes() const;
 
  private:

@@ -116,6 +116,7 @@ struct Engine::Impl {
   std::vector<model::SeqSpan> spans, mspans;
   std::vector<int64_t> rows, mrows;
   std::vector<float> logits, hidden, mhidden_in, mlogits, probs;
+  std::vector<model::Routing> routes;
   std::thread thread;
 
   Impl(model::Model& model, const EngineOptions& o) : m(model), opt(o), c(model.config()) {}
@@ -517,8 +518,21 @@ void Engine::Impl::step() {
     if (hidden.size() < size_t(N * D)) hidden.resize(size_t(N * D));
     fo.final_hidden = hidden.data();
   }
+  bool decode_only = true;
+  for (const Plan& p : plans) decode_only = decode_only && (p.n == 1 || p.verify);
+  routes.clear();
+  if (opt.count_experts && decode_only) fo.routes = &routes;
   m.forward_batch(tok.data(), spans, *cache, logits.data(), rows.data(), int64_t(rows.size()), fo);
   mtr.steps += 1;
+  if (decode_only) {
+    mtr.decode_steps += 1;
+    mtr.decode_step_tokens += N;
+    for (const model::Routing& r : routes) {
+      std::vector<bool> hit(size_t(c.n_routed_experts), false);
+      for (int32_t e : r.indices) hit[size_t(e)] = true;
+      mtr.decode_step_experts += std::count(hit.begin(), hit.end(), true);
+    }
+  }
 
   int64_t emitted = 0;
   for (Plan& p : plans) {

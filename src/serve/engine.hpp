@@ -61,6 +61,7 @@ struct EngineOptions {
   int64_t num_draft = 1;        // MTP draft tokens per step (the model's MTP modules: 1 each)
   int64_t max_context = 0;      // 0: config max_position_embeddings
   int64_t kv_cache_blocks = 0;  // > 0: exactly this many blocks instead of kv_cache_mb (tests)
+  bool count_experts = false;   // fill EngineMetrics' decode_step_* routing counts (benchmarks)
 };
 
 struct EngineMetrics {  // a snapshot, for /metrics
@@ -70,7 +71,11 @@ struct EngineMetrics {  // a snapshot, for /metrics
   int64_t prefix_cache_queried_tokens = 0, prefix_cache_hit_tokens = 0;
   int64_t spec_drafted = 0, spec_accepted = 0;
   int64_t preemptions = 0;
-  int64_t steps = 0;               // forward steps run
+  int64_t steps = 0;  // forward steps run
+  // Steps with no prompt chunk (decode and verification only), their tokens, and (with
+  // count_experts) the distinct (MoE layer, routed expert) pairs their tokens reached, summed:
+  // what bench_serve turns into the bytes a step reads.
+  int64_t decode_steps = 0, decode_step_tokens = 0, decode_step_experts = 0;
   double decode_tokens_per_s = 0;  // recent
 };
 
