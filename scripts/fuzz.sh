@@ -15,7 +15,7 @@ SECONDS_PER_TARGET=${1:-30}
 TARGETS=("$@")
 if [ ${#TARGETS[@]} -eq 0 ]; then
   TARGETS=(fuzz_safetensors fuzz_config fuzz_tokenizer_json fuzz_tokenizer_encode
-           fuzz_chat_template fuzz_checkpoint_manifest)
+           fuzz_chat_template fuzz_checkpoint_manifest fuzz_openai_request)
 fi
 BUILD=${DSV3_FUZZ_BUILD_DIR:-build-fuzz}
 
