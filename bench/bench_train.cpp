@@ -4,10 +4,13 @@
 // spent in GEMMs, attention, routed experts, MoE permutation, router, loss and optimizer; and the
 // saved activation memory with and without recomputation. Beside it, measured in the same run:
 // the FP32 FMA peak (core/fma_peak.hpp, register-only FMA loop: the MFU denominator, as in
-// `dsv3 train`) and, for context only, the FP32/BF16 GEMM peak (oneDNN). Prints JSON.
+// `dsv3 train`) and, for context only, the FP32/BF16 GEMM peak (oneDNN). With --precision, each
+// listed training precision (backend/cpu/linear_lowp.hpp) runs from the same initial parameters,
+// with its speedup over FP32 and its MFU over the BF16 dot peak (core/fma_peak.hpp) as well.
+// --cpu-time times steps by process CPU time (1-thread runs on a shared machine). Prints JSON.
 //
 //   bench_train [--config FILE] [--threads 1,2] [--batch 16] [--seq-len 128] [--steps 20]
-//               [--vocab 2048] [--seed 0]
+//               [--vocab 2048] [--seed 0] [--precision fp32,bf16,fp8] [--cpu-time]
 #include <omp.h>
 
 #include <time.h>
@@ -48,8 +51,7 @@ double now_s() {
     clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
     return double(ts.tv_sec) + 1e-9 * double(ts.tv_nsec);
   }
-  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch())
-      .count();
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
 struct Timing {
