@@ -10,6 +10,8 @@
 //               [--vocab 2048] [--seed 0]
 #include <omp.h>
 
+#include <time.h>
+
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -36,6 +38,20 @@ using namespace dsv3::train;
 
 namespace {
 
+// --cpu-time: time the steps by the process's CPU time instead of the wall clock, for 1-thread
+// runs on a machine other jobs share (time slices taken by them then do not count).
+bool g_cpu_time = false;
+
+double now_s() {
+  if (g_cpu_time) {
+    timespec ts;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return double(ts.tv_sec) + 1e-9 * double(ts.tv_nsec);
+  }
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
 struct Timing {
   double step_s = 0, optimizer_s = 0;
   StepProfile profile;
@@ -45,8 +61,10 @@ struct Timing {
 // `steps` timed training steps after two warm-up steps; per-phase times are totals over the
 // timed steps.
 Timing run_steps(ParamStore& store, TrainModel& m, AdamW& opt, const std::vector<int32_t>& tokens,
-                 int64_t B, int64_t W, int steps, bool recompute, bool profile) {
+                 int64_t B, int64_t W, int steps, bool recompute, bool profile,
+                 cpu::Precision precision = cpu::Precision::F32) {
   TrainOptions o;
+  o.precision = precision;
   o.mtp_lambda = store.config().num_nextn_predict_layers > 0 ? 0.3 : 0.0;
   o.balance_alpha = 1e-4;
   o.recompute = recompute;
@@ -54,11 +72,11 @@ Timing run_steps(ParamStore& store, TrainModel& m, AdamW& opt, const std::vector
   Timing t;
   for (int i = -2; i < steps; ++i) {
     if (i == 0) t = Timing{};
-    const auto t0 = std::chrono::steady_clock::now();
+    const double t0 = now_s();
     store.zero_grad();
     StepStats st;
     m.forward_backward(tokens.data() + size_t((i + 2) % 4) * size_t(B * W), B, W, o, &st);
-    const auto t1 = std::chrono::steady_clock::now();
+    const double t1 = now_s();
     clip_grad_norm(store.grads(), size_t(store.size()), 1.0f);
     opt.step(store.params(), store.grads(), 1e-4f);
     for (size_t r = 0; r < st.moe_layer.size(); ++r) {
@@ -68,8 +86,8 @@ Timing run_steps(ParamStore& store, TrainModel& m, AdamW& opt, const std::vector
                   load.data(), int64_t(load.size()), 0.001f);
     }
     if (i >= 0) {
-      t.optimizer_s += bench::seconds_since(t1);
-      t.step_s += bench::seconds_since(t0);
+      t.optimizer_s += now_s() - t1;
+      t.step_s += now_s() - t0;
       t.activation_bytes = st.activation_bytes;
       StepProfile& p = t.profile;
       p.gemm_s += st.profile.gemm_s;
@@ -86,14 +104,15 @@ Timing run_steps(ParamStore& store, TrainModel& m, AdamW& opt, const std::vector
 
 const char* kUsage =
     "usage: bench_train [--config FILE] [--threads 1,2] [--batch B] [--seq-len T] [--steps N]\n"
-    "                   [--vocab V] [--seed S]\n"
+    "                   [--vocab V] [--seed S] [--precision fp32,bf16,fp8] [--cpu-time]\n"
     "Times the full training step of the default `dsv3 train` model (or a config.json) and\n"
-    "prints JSON: tokens/s, MFU over the FP32 FMA peak, time shares, activation memory.\n";
+    "prints JSON: tokens/s, MFU over the FP32 FMA peak (and over the BF16 dot peak), time\n"
+    "shares, activation memory, per training precision (--precision, default fp32 only).\n";
 
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::string config_path, threads_s = "1,2";
+  std::string config_path, threads_s = "1,2", precisions_s = "fp32";
   int64_t batch = 16, seq_len = 128, vocab = 2048;
   int steps = 20;
   uint64_t seed = 0;
@@ -124,6 +143,10 @@ int main(int argc, char** argv) {
       vocab = std::stoll(next());
     else if (a == "--seed")
       seed = std::stoull(next());
+    else if (a == "--precision")
+      precisions_s = next();
+    else if (a == "--cpu-time")
+      g_cpu_time = true;
     else {
       std::fprintf(stderr, "bench_train: unknown flag %s\n%s", a.c_str(), kUsage);
       return 2;
@@ -162,6 +185,7 @@ int main(int argc, char** argv) {
     j.field("batch", batch);
     j.field("seq_len", seq_len);
     j.field("steps_timed", steps);
+    j.field("clock", g_cpu_time ? "process cpu time" : "wall");
     j.field("model_mflop_per_token", flops_per_token / 1e6, 3);
     j.begin_array("runs");
     for (int threads : bench::parse_int_list(threads_s)) {
@@ -170,46 +194,64 @@ int main(int argc, char** argv) {
       const double fma_peak = fma.flops / 1e9;
       const double gemm_f32 = bench::measure_gemm_peak_gflops(false, threads);
       const double gemm_bf16 = bench::measure_gemm_peak_gflops(true, threads);
-      // A fresh model per mode, so the recompute run's saved activations are its own.
-      AdamW opt(store.size());
-      TrainModel m(c, store.layout(), store.params(), store.grads());
-      const Timing plain = run_steps(store, m, opt, tokens, batch, W, steps, false, false);
-      const Timing prof = run_steps(store, m, opt, tokens, batch, W, steps, false, true);
-      TrainModel mr(c, store.layout(), store.params(), store.grads());
-      const Timing rc = run_steps(store, mr, opt, tokens, batch, W, steps, true, false);
-      const double tok_s = double(batch * seq_len * steps) / plain.step_s;
-      const double tok_s_rc = double(batch * seq_len * steps) / rc.step_s;
-      const double achieved = flops_per_token * tok_s / 1e9;
-      j.begin_object();
-      j.field("threads", threads);
-      j.field("fp32_fma_peak_gflops", fma_peak, 1);
-      j.field("fp32_gemm_peak_gflops", gemm_f32, 1);
-      j.field("bf16_gemm_peak_gflops", gemm_bf16, 1);
-      j.field("tokens_per_s", tok_s, 1);
-      j.field("step_ms", 1e3 * plain.step_s / steps, 2);
-      j.field("model_gflops", achieved, 1);
-      j.field("mfu", achieved / fma_peak, 3);
-      j.field("mfu_peak", fma.name);
-      const double T = prof.step_s;
-      const StepProfile& p = prof.profile;
-      const double other = T - p.gemm_s - p.attention_s - p.experts_s - p.moe_permute_s -
-                           p.router_s - p.loss_s - prof.optimizer_s;
-      j.begin_object("time_share");
-      j.field("gemm", p.gemm_s / T, 3);
-      j.field("attention", p.attention_s / T, 3);
-      j.field("routed_experts", p.experts_s / T, 3);
-      j.field("moe_permutation", p.moe_permute_s / T, 3);
-      j.field("router", p.router_s / T, 3);
-      j.field("loss_softmax", p.loss_s / T, 3);
-      j.field("optimizer", prof.optimizer_s / T, 3);
-      j.field("other", other / T, 3);
-      j.end_object();
-      j.field("activation_mib", double(plain.activation_bytes) / 1048576.0, 2);
-      j.field("activation_mib_recompute", double(rc.activation_bytes) / 1048576.0, 2);
-      j.field("activation_saved_fraction",
-              1.0 - double(rc.activation_bytes) / double(plain.activation_bytes), 3);
-      j.field("tokens_per_s_recompute", tok_s_rc, 1);
-      j.end_object();
+      const FmaPeak bf16 = measure_bf16_dot_peak(threads);
+      const double bf16_peak = bf16.flops / 1e9;
+      double tok_s_fp32 = 0;
+      std::string rest = precisions_s;
+      while (!rest.empty()) {
+        const size_t comma = rest.find(',');
+        const std::string pname = rest.substr(0, comma);
+        rest = comma == std::string::npos ? "" : rest.substr(comma + 1);
+        const cpu::Precision prec = cpu::parse_precision(pname);
+        // A fresh model and optimizer state per precision (same initial parameters).
+        store.init_random(seed);
+        AdamW opt(store.size());
+        TrainModel m(c, store.layout(), store.params(), store.grads());
+        const Timing plain = run_steps(store, m, opt, tokens, batch, W, steps, false, false, prec);
+        const Timing prof = run_steps(store, m, opt, tokens, batch, W, steps, false, true, prec);
+        const double tok_s = double(batch * seq_len * steps) / plain.step_s;
+        if (prec == cpu::Precision::F32) tok_s_fp32 = tok_s;
+        const double achieved = flops_per_token * tok_s / 1e9;
+        j.begin_object();
+        j.field("threads", threads);
+        j.field("precision", cpu::precision_name(prec));
+        j.field("fp32_fma_peak_gflops", fma_peak, 1);
+        j.field("bf16_dot_peak_gflops", bf16_peak, 1);
+        j.field("fp32_gemm_peak_gflops", gemm_f32, 1);
+        j.field("bf16_gemm_peak_gflops", gemm_bf16, 1);
+        j.field("tokens_per_s", tok_s, 1);
+        if (tok_s_fp32 > 0) j.field("speedup_vs_fp32", tok_s / tok_s_fp32, 3);
+        j.field("step_ms", 1e3 * plain.step_s / steps, 2);
+        j.field("model_gflops", achieved, 1);
+        j.field("mfu", achieved / fma_peak, 3);
+        j.field("mfu_peak", fma.name);
+        if (bf16_peak > 0) j.field("mfu_vs_bf16_peak", achieved / bf16_peak, 3);
+        const double T = prof.step_s;
+        const StepProfile& p = prof.profile;
+        const double other = T - p.gemm_s - p.attention_s - p.experts_s - p.moe_permute_s -
+                             p.router_s - p.loss_s - prof.optimizer_s;
+        j.begin_object("time_share");
+        j.field("gemm", p.gemm_s / T, 3);
+        j.field("attention", p.attention_s / T, 3);
+        j.field("routed_experts", p.experts_s / T, 3);
+        j.field("moe_permutation", p.moe_permute_s / T, 3);
+        j.field("router", p.router_s / T, 3);
+        j.field("loss_softmax", p.loss_s / T, 3);
+        j.field("optimizer", prof.optimizer_s / T, 3);
+        j.field("other", other / T, 3);
+        j.end_object();
+        j.field("activation_mib", double(plain.activation_bytes) / 1048576.0, 2);
+        if (prec == cpu::Precision::F32) {
+          // The recompute run, FP32 only (a fresh model, so its saved activations are its own).
+          TrainModel mr(c, store.layout(), store.params(), store.grads());
+          const Timing rc = run_steps(store, mr, opt, tokens, batch, W, steps, true, false);
+          j.field("activation_mib_recompute", double(rc.activation_bytes) / 1048576.0, 2);
+          j.field("activation_saved_fraction",
+                  1.0 - double(rc.activation_bytes) / double(plain.activation_bytes), 3);
+          j.field("tokens_per_s_recompute", double(batch * seq_len * steps) / rc.step_s, 1);
+        }
+        j.end_object();
+      }
     }
     j.end_array();
     j.end_object();

@@ -17,6 +17,11 @@ class Error : public std::runtime_error {
 [[noreturn]] void throw_assert(const char* file, int line, const char* cond,
                                const std::string& msg);
 
+// A nlohmann::json exception's what() without the library's "[json.exception.type_error.302]"
+// tag, its JSON pointer (built with JSON_DIAGNOSTICS) moved to the front: "at /model/vocab/a:
+// type must be number, but is string". Callers prefix the file's name.
+std::string json_error_text(const char* what);
+
 }  // namespace dsv3
 
 // DSV3_CHECK(cond, "format {}", args...): user-facing error; the message must say what and where.

@@ -101,4 +101,46 @@ FmaPeak measure_fp32_fma_peak(int threads, int64_t iters, int reps) {
   return {per_core * cores, threads, kName};
 }
 
+#if defined(__AVX512BF16__)
+namespace {
+float dot_chains(int64_t iters) {
+  __m512 acc[kChains];
+  for (int c = 0; c < kChains; ++c) acc[c] = _mm512_set1_ps(float(c) * 1e-3f);
+  const __m512bh a = _mm512_cvtne2ps_pbh(_mm512_set1_ps(0.5f), _mm512_set1_ps(0.25f));
+  const __m512bh b = _mm512_cvtne2ps_pbh(_mm512_set1_ps(1e-7f), _mm512_set1_ps(1e-7f));
+  for (int64_t i = 0; i < iters / kChains; ++i) {
+#pragma GCC unroll 16
+    for (int c = 0; c < kChains; ++c) acc[c] = _mm512_dpbf16_ps(acc[c], a, b);
+  }
+  float s = 0;
+  for (int c = 0; c < kChains; ++c) s += _mm512_reduce_add_ps(acc[c]);
+  return s;
+}
+}  // namespace
+#endif
+
+FmaPeak measure_bf16_dot_peak(int threads, int64_t iters, int reps) {
+  threads = std::max(1, threads);
+#if defined(__AVX512BF16__)
+  iters = std::max<int64_t>(kChains, iters);
+  volatile float sink = 0;
+  double best = 1e30;
+  for (int r = 0; r < std::max(1, reps); ++r) {
+    const auto t0 = std::chrono::steady_clock::now();
+    sink = dot_chains(iters);
+    best = std::min(best,
+                    std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  }
+  (void)sink;
+  const double per_core = double(iters / kChains * kChains) * 64.0 / best;
+  const unsigned hw = std::thread::hardware_concurrency();
+  const int cores = hw > 0 ? std::min(threads, int(hw)) : threads;
+  return {per_core * cores, threads, "bf16_dot_avx512"};
+#else
+  (void)iters;
+  (void)reps;
+  return {0.0, threads, "bf16_dot_absent"};
+#endif
+}
+
 }  // namespace dsv3

@@ -21,4 +21,10 @@ struct FmaPeak {
 // enough to cover the FMA latency on two ports (~5 ms each on a 2-3 GHz core).
 FmaPeak measure_fp32_fma_peak(int threads, int64_t iters = 20'000'000, int reps = 8);
 
+// The BF16 dot-product limit, measured the same way: a register-only loop of 16 independent
+// vdpbf16ps chains (AVX512-BF16: 16 lanes × 2 BF16 products added into FP32, 64 FLOP per
+// instruction). The denominator of MFU for BF16/FP8 training (the FP8 GEMMs run on the BF16 dot
+// units). name "bf16_dot_avx512"; flops 0 where the build has no AVX512-BF16.
+FmaPeak measure_bf16_dot_peak(int threads, int64_t iters = 20'000'000, int reps = 8);
+
 }  // namespace dsv3

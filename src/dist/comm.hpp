@@ -40,6 +40,11 @@ class Comm {
 
   virtual void barrier() = 0;
 
+  // A communicator of the ranks that pass the same color, ranked by key (ties by rank); every
+  // rank calls it, in the same order as the other collectives. The data-parallel and
+  // expert-parallel groups of training are splits of the world.
+  virtual std::unique_ptr<Comm> split(int color, int key) = 0;
+
   // buf[n] = op over ranks of buf[n] (in place).
   virtual RequestPtr iall_reduce(void* buf, int64_t n, DType t, ReduceOp op) = 0;
   // recv[n] = op over ranks of block `rank()` of send[size() * n].
@@ -92,6 +97,10 @@ std::unique_ptr<Comm> make_mpi_comm();
 bool mpi_built();  // dsv3 was built with MPI
 // The process was started by an MPI launcher (mpirun / mpiexec / srun with PMI).
 bool launched_by_mpi();
+
+// Ends the whole job at once (MPI_Abort under MPI, exit otherwise): for an error on one rank
+// that the others, waiting in a collective, would not see.
+[[noreturn]] void abort_job(int code);
 
 // The communicator to use: MPI when launched by an MPI launcher, one process otherwise.
 std::unique_ptr<Comm> make_world_comm();

@@ -52,6 +52,7 @@ class SingleComm : public Comm {
   int size() const override { return 1; }
   std::string backend() const override { return "single"; }
   void barrier() override {}
+  std::unique_ptr<Comm> split(int, int) override { return std::make_unique<SingleComm>(); }
 
   RequestPtr iall_reduce(void*, int64_t, DType t, ReduceOp) override {
     check_reduce_dtype(t, "all_reduce");

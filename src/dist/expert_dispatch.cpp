@@ -37,6 +37,25 @@ void exchange(Comm& comm, const T* send, const std::vector<int64_t>& scount, T* 
 
 }  // namespace
 
+void DispatchStats::add(const ExpertPlan& plan, int rank) {
+  if (rows_to.size() < size_t(plan.P)) rows_to.resize(size_t(plan.P), 0);
+  const int64_t row_bytes = plan.D * int64_t(sizeof(float));
+  const int rpn = std::max(1, ranks_per_node);
+  tokens += plan.N;
+  for (int64_t r = 0; r < plan.P; ++r) {
+    const int64_t n = plan.send_counts[size_t(r)];
+    rows_to[size_t(r)] += n;
+    if (r != rank) {
+      remote_rows += n;
+      remote_bytes += n * row_bytes;
+    }
+    if (r / rpn != rank / rpn) {
+      cross_node_rows += n;
+      cross_node_bytes += n * row_bytes;
+    }
+  }
+}
+
 void expert_dispatch(Comm& comm, ExpertPlan& p, std::vector<float>& xr, const float* x,
                      const int32_t* indices, const float* weights, int64_t N, int64_t K, int64_t D,
                      int64_t E) {

@@ -13,6 +13,7 @@
 // Glossary: N local tokens, D hidden, K experts per token, E routed experts, P ranks, R rows
 // received (tokens other ranks sent here).
 #pragma once
+#include <chrono>
 #include <cstdint>
 #include <vector>
 
@@ -33,6 +34,34 @@ struct ExpertPlan {
   std::vector<int32_t> idx;          // [N, K] the local routing (for the backward)
   int64_t sent_rows() const { return send_tok.size(); }
   int64_t experts_per_rank() const { return E / P; }
+};
+
+// The volume of the dispatches of a step on one rank (the combine returns as many rows): token
+// rows per destination rank (its own included), and the rows and bytes that leave the rank and
+// its node (ranks_per_node consecutive ranks of the expert-parallel group form a node).
+struct DispatchStats {
+  int ranks_per_node = 1;
+  std::vector<int64_t> rows_to;               // [P]
+  int64_t tokens = 0;                         // local tokens dispatched (summed over layers)
+  int64_t remote_rows = 0, remote_bytes = 0;  // to other ranks
+  int64_t cross_node_rows = 0, cross_node_bytes = 0;
+  double seconds = 0;  // in dispatch, combine and their backward (blocking all-to-all-v)
+  void reset() { *this = DispatchStats{ranks_per_node, {}, 0, 0, 0, 0, 0, 0}; }
+  void add(const ExpertPlan& plan, int rank);
+};
+
+// Adds the seconds of its scope to stats->seconds (null: nothing).
+class DispatchTimer {
+ public:
+  explicit DispatchTimer(DispatchStats* s) : s_(s), t0_(std::chrono::steady_clock::now()) {}
+  ~DispatchTimer() {
+    if (s_)
+      s_->seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0_).count();
+  }
+
+ private:
+  DispatchStats* s_;
+  std::chrono::steady_clock::time_point t0_;
 };
 
 // Builds the plan from the local routing (indices [N, K] of experts in [0, E), gate weights

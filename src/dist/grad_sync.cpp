@@ -11,6 +11,34 @@ namespace dsv3::dist {
 
 GradSync::GradSync(Comm& comm, float* grads, int64_t n) : comm_(comm), grads_(grads), n_(n) {}
 
+void GradSync::add_group(int64_t begin, int64_t end, Comm& group) {
+  DSV3_CHECK(0 <= begin && begin <= end && end <= n_, "GradSync: group [{}, {}) outside [0, {})",
+             begin, end, n_);
+  if (begin == end) return;
+  for (const auto& g : groups_)
+    DSV3_CHECK(end <= g.begin || g.end <= begin, "GradSync: group [{}, {}) overlaps another", begin,
+               end);
+  groups_.push_back({begin, end, &group});
+  std::sort(groups_.begin(), groups_.end(),
+            [](const Group& a, const Group& b) { return a.begin < b.begin; });
+}
+
+void GradSync::start(int64_t begin, int64_t end) {
+  auto reduce = [&](Comm& c, int64_t b, int64_t e) {
+    if (b < e) inflight_.push_back(c.iall_reduce(grads_ + b, e - b, DType::F32, ReduceOp::Sum));
+  };
+  int64_t at = begin;
+  for (const auto& g : groups_) {
+    if (g.end <= at || g.begin >= end) continue;
+    reduce(comm_, at, std::max(at, g.begin));
+    at = std::max(at, g.begin);
+    const int64_t e = std::min(end, g.end);
+    if (g.comm->size() > 1) reduce(*g.comm, at, e);
+    at = e;
+  }
+  reduce(comm_, at, end);
+}
+
 void GradSync::begin_step() {
   DSV3_ASSERT(inflight_.empty(), "GradSync: a step began before the last one finished");
   started_.clear();
@@ -23,7 +51,7 @@ void GradSync::ready(int64_t begin, int64_t end) {
   for (const auto& [b, e] : started_)
     DSV3_CHECK(end <= b || e <= begin, "GradSync: range [{}, {}) reported twice", begin, end);
   started_.emplace_back(begin, end);
-  inflight_.push_back(comm_.iall_reduce(grads_ + begin, end - begin, DType::F32, ReduceOp::Sum));
+  start(begin, end);
   // Drive progress of what is already in flight (MPI progresses on calls into it).
   for (auto& r : inflight_) r->test();
 }
@@ -39,8 +67,7 @@ double GradSync::finish() {
     at = e;
   }
   if (at < n_) rest.emplace_back(at, n_);
-  for (const auto& [b, e] : rest)
-    inflight_.push_back(comm_.iall_reduce(grads_ + b, e - b, DType::F32, ReduceOp::Sum));
+  for (const auto& [b, e] : rest) start(b, e);
   for (auto& r : inflight_) r->wait();
   inflight_.clear();
   const float inv = 1.0f / float(comm_.size());

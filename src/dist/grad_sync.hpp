@@ -19,6 +19,12 @@ class GradSync {
   // grads: the FP32 gradient arena of n elements (kept by pointer).
   GradSync(Comm& comm, float* grads, int64_t n);
 
+  // Elements [begin, end) are reduced over `group` instead of the main communicator (expert
+  // parallelism: a rank's routed experts, over the data-parallel group of the ranks holding the
+  // same experts; the other ranks add nothing to them). finish() still divides them by the main
+  // communicator's size: every rank's loss is the mean over its share of the global batch.
+  void add_group(int64_t begin, int64_t end, Comm& group);
+
   void begin_step();                       // forget last step's ranges
   void ready(int64_t begin, int64_t end);  // [begin, end) is final: start reducing it
   // Reduces the rest, waits, averages. Returns the seconds spent waiting here (communication
@@ -31,6 +37,12 @@ class GradSync {
   Comm& comm_;
   float* grads_;
   int64_t n_;
+  void start(int64_t begin, int64_t end);  // one all-reduce per piece, on its communicator
+  struct Group {
+    int64_t begin, end;
+    Comm* comm;
+  };
+  std::vector<Group> groups_;  // sorted, disjoint
   std::vector<std::pair<int64_t, int64_t>> started_;
   std::vector<RequestPtr> inflight_;
 };

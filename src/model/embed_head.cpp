@@ -87,7 +87,8 @@ double head_cross_entropy(S* dxn, S* dW, const S* xn, const typename W<S>::Lin& 
     scored += cnt;
     if (dxn) {
       cpu::linear_backward_input(dxn + r0 * D, logits, rows, head);
-      cpu::linear_backward_weight(dW, logits, xn + r0 * D, rows, D, V);
+      // FP32 whatever the training precision (the report keeps the output head in FP32).
+      cpu::gemm(true, false, V, D, rows, S(1), logits, V, xn + r0 * D, D, S(1), dW, D);
     }
   }
   if (count) *count = scored;

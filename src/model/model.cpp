@@ -195,6 +195,57 @@ void TrainModelT<S>::bind(bool tie) {
   bound_tie_ = tie;
 }
 
+namespace {
+
+// f(LinearWeight&) for every linear layer of the decoder layers and MTP modules (not the heads).
+template <typename F>
+void for_each_linear(ModelW<W<float>>& w, F&& f) {
+  auto mlp = [&](MlpW<W<float>>& m) {
+    for (cpu::LinearWeight* x : {&m.gate, &m.up, &m.down})
+      if (x->out() > 0) f(*x);
+  };
+  auto layer = [&](LayerW<W<float>>& l) {
+    MlaW<W<float>>& a = l.attn;
+    for (cpu::LinearWeight* x : {&a.q_a, &a.q_b, &a.q, &a.kv_a, &a.kv_b, &a.o})
+      if (x->out() > 0) f(*x);
+    if (!l.moe) {
+      mlp(l.mlp);
+      return;
+    }
+    for (auto& e : l.moe_w.experts) mlp(e);
+    mlp(l.moe_w.shared);
+  };
+  for (auto& l : w.layers) layer(l);
+  for (auto& m : w.mtp) {
+    if (m.eh_proj.out() > 0) f(m.eh_proj);
+    layer(m.layer);
+  }
+}
+
+}  // namespace
+
+template <typename S>
+void TrainModelT<S>::attach_lowp(cpu::Precision p) {
+  if constexpr (std::is_same_v<S, float>) {
+    if (p == cpu::Precision::F32) {
+      for_each_linear(w_, [](cpu::LinearWeight& lw) { lw.set_lowp(nullptr); });
+      return;
+    }
+    size_t n = 0;
+    for_each_linear(w_, [&](cpu::LinearWeight&) { ++n; });
+    lowp_.resize(n);
+    size_t i = 0;
+    for_each_linear(w_, [&](cpu::LinearWeight& lw) {
+      cpu::LowpWeight& q = lowp_[i++];
+      q.refresh(static_cast<const float*>(lw.view().data), lw.out(), lw.in(), p);
+      lw.set_lowp(&q);
+    });
+  } else {
+    DSV3_CHECK(p == cpu::Precision::F32, "training precision {} needs a float model",
+               cpu::precision_name(p));
+  }
+}
+
 template <typename S>
 double TrainModelT<S>::balance(MoeActs<S>& a, int64_t B, int64_t T, const TrainOptions& o) {
   if (o.balance_alpha <= 0) {
@@ -230,7 +281,11 @@ double TrainModelT<S>::run(const int32_t* tokens, int64_t B, int64_t T, const Tr
   DSV3_CHECK(T >= depth + 2, "MTP depth {} needs sequences of at least {} tokens", depth,
              depth + 2);
   if (o.tie_mtp_embeddings != bound_tie_) bind(o.tie_mtp_embeddings);
+  attach_lowp(o.precision);  // the parameters may have changed since the last call
+  const cpu::WgradPrecision wgrad(o.precision);
   ds_.moe.ep = o.ep;
+  ds_.moe.node_limit = o.node_limit;
+  ds_.moe.dispatch = o.dispatch;
   if (T > rope_len_) {
     cos_sin_ = rope_cos_sin(c_, T);
     rope_len_ = T;

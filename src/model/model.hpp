@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "backend/cpu/linear.hpp"
+#include "backend/cpu/linear_lowp.hpp"
 #include "core/profile.hpp"
 #include "io/safetensors.hpp"
 #include "model/config.hpp"
@@ -138,6 +139,11 @@ struct TrainOptions {
   // The expert-parallel group (dist/expert_dispatch.hpp): null, every routed expert runs here;
   // else this rank runs its share of every MoE layer's experts on the tokens all ranks send it.
   dist::Comm* ep = nullptr;
+  NodeLimit node_limit;                     // node-limited routing (moe.hpp); off by default
+  dist::DispatchStats* dispatch = nullptr;  // adds the step's expert dispatch volume when set
+  // Inputs of the linear layers' GEMMs (backend/cpu/linear_lowp.hpp): FP32, BF16 or the FP8
+  // recipe of report §3.3; float models only. Master weights and gradients are FP32 in all.
+  cpu::Precision precision = cpu::Precision::F32;
 };
 
 struct StepStats {
@@ -173,6 +179,9 @@ class TrainModelT {
              StepStats* stats);
   double balance(MoeActs<S>& a, int64_t B, int64_t T, const TrainOptions& o);
   void bind(bool tie);
+  // Points every linear layer but the heads at its low-precision copy, refreshed from the
+  // current parameters (precision BF16/FP8), or back at the FP32 weight (F32).
+  void attach_lowp(cpu::Precision p);
 
   ModelConfig c_;
   const ParamLayout* layout_;
@@ -192,6 +201,7 @@ class TrainModelT {
   std::vector<S> h_, hf_, final_rstd_, dhf_, dh_;
   std::vector<int32_t> targets_;
   std::vector<std::pair<int64_t, int64_t>> layer_range_;  // arena range of each layer (MTP after)
+  std::vector<cpu::LowpWeight> lowp_;  // one per linear layer, in for_each_linear order
 };
 
 using TrainModel = TrainModelT<float>;

@@ -53,33 +53,34 @@ void MoeActs<S>::routing(Routing& r, int64_t N, int64_t K, int64_t E) const {
 
 namespace {
 
+constexpr int64_t kMaxGroupTop = 64;  // group scores sum at most this many affinities
+
 // Chooses the K experts of one token from its biased affinities biased[E] (scores plus the
-// correction bias when there is one). With `grouped` (n_group > 1 and a group-limited method)
-// groups are scored by the sum of their two largest biased scores (their maximum when
-// unbiased) and all but the best `topk_group` are masked to -inf; then the top K by biased
-// score, ties to the lower index. The K indices land in ord[0, K), best first. `biased` is
-// clobbered; gscore[G], ord[E] and gord[G] are scratch.
+// correction bias when there is one). With `grouped` (n_group > 1 and a group-limited method, or
+// node-limited routing: the groups are nodes) groups are scored by the sum of their `group_top`
+// largest biased scores (two with a bias, the maximum without, K/M for M nodes) and all but the
+// best `topk_group` are masked to -inf; then the top K by biased score, ties to the lower index.
+// The K indices land in ord[0, K), best first. `biased` is clobbered; gscore[G], ord[E] and
+// gord[G] are scratch.
 template <typename S>
-void select_experts(S* biased, bool has_bias, int64_t E, int64_t G, int64_t topk_group,
+void select_experts(S* biased, int64_t E, int64_t G, int64_t topk_group, int64_t group_top,
                     bool grouped, int64_t K, S* gscore, int32_t* ord, int32_t* gord) {
   if (grouped) {
     const int64_t per = E / G;
     for (int64_t g = 0; g < G; ++g) {
       const S* q = biased + g * per;
-      if (has_bias) {  // sum of the two largest
-        S m1 = -INFINITY, m2 = -INFINITY;
-        for (int64_t i = 0; i < per; ++i) {
-          if (q[i] > m1) {
-            m2 = m1;
-            m1 = q[i];
-          } else if (q[i] > m2) {
-            m2 = q[i];
-          }
-        }
-        gscore[g] = m1 + m2;
-      } else {
-        gscore[g] = *std::max_element(q, q + per);
+      // The group_top largest, descending (insertion into a short list), summed largest first.
+      S top[kMaxGroupTop];
+      int64_t n = 0;
+      for (int64_t i = 0; i < per; ++i) {
+        if (n == group_top && !(q[i] > top[n - 1])) continue;
+        int64_t j = n < group_top ? n++ : n - 1;
+        for (; j > 0 && q[i] > top[j - 1]; --j) top[j] = top[j - 1];
+        top[j] = q[i];
       }
+      S sum = S(0);  // 0 + t0 + t1 ... rounds as t0 + t1 ...
+      for (int64_t j = 0; j < n; ++j) sum += top[j];
+      gscore[g] = sum;
     }
     std::iota(gord, gord + G, 0);
     // Ties to the lower group index, as a stable sort would (std::sort does not allocate).
@@ -93,6 +94,24 @@ void select_experts(S* biased, bool has_bias, int64_t E, int64_t G, int64_t topk
   std::partial_sort(ord, ord + K, ord + E, [&](int32_t a, int32_t b) {
     return biased[a] > biased[b] || (biased[a] == biased[b] && a < b);
   });
+}
+
+// The groups the router limits a token to: the config's (n_group, topk_group), or the nodes of
+// node-limited routing.
+struct RouteGroups {
+  int64_t G = 1, topk = 1, top = 1;
+  bool grouped = false;
+};
+RouteGroups route_groups(const MoeDims& d, const NodeLimit& nl, bool has_bias) {
+  if (!nl.active()) return {d.G, d.topk_group, has_bias ? 2 : 1, d.grouped};
+  DSV3_CHECK(d.E % nl.nodes == 0,
+             "node-limited routing: {} routed experts do not split over {} nodes", d.E, nl.nodes);
+  DSV3_CHECK(d.K <= nl.max_nodes * (d.E / nl.nodes),
+             "node-limited routing: {} experts per token do not fit in {} nodes of {} experts", d.K,
+             nl.max_nodes, d.E / nl.nodes);
+  const int64_t top =
+      std::min<int64_t>({std::max<int64_t>(1, d.K / nl.max_nodes), d.E / nl.nodes, kMaxGroupTop});
+  return {nl.nodes, nl.max_nodes, top, true};
 }
 
 // Runs fn(e) for every expert with tokens, expert-parallel: each expert's GEMMs run on one
@@ -128,7 +147,9 @@ constexpr int64_t kExpertParallelTokens = 2;
 template <typename S>
 void moe_router_forward(MoeActs<S>& a, const S* x, const MoeW<W<S>>& w, const MoeDims& d,
                         MoeScratch<S>& s) {
-  const int64_t N = d.N, E = d.E, K = d.K, G = d.G;
+  const int64_t N = d.N, E = d.E, K = d.K;
+  const RouteGroups rg = route_groups(d, s.node_limit, w.bias != nullptr);
+  const int64_t G = rg.G;
   S* sc = grow(a.scores, size_t(N * E));
   int32_t* idx = grow(a.indices, size_t(N * K));
   S* wt = grow(a.weights, size_t(N * K));
@@ -162,8 +183,7 @@ void moe_router_forward(MoeActs<S>& a, const S* x, const MoeW<W<S>>& w, const Mo
             for (int64_t i = 0; i < E; ++i) p[i] /= sum;
           }
           for (int64_t i = 0; i < E; ++i) biased[i] = p[i] + (w.bias ? w.bias[i] : S(0));
-          select_experts(biased, w.bias != nullptr, E, G, d.topk_group, d.grouped, K, gscore, ord,
-                         gord);
+          select_experts(biased, E, G, rg.topk, rg.top, rg.grouped, K, gscore, ord, gord);
           S sum = 0;
           for (int64_t k = 0; k < K; ++k) {
             idx[n * K + k] = ord[k];
@@ -369,7 +389,11 @@ void moe_forward(S* out, const S* x, const MoeW<W<S>>& w, const MoeDims& d, MoeA
       // Each token goes once to every rank owning one of its experts; this rank's experts run on
       // what it received, and their weighted sums go back to the tokens' ranks.
       dist::Comm& ep = *s.ep;
-      dist::expert_dispatch(ep, a.plan, a.xr, x, a.indices.data(), a.weights.data(), N, K, D, E);
+      {
+        dist::DispatchTimer t(s.dispatch);
+        dist::expert_dispatch(ep, a.plan, a.xr, x, a.indices.data(), a.weights.data(), N, K, D, E);
+      }
+      if (s.dispatch) s.dispatch->add(a.plan, ep.rank());
       const int64_t per = E / ep.size();
       const Rows<S> r{
           a.xr.data(), a.plan.R,       a.plan.recv_expert.data(), a.plan.recv_weight.data(),
@@ -377,6 +401,7 @@ void moe_forward(S* out, const S* x, const MoeW<W<S>>& w, const MoeDims& d, MoeA
       S* yr = grow(a.yr, size_t(a.plan.R * D));
       std::fill_n(yr, a.plan.R * D, S(0));
       routed_forward(yr, r, w, d, a, s, false, d.Fs > 0, shared);
+      dist::DispatchTimer t(s.dispatch);
       dist::expert_combine(ep, a.plan, out, yr);
       return;
     }
@@ -408,12 +433,18 @@ void moe_backward_input(S* dx, const S* dout, const S* x, const MoeW<W<S>>& w, c
       const int64_t per = E / ep.size(), R = a.plan.R;
       const Rows<S> r{a.xr.data(),    R, a.plan.recv_expert.data(), a.plan.recv_weight.data(), per,
                       ep.rank() * per};
-      dist::expert_combine_backward(ep, a.plan, gs.dyr, dout);
+      {
+        dist::DispatchTimer t(s.dispatch);
+        dist::expert_combine_backward(ep, a.plan, gs.dyr, dout);
+      }
       S* dxr = grow(gs.dxr, size_t(R * D));
       std::fill_n(dxr, R * D, S(0));
       S* dwr = grow(gs.dwr, size_t(R * K));
       routed_backward_input(dxr, dwr, gs.dyr.data(), r, w, d, a, s, gs, fuse_expert_weights);
-      dist::expert_dispatch_backward(ep, a.plan, dx, dwt, dxr, dwr);
+      {
+        dist::DispatchTimer t(s.dispatch);
+        dist::expert_dispatch_backward(ep, a.plan, dx, dwt, dxr, dwr);
+      }
       done = true;
     }
   }
@@ -473,7 +504,8 @@ void moe_backward_weight(const MoeW<G<S>>& dw, const MoeDims& d, const MoeActs<S
   if (d.Fs > 0)
     mlp_backward_weight(dw.shared, gs.dout.data(), gs.x, a.sact.data(), gs.sdg.data(),
                         gs.sdu.data(), N, D, d.Fs);
-  cpu::linear_backward_weight(dw.router, gs.ds.data(), gs.x, N, D, d.E);
+  // dWg += dsᵀ·x, FP32 whatever the training precision (gating stays FP32, report §3.3).
+  cpu::gemm(true, false, d.E, D, N, S(1), gs.ds.data(), d.E, gs.x, D, S(1), dw.router, D);
 }
 
 #define DSV3_MOE_INSTANTIATE(S)                                                                  \

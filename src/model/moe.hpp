@@ -64,6 +64,17 @@ struct MoeDims {
 };
 MoeDims moe_dims(const ModelConfig& c, int64_t N);
 
+// Node-limited routing (DeepSeek-V3 report §2.1.2, §3.2.2): the E routed experts fall into
+// `nodes` equal consecutive groups (the experts of the expert-parallel ranks of one node); each
+// token's K experts come from at most `max_nodes` nodes, ranked by the sum of the K/max_nodes
+// highest biased affinities of their experts. The group-limited routing of the config (n_group,
+// topk_group) is the same mechanism; the node limit, when set, takes its place. Off (0) or
+// max_nodes >= nodes: no limit from here.
+struct NodeLimit {
+  int64_t nodes = 0, max_nodes = 0;
+  bool active() const { return nodes > 1 && max_nodes > 0 && max_nodes < nodes; }
+};
+
 template <typename S>
 struct MoeScratch {
   std::vector<S> xg, dxg;       // [N·K, D] gathered inputs, input gradients
@@ -75,6 +86,8 @@ struct MoeScratch {
   // The expert-parallel group the MoE layers of this model run on (dist/expert_dispatch.hpp):
   // null or one rank, every expert runs here; else rank r runs experts [r·E/P, (r+1)·E/P).
   dist::Comm* ep = nullptr;
+  NodeLimit node_limit;                     // see NodeLimit
+  dist::DispatchStats* dispatch = nullptr;  // adds every dispatch's volume when set
 };
 
 // Router only: scores, indices, weights and load of x[N, D].

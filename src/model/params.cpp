@@ -41,8 +41,25 @@ std::vector<ParamSpec> param_table(const ModelConfig& c) {
   return std::move(b.t);
 }
 
-ParamLayout::ParamLayout(const ModelConfig& c) {
+int64_t routed_expert_of(const std::string& name) {
+  const std::string_view key = ".mlp.experts.";
+  const size_t at = name.find(key);
+  if (at == std::string::npos || !name.starts_with("model.layers.")) return -1;
+  int64_t e = 0;
+  size_t i = at + key.size();
+  if (i >= name.size() || name[i] < '0' || name[i] > '9') return -1;
+  for (; i < name.size() && name[i] >= '0' && name[i] <= '9'; ++i) e = e * 10 + (name[i] - '0');
+  return i < name.size() && name[i] == '.' ? e : -1;
+}
+
+ParamLayout::ParamLayout(const ModelConfig& c, ExpertShard shard) : shard_(shard) {
+  DSV3_CHECK(shard.all() ||
+                 (0 <= shard.begin && shard.begin < shard.end && shard.end <= c.n_routed_experts),
+             "expert shard [{}, {}) outside the {} routed experts", shard.begin, shard.end,
+             c.n_routed_experts);
   for (const auto& s : param_table(c)) {
+    if (!shard.all() && !shard.holds(routed_expert_of(s.name)) && routed_expert_of(s.name) >= 0)
+      continue;
     ParamEntry e;
     e.name = s.name;
     e.shape = s.shape;

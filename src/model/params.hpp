@@ -45,20 +45,39 @@ struct ParamEntry {
   std::string fallback;       // see ParamSpec
 };
 
+// The routed experts an arena holds in every MoE layer: all, or (expert parallelism) one rank's
+// share [begin, end).
+struct ExpertShard {
+  int64_t begin = 0, end = -1;  // end < 0: all experts
+  bool all() const { return end < 0; }
+  bool holds(int64_t expert) const { return all() || (begin <= expert && expert < end); }
+};
+
+// The routed expert a tensor name belongs to ("model.layers.{l}.mlp.experts.{e}.*"), or -1.
+int64_t routed_expert_of(const std::string& name);
+
 // Offsets of every tensor of param_table(config) in a flat arena (each on its own cache lines).
+// With an expert shard, the routed experts outside it are left out (a rank's arena under expert
+// parallelism: the replicated parts and its own experts, in table order).
 class ParamLayout {
  public:
   ParamLayout() = default;
-  explicit ParamLayout(const ModelConfig& c);
+  explicit ParamLayout(const ModelConfig& c, ExpertShard shard = {});
   const std::vector<ParamEntry>& entries() const { return entries_; }
   const ParamEntry* find(const std::string& name) const;
   const ParamEntry& get(const std::string& name) const;  // throws naming the tensor
   int64_t total() const { return total_; }
+  const ExpertShard& shard() const { return shard_; }
+  // In the table but left out by the shard (another rank's routed expert).
+  bool omitted(const std::string& name) const {
+    return !shard_.all() && !shard_.holds(routed_expert_of(name)) && routed_expert_of(name) >= 0;
+  }
 
  private:
   std::vector<ParamEntry> entries_;
   std::map<std::string, size_t> index_;
   int64_t total_ = 0;
+  ExpertShard shard_;
 };
 
 // Binds kind K (W<S> for parameters, G<S> for gradients) to an arena `base` of S laid out by
@@ -70,6 +89,7 @@ class ArenaBinder {
   typename K::Lin lin(const std::string& n, int64_t rows, int64_t cols, ParamFlags,
                       const std::string& = {}) {
     S* p = at(n);
+    if (!p) return {};  // another rank's expert: unbound
     if constexpr (std::is_same_v<typename K::Lin, cpu::LinearWeight>)
       return cpu::LinearWeight({DType::F32, rows, cols, p, nullptr}, cpu::Compute::F32);
     else if constexpr (std::is_pointer_v<typename K::Lin>)
@@ -92,7 +112,10 @@ class ArenaBinder {
   }
 
  private:
-  S* at(const std::string& n) { return base_ + layout_.get(n).offset; }
+  S* at(const std::string& n) {
+    if (layout_.omitted(n)) return nullptr;
+    return base_ + layout_.get(n).offset;
+  }
   const ParamLayout& layout_;
   S* base_;
 };

@@ -189,15 +189,19 @@ Bpe Bpe::from_json(const nlohmann::json& m) {
   const auto& merges = m.at("merges");
   bpe.merges_.reserve(merges.size());
   uint32_t rank = 0;
-  for (const auto& mj : merges) {
+  for (size_t i = 0; i < merges.size(); ++i) {
+    const auto& mj = merges[i];
     if (mj.is_string()) {
       std::string s = mj.get<std::string>();
       size_t sp = s.find(' ');
       DSV3_CHECK(sp != std::string::npos && s.find(' ', sp + 1) == std::string::npos,
-                 "tokenizer.json: merge '{}' is not two tokens separated by one space", s);
+                 "tokenizer.json: at /model/merges/{}: merge '{}' is not two tokens separated by "
+                 "one space",
+                 i, s);
       bpe.add_merge(s.substr(0, sp), s.substr(sp + 1), rank++);
     } else {
-      DSV3_CHECK(mj.is_array() && mj.size() == 2, "tokenizer.json: merge {} is not a pair",
+      DSV3_CHECK(mj.is_array() && mj.size() == 2 && mj[0].is_string() && mj[1].is_string(),
+                 "tokenizer.json: at /model/merges/{}: merge {} is not a pair of strings", i,
                  mj.dump());
       bpe.add_merge(mj[0].get<std::string>(), mj[1].get<std::string>(), rank++);
     }

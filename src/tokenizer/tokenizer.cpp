@@ -137,11 +137,15 @@ Tokenizer Tokenizer::from_json(std::string_view tokenizer_json, std::string_view
   try {
     j = nlohmann::json::parse(tokenizer_json);
   } catch (const nlohmann::json::exception& e) {
-    DSV3_FAIL("tokenizer.json: not valid JSON: {}", e.what());
+    DSV3_FAIL("tokenizer.json: not valid JSON: {}", json_error_text(e.what()));
   }
   auto impl = std::make_shared<Impl>();
   try {
-    auto get = [&](const char* key) { return j.contains(key) ? j.at(key) : nlohmann::json(); };
+    // By reference: a copy would lose its place in the document, and errors their JSON pointer.
+    static const nlohmann::json null_json;
+    auto get = [&](const char* key) -> const nlohmann::json& {
+      return j.contains(key) ? j.at(key) : null_json;
+    };
     impl->normalizer = Normalizer::from_json(get("normalizer"));
     impl->pre_tokenizer = PreTokenizer::from_json(get("pre_tokenizer"));
     DSV3_CHECK(j.contains("model"), "tokenizer.json: no model");
@@ -171,14 +175,14 @@ Tokenizer Tokenizer::from_json(std::string_view tokenizer_json, std::string_view
     }
     impl->added.build(std::move(added), impl->normalizer);
   } catch (const nlohmann::json::exception& e) {
-    DSV3_FAIL("tokenizer.json: unexpected structure: {}", e.what());
+    DSV3_FAIL("tokenizer.json: unexpected structure {}", json_error_text(e.what()));
   }
 
   if (!config_json.empty()) {
     try {
       impl->config = parse_config(nlohmann::json::parse(config_json));
     } catch (const nlohmann::json::exception& e) {
-      DSV3_FAIL("tokenizer_config.json: {}", e.what());
+      DSV3_FAIL("tokenizer_config.json: {}", json_error_text(e.what()));
     }
     // transformers' LlamaTokenizerFast replaces the post-processor by a BOS/EOS template.
     const auto& cfg = impl->config;

@@ -28,6 +28,7 @@ constexpr const char* kTensorsFile = "tensors.safetensors";
 constexpr const char* kMetaFile = "meta.json";
 constexpr const char* kManifestFile = "manifest.json";
 constexpr const char* kFormat = "dsv3-checkpoint";
+constexpr const char* kShardedFormat = "dsv3-checkpoint-sharded";
 constexpr int kVersion = 1;
 
 inline uint64_t rotl(uint64_t x, int r) {
@@ -181,16 +182,10 @@ std::string checkpoint_path(const std::string& run_dir, int64_t step) {
   return (fs::path(checkpoints_dir(run_dir)) / ("step-" + std::to_string(step))).string();
 }
 
-void save_checkpoint(const std::string& run_dir, const CheckpointData& data, int keep_last) {
-  DSV3_CHECK(data.step >= 0, "save_checkpoint: negative step {}", data.step);
-  fs::path root = checkpoints_dir(run_dir);
-  fs::create_directories(root);
-  fs::path final_dir = checkpoint_path(run_dir, data.step);
-  fs::path tmp =
-      root / (".tmp-step-" + std::to_string(data.step) + "-" + std::to_string(::getpid()));
-  fs::remove_all(tmp);
-  fs::create_directory(tmp);
+namespace {
 
+// Writes tensors.safetensors, meta.json and manifest.json (last) of `data` into dir.
+void write_checkpoint_files(const fs::path& dir, const CheckpointData& data) {
   io::SafetensorsWriter w;
   for (const auto& [name, b] : data.tensors) {
     DSV3_CHECK(b.bytes.size() == size_t(b.numel()) * dtype_size(b.dtype),
@@ -200,23 +195,28 @@ void save_checkpoint(const std::string& run_dir, const CheckpointData& data, int
   }
   w.set_metadata("format", kFormat);
   w.set_metadata("step", std::to_string(data.step));
-  w.write((tmp / kTensorsFile).string());
+  w.write((dir / kTensorsFile).string());
 
   json meta = data.meta.is_object() ? data.meta : json{{"meta", data.meta}};
   meta["step"] = data.step;
-  io::atomic_write((tmp / kMetaFile).string(), meta.dump(2) + "\n");
+  io::atomic_write((dir / kMetaFile).string(), meta.dump(2) + "\n");
 
   // Checksums are of the bytes as they lie on disk, read back after the fsync.
   json files = json::object();
   for (const char* f : {kTensorsFile, kMetaFile}) {
-    std::string p = (tmp / f).string();
+    std::string p = (dir / f).string();
     files[f] = {{"size", fs::file_size(p)}, {"hash64", hex64(hash_file(p))}};
   }
   json manifest = {
       {"format", kFormat}, {"version", kVersion}, {"step", data.step}, {"files", files}};
-  io::atomic_write((tmp / kManifestFile).string(), manifest.dump(2) + "\n");
-  fsync_dir(tmp);
+  io::atomic_write((dir / kManifestFile).string(), manifest.dump(2) + "\n");
+  fsync_dir(dir);
+}
 
+// Renames the complete temp dir to step-<step> and prunes old checkpoints.
+void commit_checkpoint(const std::string& run_dir, const fs::path& tmp, int64_t step,
+                       int keep_last) {
+  const fs::path root = checkpoints_dir(run_dir), final_dir = checkpoint_path(run_dir, step);
   // Re-saving a step swaps the dirs atomically where the filesystem can, so no moment passes
   // without a complete step-N; the old one then lies under the temp name and is removed.
   std::error_code ec;
@@ -237,6 +237,51 @@ void save_checkpoint(const std::string& run_dir, const CheckpointData& data, int
       remove_dir(checkpoint_path(run_dir, steps[i]));
     fsync_dir(root);
   }
+}
+
+}  // namespace
+
+void save_checkpoint(const std::string& run_dir, const CheckpointData& data, int keep_last) {
+  DSV3_CHECK(data.step >= 0, "save_checkpoint: negative step {}", data.step);
+  fs::path root = checkpoints_dir(run_dir);
+  fs::create_directories(root);
+  fs::path tmp =
+      root / (".tmp-step-" + std::to_string(data.step) + "-" + std::to_string(::getpid()));
+  fs::remove_all(tmp);
+  fs::create_directory(tmp);
+  write_checkpoint_files(tmp, data);
+  commit_checkpoint(run_dir, tmp, data.step, keep_last);
+}
+
+void save_checkpoint_sharded(const std::string& run_dir, const CheckpointData& shard,
+                             dist::Comm& comm, const nlohmann::json& layout, int keep_last) {
+  DSV3_CHECK(shard.step >= 0, "save_checkpoint_sharded: negative step {}", shard.step);
+  const fs::path root = checkpoints_dir(run_dir);
+  // One temp dir for the job (every rank derives its name from the step alone).
+  const fs::path tmp = root / (".tmp-step-" + std::to_string(shard.step) + "-sharded");
+  if (comm.rank() == 0) {
+    fs::create_directories(root);
+    fs::remove_all(tmp);
+    fs::create_directory(tmp);
+  }
+  comm.barrier();
+  const fs::path mine = tmp / shard_dir_name(comm.rank());
+  fs::create_directory(mine);
+  write_checkpoint_files(mine, shard);
+  comm.barrier();  // every shard is complete on disk
+  if (comm.rank() == 0) {
+    json shards = json::object();
+    for (int r = 0; r < comm.size(); ++r) {
+      const std::string m = (tmp / shard_dir_name(r) / kManifestFile).string();
+      shards[shard_dir_name(r)] = {{"manifest_hash64", hex64(hash_file(m))}};
+    }
+    json manifest = {{"format", kShardedFormat}, {"version", kVersion}, {"step", shard.step},
+                     {"world", comm.size()},     {"layout", layout},    {"shards", shards}};
+    io::atomic_write((tmp / kManifestFile).string(), manifest.dump(2) + "\n");
+    fsync_dir(tmp);
+    commit_checkpoint(run_dir, tmp, shard.step, keep_last);
+  }
+  comm.barrier();  // the checkpoint is committed before any rank goes on
 }
 
 namespace {
@@ -263,6 +308,10 @@ CheckpointData load_checkpoint(const std::string& dir) {
   } catch (const json::exception& e) {
     DSV3_FAIL("checkpoint {}: {} is not valid JSON: {}", dir, kManifestFile, e.what());
   }
+  DSV3_CHECK(manifest_string(manifest, "format") != kShardedFormat,
+             "checkpoint {} is sharded over {} ranks: resume it under mpirun -np {} (dsv3 export "
+             "reads it in one process)",
+             dir, manifest_int(manifest, "world", 0), manifest_int(manifest, "world", 0));
   DSV3_CHECK(manifest.is_object() && manifest_string(manifest, "format") == kFormat,
              "checkpoint {}: {} has no \"format\": \"{}\"", dir, kManifestFile, kFormat);
   DSV3_CHECK(manifest_int(manifest, "version", 0) == kVersion,
@@ -354,6 +403,92 @@ std::optional<CheckpointData> load_latest_checkpoint(const std::string& run_dir,
       warn(fmt::format("skipping corrupt or partial checkpoint {} ({}); falling back to {}", dir,
                        e.what(), next));
     }
+  }
+  return std::nullopt;
+}
+
+std::string shard_dir_name(int rank) {
+  return "rank-" + std::to_string(rank);
+}
+
+int sharded_checkpoint_world(const std::string& dir) {
+  const std::string mpath = (fs::path(dir) / kManifestFile).string();
+  if (!fs::is_regular_file(mpath)) return 0;
+  json m = json::parse(io::read_file(mpath), nullptr, false);
+  if (m.is_discarded() || manifest_string(m, "format") != kShardedFormat) return 0;
+  return int(manifest_int(m, "world", 0));
+}
+
+CheckpointData load_checkpoint_shard(const std::string& dir, int rank, int world) {
+  const fs::path d(dir);
+  const std::string mpath = (d / kManifestFile).string();
+  DSV3_CHECK(fs::is_regular_file(mpath), "checkpoint {}: {} is missing (partial write?)", dir,
+             kManifestFile);
+  json m = json::parse(io::read_file(mpath), nullptr, false);
+  DSV3_CHECK(!m.is_discarded() && m.is_object(), "checkpoint {}: {} is not valid JSON", dir,
+             kManifestFile);
+  DSV3_CHECK(manifest_string(m, "format") == kShardedFormat,
+             "checkpoint {} was written by one process: resume it without mpirun (or with -np 1)",
+             dir);
+  const int64_t w = manifest_int(m, "world", 0);
+  DSV3_CHECK(w == world,
+             "checkpoint {} is sharded over {} ranks but this job has {}: resume it with mpirun "
+             "-np {} (the same --dp/--ep layout)",
+             dir, w, world, w);
+  DSV3_CHECK(0 <= rank && rank < world, "checkpoint {}: no shard for rank {}", dir, rank);
+  const std::string name = shard_dir_name(rank);
+  const json& shards = m["shards"];
+  DSV3_CHECK(shards.is_object() && shards.contains(name), "checkpoint {}: {} does not list {}", dir,
+             kManifestFile, name);
+  const std::string want = manifest_string(shards[name], "manifest_hash64");
+  const std::string shard_manifest = (d / name / kManifestFile).string();
+  DSV3_CHECK(fs::is_regular_file(shard_manifest), "checkpoint {}: {} is missing", dir,
+             name + "/" + kManifestFile);
+  const std::string got = hex64(hash_file(shard_manifest));
+  DSV3_CHECK(got == want, "checkpoint {}: checksum of {}/{} is {}, the manifest says {}", dir, name,
+             kManifestFile, got, want);
+  CheckpointData ck = load_checkpoint((d / name).string());
+  DSV3_CHECK(ck.step == manifest_int(m, "step", -1) && step_of(d.filename().string()) == ck.step,
+             "checkpoint {}: shard {} is of step {}", dir, name, ck.step);
+  return ck;
+}
+
+std::optional<CheckpointData> load_latest_checkpoint_sharded(const std::string& run_dir,
+                                                             dist::Comm& comm,
+                                                             std::vector<std::string>* warnings) {
+  const fs::path root = checkpoints_dir(run_dir);
+  std::error_code ec;
+  if (comm.rank() == 0 && fs::is_directory(root, ec)) {
+    std::vector<fs::path> temps;
+    for (const auto& e : fs::directory_iterator(root, ec))
+      if (e.path().filename().string().rfind(".tmp-", 0) == 0) temps.push_back(e.path());
+    for (const auto& t : temps) {
+      warnings->push_back(
+          fmt::format("removing {}: left by an interrupted checkpoint write", t.string()));
+      fs::remove_all(t, ec);
+    }
+  }
+  comm.barrier();
+  // Every rank lists the same steps; the newest one whose every shard verifies is taken.
+  std::vector<int64_t> steps = list_checkpoints(run_dir);
+  for (auto it = steps.rbegin(); it != steps.rend(); ++it) {
+    const std::string dir = checkpoint_path(run_dir, *it);
+    std::optional<CheckpointData> ck;
+    std::string err;
+    try {
+      ck = load_checkpoint_shard(dir, comm.rank(), comm.size());
+    } catch (const Error& e) {
+      err = e.what();
+    }
+    int32_t ok = ck ? 1 : 0;
+    comm.all_reduce(&ok, 1, DType::I32, dist::ReduceOp::Min);
+    if (ok) return ck;
+    if (!err.empty() && warnings)
+      warnings->push_back(
+          fmt::format("rank {}: skipping checkpoint {} ({})", comm.rank(), dir, err));
+    else if (warnings)
+      warnings->push_back(
+          fmt::format("skipping checkpoint {}: another rank's shard does not verify", dir));
   }
   return std::nullopt;
 }

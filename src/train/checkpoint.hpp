@@ -14,6 +14,7 @@
 
 #include "core/dtype.hpp"
 #include "core/error.hpp"
+#include "dist/comm.hpp"
 
 namespace dsv3::train {
 
@@ -92,5 +93,24 @@ std::vector<int64_t> list_checkpoints(const std::string& run_dir);
 // checkpoint verifies.
 std::optional<CheckpointData> load_latest_checkpoint(const std::string& run_dir,
                                                      std::vector<std::string>* warnings = nullptr);
+
+// Sharded checkpoints of a distributed run (docs/distributed.md): step-<N>/rank-<r>/ holds rank
+// r's shard in the one-process format above (its parameters: the replicated ones and its
+// experts; its ZeRO-1 optimizer shard; sampler and RNG), and step-<N>/manifest.json, written by
+// rank 0 after a barrier once every shard is on disk, lists the world size, the layout and each
+// shard manifest's checksum. The dir is built under a temp name and renamed into place, so a job
+// killed at any moment leaves either the whole checkpoint or a `.tmp-*` dir. Collective.
+void save_checkpoint_sharded(const std::string& run_dir, const CheckpointData& shard,
+                             dist::Comm& comm, const nlohmann::json& layout, int keep_last);
+std::string shard_dir_name(int rank);  // "rank-<r>"
+// World size of a sharded checkpoint dir, or 0 when it is not one.
+int sharded_checkpoint_world(const std::string& dir);
+// Verifies the sharded manifest (format, world size, the shard's checksum) and loads rank's shard.
+CheckpointData load_checkpoint_shard(const std::string& dir, int rank, int world);
+// Collective: the newest step whose shards verify on every rank (rank 0 removes temp dirs
+// first); skipped steps are reported in *warnings.
+std::optional<CheckpointData> load_latest_checkpoint_sharded(const std::string& run_dir,
+                                                             dist::Comm& comm,
+                                                             std::vector<std::string>* warnings);
 
 }  // namespace dsv3::train

@@ -6,9 +6,9 @@
 #include <filesystem>
 
 #include "core/error.hpp"
+#include "model/model.hpp"
 #include "tokenizer/tokenizer.hpp"
 #include "train/data.hpp"
-#include "model/model.hpp"
 
 namespace fs = std::filesystem;
 

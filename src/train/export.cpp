@@ -4,6 +4,7 @@
 #include <filesystem>
 
 #include "core/error.hpp"
+#include "core/log.hpp"
 #include "io/file.hpp"
 #include "model/export.hpp"
 #include "train/train_config.hpp"
@@ -91,16 +92,41 @@ ParamStore params_from_checkpoint(const CheckpointData& ck) {
   return store;
 }
 
+CheckpointData gather_sharded_checkpoint(const std::string& dir) {
+  const int world = sharded_checkpoint_world(dir);
+  DSV3_CHECK(world > 0, "checkpoint {} is not sharded", dir);
+  CheckpointData ck = load_checkpoint_shard(dir, 0, world);
+  for (int r = 1; r < world; ++r) {
+    CheckpointData o = load_checkpoint_shard(dir, r, world);
+    for (auto& [name, b] : o.tensors)
+      if (name.starts_with("param.") && !ck.tensors.count(name)) ck.tensors[name] = std::move(b);
+  }
+  return ck;
+}
+
+namespace {
+CheckpointData load_any_checkpoint(const std::string& dir) {
+  return sharded_checkpoint_world(dir) > 0 ? gather_sharded_checkpoint(dir) : load_checkpoint(dir);
+}
+}  // namespace
+
 int64_t export_checkpoint(const std::string& run_dir, int64_t step, const std::string& out,
                           DType dtype) {
   std::optional<CheckpointData> ck;
   if (step < 0) {
-    ck = load_latest_checkpoint(run_dir);
+    const std::vector<int64_t> steps = list_checkpoints(run_dir);
+    for (auto it = steps.rbegin(); it != steps.rend() && !ck; ++it) {
+      try {
+        ck = load_any_checkpoint(checkpoint_path(run_dir, *it));
+      } catch (const Error& e) {
+        log_warn(fmt::format("skipping checkpoint step {}: {}", *it, e.what()));
+      }
+    }
     DSV3_CHECK(ck, "no valid checkpoint in '{}'", checkpoints_dir(run_dir));
   } else {
     const std::string p = checkpoint_path(run_dir, step);
     DSV3_CHECK(fs::is_directory(p), "no checkpoint of step {}: '{}' does not exist", step, p);
-    ck = load_checkpoint(p);
+    ck = load_any_checkpoint(p);
   }
   export_hf(params_from_checkpoint(*ck), true, out, dtype,
             (fs::path(run_dir) / "tokenizer").string());

@@ -31,6 +31,10 @@ void restore_params(ParamStore& store, const CheckpointData& ck);
 // Rebuilds the parameter store of a checkpoint (meta "model_config" + "param.*" tensors).
 ParamStore params_from_checkpoint(const CheckpointData& ck);
 
+// A sharded checkpoint dir (a distributed run) in one process: rank 0's shard with the routed
+// experts of every other shard added, so "param.*" holds the whole model.
+CheckpointData gather_sharded_checkpoint(const std::string& dir);
+
 // `dsv3 export`: checkpoint `step` (< 0: the newest valid one) of run_dir to an HF dir.
 // Returns the step exported.
 int64_t export_checkpoint(const std::string& run_dir, int64_t step, const std::string& out,

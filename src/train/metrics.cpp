@@ -66,6 +66,9 @@ json to_json(const StepRecord& r) {
   put(j, "time_s", r.time_s);
   if (!r.max_vio.empty()) j["max_vio"] = r.max_vio;
   if (!r.expert_load.empty()) j["expert_load"] = r.expert_load;
+  put(j, "mem_bytes", r.mem_bytes);
+  put(j, "comm_wait_s", r.comm_wait_s);
+  if (r.dist.is_object()) j["dist"] = r.dist;
   return j;
 }
 

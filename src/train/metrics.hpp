@@ -34,6 +34,12 @@ struct StepRecord {
   double time_s = kNoValue;                      // wall time since the run started
   std::vector<double> max_vio;                   // [moe layer]
   std::vector<std::vector<double>> expert_load;  // [moe layer][expert] token counts or shares
+  // Bytes one rank holds: parameter and gradient arenas, optimizer state, saved activations (the
+  // largest rank's in a distributed run).
+  double mem_bytes = kNoValue;
+  double comm_wait_s = kNoValue;  // distributed: gradient reduction the backward did not hide
+  // Distributed: the layout and the expert dispatch volume of the step (docs/distributed.md).
+  nlohmann::json dist;
 };
 
 struct EvalRecord {

@@ -13,9 +13,17 @@
 
 namespace dsv3::train {
 
-ParamStore::ParamStore(const model::ModelConfig& c) : config_(c), layout_(c) {
+ParamStore::ParamStore(const model::ModelConfig& c, model::ExpertShard shard)
+    : config_(c), layout_(c, shard) {
   params_.assign(size_t(layout_.total()), 0.0f);
   grads_.assign(size_t(layout_.total()), 0.0f);
+}
+
+void ParamStore::pad_arenas(int64_t n) {
+  if (n > int64_t(params_.size())) {
+    params_.resize(size_t(n), 0.0f);
+    grads_.resize(size_t(n), 0.0f);
+  }
 }
 
 void ParamStore::zero_grad() {

@@ -30,7 +30,9 @@ enum class InitScheme {
 class ParamStore {
  public:
   ParamStore() = default;
-  explicit ParamStore(const model::ModelConfig& c);  // zero parameters and gradients
+  // Zero parameters and gradients; with an expert shard, only those routed experts (expert
+  // parallelism: one rank's arena).
+  explicit ParamStore(const model::ModelConfig& c, model::ExpertShard shard = {});
 
   // Reads config.json and every tensor of a checkpoint directory (F32, BF16, F16 or FP8
   // block-scaled, dequantized to FP32). MTP copies of the embedding/head missing from the
@@ -62,6 +64,11 @@ class ParamStore {
     return grads_.data() + layout_.get(name).offset;
   }
   void zero_grad();
+  // Grows both arenas to at least n elements (zeros past the layout: ZeRO-1's all-gather writes
+  // whole blocks).
+  void pad_arenas(int64_t n);
+  // Bytes of the parameter and gradient arenas.
+  int64_t arena_bytes() const { return int64_t((params_.size() + grads_.size()) * sizeof(float)); }
 
  private:
   model::ModelConfig config_;

@@ -40,6 +40,7 @@ void visit_fields(C& c, F&& f) {
   f("mtp_lambda", c.mtp_lambda);
   f("mtp_lambda_late", c.mtp_lambda_late);
   f("recompute", c.recompute);
+  f("precision", c.precision);
   f("checkpoint_every", c.checkpoint_every);
   f("keep_last", c.keep_last);
   f("eval_every", c.eval_every);
@@ -51,6 +52,11 @@ void visit_fields(C& c, F&& f) {
   f("sample_top_k", c.sample_top_k);
   f("export_dtype", c.export_dtype);
   f("progress_every", c.progress_every);
+  f("dp", c.dp);
+  f("ep", c.ep);
+  f("ranks_per_node", c.ranks_per_node);
+  f("max_nodes", c.max_nodes);
+  f("grad_overlap", c.grad_overlap);
 }
 
 // Assigns a JSON value to a field, naming the key and source on a type mismatch.
@@ -231,6 +237,8 @@ void TrainConfig::validate() const {
   DSV3_CHECK(grad_clip > 0, "{}: 'grad_clip' must be positive", w);
   DSV3_CHECK(moments == "bf16" || moments == "f32", "{}: 'moments' must be bf16 or f32, got '{}'",
              w, moments);
+  DSV3_CHECK(precision == "fp32" || precision == "bf16" || precision == "fp8",
+             "{}: 'precision' must be fp32, bf16 or fp8, got '{}'", w, precision);
   DSV3_CHECK(gamma >= 0 && alpha >= 0, "{}: 'gamma' and 'alpha' must be >= 0", w);
   DSV3_CHECK(mtp_lambda >= 0 && mtp_lambda_late >= 0, "{}: 'mtp_lambda*' must be >= 0", w);
   DSV3_CHECK(checkpoint_every >= 0 && eval_every >= 0, "{}: intervals must be >= 0", w);
@@ -252,6 +260,36 @@ void TrainConfig::validate() const {
                                    w, batch, seq_len, model::param_count(c)));
   DSV3_CHECK(!mtp || c.num_nextn_predict_layers >= 1,
              "{}: 'mtp' is on but the model has num_nextn_predict_layers = 0 (set mtp=false)", w);
+  DSV3_CHECK(dp >= 0 && ep >= 1 && ranks_per_node >= 0 && max_nodes >= 1,
+             "{}: 'dp' must be >= 0, 'ep' >= 1, 'ranks_per_node' >= 0, 'max_nodes' >= 1", w);
+  DSV3_CHECK(
+      ep == 1 || (c.n_routed_experts > 0 && c.n_routed_experts % ep == 0),
+      "{}: expert parallelism over ep = {} ranks needs the {} routed experts to split evenly "
+      "(n_routed_experts divisible by ep)",
+      w, ep, c.n_routed_experts);
+}
+
+void TrainConfig::validate_layout(int world) const {
+  const int64_t d = dp > 0 ? dp : world / ep;
+  DSV3_CHECK(d * ep == world,
+             "layout: dp {} x ep {} = {} ranks, but the job has {} (mpirun -np {}): give --dp and "
+             "--ep whose product is the number of ranks",
+             dp > 0 ? std::to_string(dp) : "(world/ep)", ep, d * ep, world, world);
+  DSV3_CHECK(batch % world == 0,
+             "layout: the global batch {} does not split over {} ranks (dp {} x ep {}): every rank "
+             "takes batch / (dp x ep) sequences; choose a batch divisible by {}",
+             batch, world, d, ep, world);
+  if (ranks_per_node > 0)
+    DSV3_CHECK(ep % ranks_per_node == 0,
+               "layout: {} expert-parallel ranks do not form whole nodes of ranks_per_node = {}",
+               ep, ranks_per_node);
+  const model::ModelConfig c = model_config(vocab_size);
+  if (ep > 1 && ranks_per_node > 0 && ep / ranks_per_node > max_nodes) {
+    const int64_t nodes = ep / ranks_per_node;
+    DSV3_CHECK(c.num_experts_per_tok <= max_nodes * (c.n_routed_experts / nodes),
+               "layout: {} experts per token do not fit in max_nodes = {} nodes of {} experts",
+               c.num_experts_per_tok, max_nodes, c.n_routed_experts / nodes);
+  }
 }
 
 model::ModelConfig TrainConfig::model_config(int64_t vocab) const {

@@ -52,6 +52,8 @@ struct TrainConfig {
   double mtp_lambda = 0.3;  // λ for the first 10/14.8 of the run
   double mtp_lambda_late = 0.1;  // λ afterwards
   bool recompute = false;
+  // Inputs of the linear layers' GEMMs (backend/cpu/linear_lowp.hpp): fp32 | bf16 | fp8.
+  std::string precision = "fp32";
 
   // Checkpoints, evaluation, samples, export.
   int64_t checkpoint_every = 250;  // and at the end; 0: only at the end
@@ -66,6 +68,14 @@ struct TrainConfig {
   std::string export_dtype = "bf16";  // bf16 | f32 | fp8
   int64_t progress_every = 10;        // progress line period when stderr is not a terminal
 
+  // Parallel layout under mpirun (docs/distributed.md): world size = dp · ep; the global batch is
+  // split over all ranks; ep ranks hold the routed experts in equal shares. dp 0: world / ep.
+  // Node-limited routing: ranks_per_node consecutive EP ranks form a node (0: one node), each
+  // token's experts on at most max_nodes nodes (DeepSeek-V3: 4).
+  int64_t dp = 0, ep = 1, ranks_per_node = 0, max_nodes = 4;
+  // Gradients reduced layer by layer during the backward (false: all after it; benchmarks).
+  bool grad_overlap = true;
+
   // The model: HF config.json keys; vocab_size is set from the tokenizer.
   nlohmann::json model;
 
@@ -78,6 +88,9 @@ struct TrainConfig {
   // Checks every value (and the model config, with vocab_size when not yet known); throws
   // dsv3::Error naming the key.
   void validate() const;
+  // The layout checks for a job of `world` ranks (dp · ep = world, experts split over ep, the
+  // batch over the ranks, nodes over ep); throws dsv3::Error saying what to change.
+  void validate_layout(int world) const;
 
   model::ModelConfig model_config(int64_t vocab) const;
   LrScheduleConfig lr_config() const;

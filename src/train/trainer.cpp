@@ -29,6 +29,7 @@ std::string run_record_path(const std::string& run_dir) {
 Trainer::Trainer(TrainConfig config, RunOptions run)
     : config_(std::move(config)), run_(std::move(run)) {
   config_.validate();
+  config_.validate_layout(run_.comm ? run_.comm->size() : 1);
   DSV3_CHECK(!run_.run_dir.empty(), "the run directory (--out) is empty");
   files_ = list_input_files(config_.data);
   if (!config_.tokenizer.empty()) {
@@ -44,6 +45,8 @@ Trainer::Trainer(TrainConfig config, RunOptions run)
              "checkpoint, or from the start when it has none) or start over with --overwrite (or "
              "another --out)",
              run_.run_dir, run_.run_dir);
+  // No rank writes before every rank has checked (a rank that failed ends the job).
+  if (run_.comm && run_.comm->size() > 1) run_.comm->barrier();
 }
 
 namespace {
@@ -78,8 +81,23 @@ nlohmann::json resume_record(const RunOptions& run, const std::optional<Checkpoi
 Trainer Trainer::resume(RunOptions run) {
   std::vector<std::string> warnings;
   DSV3_CHECK(fs::is_directory(run.run_dir), "--resume: '{}' is not a directory", run.run_dir);
-  auto lock = std::make_unique<RunDirLock>(run.run_dir);
-  auto ck = load_latest_checkpoint(run.run_dir, &warnings);
+  const int world = run.comm ? run.comm->size() : 1;
+  std::unique_ptr<RunDirLock> lock;
+  if (!run.comm || run.comm->rank() == 0) lock = std::make_unique<RunDirLock>(run.run_dir);
+  // A checkpoint sharded over another number of ranks (or none) cannot be resumed here.
+  const std::vector<int64_t> steps = list_checkpoints(run.run_dir);
+  if (!steps.empty()) {
+    const int ck_world = sharded_checkpoint_world(checkpoint_path(run.run_dir, steps.back()));
+    DSV3_CHECK(std::max(ck_world, 1) == world,
+               "--resume: the newest checkpoint of '{}' was written by {}; this job has {} "
+               "rank(s): resume with {}",
+               run.run_dir,
+               ck_world > 0 ? fmt::format("{} ranks", ck_world) : std::string("one process"), world,
+               ck_world > 0 ? fmt::format("mpirun -np {} dsv3 train --resume", ck_world)
+                            : std::string("dsv3 train --resume (no mpirun)"));
+  }
+  auto ck = world > 1 ? load_latest_checkpoint_sharded(run.run_dir, *run.comm, &warnings)
+                      : load_latest_checkpoint(run.run_dir, &warnings);
   std::string where;
   const nlohmann::json rec = resume_record(run, ck, &where, &warnings);
   DSV3_CHECK(
@@ -199,22 +217,37 @@ void setup_model(TrainerState& s, const TrainConfig& cfg, const RunOptions& run,
   DSV3_CHECK(s.mc.vocab_size == s.tk->vocab_size(),
              "{}/tokenizer has {} tokens but the checkpoint's model has a vocabulary of {}",
              run.run_dir, s.tk->vocab_size(), s.mc.vocab_size);
-  s.store = std::make_unique<ParamStore>(s.mc);
+  // Distributed: this rank's arena (the replicated parameters and its routed experts; each tensor
+  // is seeded by its name, so every rank's init equals one process's).
+  s.store = std::make_unique<ParamStore>(s.mc, s.shard);
   s.store->init_random(cfg.seed);
+  setup_parallel_model(s, cfg);
   s.model =
       std::make_unique<TrainModel>(s.mc, s.store->layout(), s.store->params(), s.store->grads());
-  s.opt = std::make_unique<AdamW>(s.store->size(), cfg.adamw_config(),
-                                  adamw_ranges(s.store->layout(), true));
+  if (!s.distributed())
+    s.opt = std::make_unique<AdamW>(s.store->size(), cfg.adamw_config(),
+                                    adamw_ranges(s.store->layout(), true));
   s.sampler = std::make_unique<BatchSampler>(std::span<const int32_t>(s.data.train.tokens),
                                              cfg.batch, cfg.seq_len, cfg.seed);
   s.total = cfg.steps;
   s.lr = std::make_unique<LrSchedule>(cfg.lr_config(), s.total);
   s.rng = Rng(cfg.seed ^ 0x5a4d504c45ull);
   if (resume_from) restore_state(s, *resume_from);
-  s.metrics = std::make_unique<MetricsWriter>((fs::path(run.run_dir) / "metrics.jsonl").string(),
-                                              resume_from ? s.step : -1);
+  if (s.lead())
+    s.metrics = std::make_unique<MetricsWriter>((fs::path(run.run_dir) / "metrics.jsonl").string(),
+                                                resume_from ? s.step : -1);
   s.flops_per_token = train_flops_per_token(s.mc, cfg.seq_len, cfg.mtp);
   s.peak = measure_fp32_fma_peak(s.threads);
+  if (!run.quiet && s.distributed())
+    log_info(
+        fmt::format("dsv3 train: {} ranks (dp {} x ep {}{}), {} per rank: {:.1f} MiB of "
+                    "parameters, gradients and optimizer state",
+                    s.ranks, s.dp, s.ep,
+                    s.node_limit.active() ? fmt::format(", tokens on at most {} of {} nodes",
+                                                        s.node_limit.max_nodes, s.node_limit.nodes)
+                                          : std::string(),
+                    local_rows(s, cfg.batch).second - local_rows(s, cfg.batch).first,
+                    double(state_bytes(s)) / (1 << 20)));
   if (!run.quiet)
     log_info(fmt::format(
         "dsv3 train: {} parameters, vocab {}, {} train / {} val tokens ({} docs), {} threads, "
@@ -235,10 +268,11 @@ void begin_metrics(TrainerState& s, const TrainConfig& cfg, const RunOptions& ru
   rr.extra = {{"train_config", cfg.to_json()},  {"model_config", s.mc.to_json()},
               {"threads", s.threads},           {"mfu_peak", s.peak.name},
               {"mfu_peak_flops", s.peak.flops}, {"train_flops_per_token", s.flops_per_token}};
-  s.metrics->write(rr);
+  if (s.distributed()) rr.extra["layout"] = layout_json(s);
+  if (s.metrics) s.metrics->write(rr);
   EvalRecord e0 = evaluate(s, cfg);
   s.last_val = e0.val_loss;
-  s.metrics->write(e0);
+  if (s.metrics) s.metrics->write(e0);
 }
 
 double mean(const std::vector<double>& v) {
@@ -273,7 +307,7 @@ void after_step(TrainerState& s, const TrainConfig& cfg, const RunOptions& run,
   if (last || (cfg.eval_every > 0 && s.step % cfg.eval_every == 0)) {
     EvalRecord e = evaluate(s, cfg);
     s.last_val = e.val_loss;
-    s.metrics->write(e);
+    if (s.metrics) s.metrics->write(e);
     say(fmt::format("step {}: val loss {:.4f} (ppl {:.1f})", s.step, e.val_loss, e.ppl));
     s.result.val_loss = e.val_loss;
     s.result.val_ppl = e.ppl;
@@ -282,7 +316,7 @@ void after_step(TrainerState& s, const TrainConfig& cfg, const RunOptions& run,
   if (last || (sp > 0 && s.step % sp == 0)) {
     s.result.samples = make_samples(s, cfg);
     for (const auto& smp : s.result.samples) {
-      s.metrics->write(smp);
+      if (s.metrics) s.metrics->write(smp);
       say(fmt::format("  sample: {}", smp.text));
     }
   }
@@ -295,7 +329,11 @@ void after_step(TrainerState& s, const TrainConfig& cfg, const RunOptions& run,
 void finish_run(TrainerState& s, const TrainConfig& cfg, const RunOptions& run) {
   if (s.progress) s.progress->finish();
   s.result.final_dir = (fs::path(run.run_dir) / "final").string();
-  export_hf(*s.store, true, s.result.final_dir, cfg.export_type(), s.tokenizer_dir);
+  s.result.finished = true;
+  // Distributed: rank 0 gathers the whole model and writes the export and the report.
+  const std::unique_ptr<ParamStore> full = gather_full_store(s);
+  if (!s.lead()) return;
+  export_hf(full ? *full : *s.store, true, s.result.final_dir, cfg.export_type(), s.tokenizer_dir);
   try {
     write_report(run.run_dir);
   } catch (const Error& e) {
@@ -314,16 +352,32 @@ TrainResult Trainer::run() {
   const bool resuming = resume_from_.has_value();
   s.threads = config_.threads > 0 ? config_.threads : num_threads();
   set_num_threads(s.threads);
-  for (const auto& w : warnings_) log_warn(w);
+  // Distributed: rank 0 alone prints and writes the run's files; the others wait for what it
+  // prepares (run dir, tokenizer, token cache) and then read it.
+  setup_parallel(s, config_, run_.comm);
+  RunOptions run = run_;
+  if (!s.lead()) run.quiet = true;
+  auto barrier = [&] {
+    if (s.distributed()) s.world->barrier();
+  };
+  if (s.lead())
+    for (const auto& w : warnings_) log_warn(w);
 
-  fs::create_directories(run_.run_dir);
-  if (!lock_) lock_ = std::make_unique<RunDirLock>(run_.run_dir);
-  prepare_run_dir(s, config_, run_, resuming);
-  setup_tokenizer(s, config_, run_, files_, resuming);
-  setup_data(s, config_, run_);
-  setup_model(s, config_, run_, resuming ? &*resume_from_ : nullptr);
-  if (!resuming) begin_metrics(s, config_, run_);
-  if (!run_.quiet)
+  if (s.lead()) {
+    fs::create_directories(run.run_dir);
+    if (!lock_) lock_ = std::make_unique<RunDirLock>(run.run_dir);
+    prepare_run_dir(s, config_, run, resuming);
+    setup_tokenizer(s, config_, run, files_, resuming);
+    setup_data(s, config_, run);
+  }
+  barrier();
+  if (!s.lead()) {
+    setup_tokenizer(s, config_, run, files_, true);
+    setup_data(s, config_, run);
+  }
+  setup_model(s, config_, run, resuming ? &*resume_from_ : nullptr);
+  if (!resuming) begin_metrics(s, config_, run);
+  if (!run.quiet)
     s.progress = std::make_unique<ProgressLine>(s.total, s.step, config_.progress_every);
 
   std::vector<int32_t> buf(size_t(config_.batch * (config_.seq_len + 1)));
@@ -332,11 +386,12 @@ TrainResult Trainer::run() {
   while (s.step < s.total) {
     StepRecord rec = train_step(s, config_, buf);
     rec.time_s = elapsed();
-    s.metrics->write(rec);
-    after_step(s, config_, run_, rec, elapsed());
-    if (run_.stop_after >= 0 && s.step >= run_.stop_after && s.step < s.total) break;
+    if (s.metrics) s.metrics->write(rec);
+    after_step(s, config_, run, rec, elapsed());
+    if (run.stop_after >= 0 && s.step >= run.stop_after && s.step < s.total) break;
   }
-  if (s.step == s.total) finish_run(s, config_, run_);
+  if (s.step == s.total) finish_run(s, config_, run);
+  barrier();
   s.result.step = s.step;
   s.result.wall_s = seconds_since(t_start);
   return s.result;

@@ -17,6 +17,7 @@
 #include <string>
 #include <vector>
 
+#include "dist/comm.hpp"
 #include "train/checkpoint.hpp"
 #include "train/metrics.hpp"
 #include "train/params.hpp"
@@ -35,6 +36,9 @@ struct RunOptions {
   int threads = -1;         // on resume: >= 1 overrides the recorded count (losses may differ)
   bool quiet = false;       // no progress line, tokenizer or tokenization bars
   std::string name = "balanced";  // run name in metrics.jsonl and the report
+  // The job's communicator (mpirun: every rank runs the Trainer with the same options; rank 0
+  // alone prints and writes the run's files). Null or one rank: one process.
+  dist::Comm* comm = nullptr;
 };
 
 struct TrainResult {

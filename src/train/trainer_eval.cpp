@@ -12,16 +12,26 @@ namespace dsv3::train {
 EvalRecord evaluate(TrainerState& s, const TrainConfig& cfg) {
   const int64_t T = cfg.seq_len, W = T + 1;
   const auto& v = s.data.val.tokens;
-  const int64_t nseq = std::min<int64_t>(cfg.eval_batches * cfg.batch, (int64_t(v.size()) - 1) / T);
+  int64_t nseq = std::min<int64_t>(cfg.eval_batches * cfg.batch, (int64_t(v.size()) - 1) / T);
+  // Distributed: every chunk of the stretch split evenly over the ranks (a whole number of
+  // sequences each; the batch divides by the ranks, so only the stretch's end is trimmed).
+  const int64_t P = s.ranks;
+  nseq -= nseq % P;
+  DSV3_CHECK(nseq >= P,
+             "the validation split holds {} windows of seq_len + 1 tokens, fewer than "
+             "the {} ranks: use a larger val_fraction",
+             nseq, P);
   TrainOptions o = step_options(cfg, s.step, s.total);
   o.balance_alpha = 0;
+  parallel_options(s, o);
   double main = 0, mtp = 0;
   bool has_mtp = false;
   std::vector<int32_t> buf;
   for (int64_t b0 = 0; b0 < nseq; b0 += cfg.batch) {
-    const int64_t B = std::min(cfg.batch, nseq - b0);
+    const int64_t B = std::min(cfg.batch, nseq - b0) / P, first = b0 + s.rank * B;
     buf.resize(size_t(B * W));
-    for (int64_t i = 0; i < B; ++i) std::copy_n(v.begin() + (b0 + i) * T, W, buf.begin() + i * W);
+    for (int64_t i = 0; i < B; ++i)
+      std::copy_n(v.begin() + (first + i) * T, W, buf.begin() + i * W);
     StepStats st;
     s.model->forward_loss(buf.data(), B, W, o, &st);
     main += st.main_loss * double(B);
@@ -29,6 +39,12 @@ EvalRecord evaluate(TrainerState& s, const TrainConfig& cfg) {
       has_mtp = true;
       mtp += st.mtp_loss[0] * double(B);
     }
+  }
+  if (s.distributed()) {
+    double sums[2] = {main, mtp};
+    s.world->all_reduce(sums, 2, DType::F64, dist::ReduceOp::Sum);
+    main = sums[0];
+    mtp = sums[1];
   }
   EvalRecord r;
   r.step = s.step;
@@ -43,7 +59,11 @@ EvalRecord evaluate(TrainerState& s, const TrainConfig& cfg) {
 std::vector<SampleRecord> make_samples(TrainerState& s, const TrainConfig& cfg) {
   std::vector<SampleRecord> out;
   if (cfg.sample_prompts.empty() || cfg.sample_tokens == 0) return out;
-  auto m = model::Model::view(s.mc, s.store->layout(), s.store->params(), false);
+  // Distributed: rank 0 samples from the whole model, gathered from the expert shards.
+  const std::unique_ptr<ParamStore> full = gather_full_store(s);
+  if (!s.lead()) return out;
+  const ParamStore& store = full ? *full : *s.store;
+  auto m = model::Model::view(s.mc, store.layout(), store.params(), false);
   for (const auto& prompt : cfg.sample_prompts) {
     const uint64_t seed = s.rng.next_u64();
     auto ids = s.tk->encode(prompt, true);

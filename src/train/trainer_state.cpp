@@ -32,7 +32,7 @@ void save_state(TrainerState& s, const TrainConfig& cfg, const RunOptions& run, 
   ck.step = s.step;
   for (const auto& e : s.store->entries())
     ck.tensors["param." + e.name] = Blob::of(DType::F32, e.shape, s.store->params() + e.offset);
-  for (const auto& t : s.opt->state_tensors("optimizer."))
+  for (const auto& t : (s.zopt ? s.zopt->shard() : *s.opt).state_tensors("optimizer."))
     ck.tensors[t.name] = Blob::of(t.dtype, t.shape, t.data);
   const auto sa = s.sampler->state().to_array();
   ck.tensors["sampler.state"] = Blob::i64({sa.begin(), sa.end()});
@@ -49,15 +49,28 @@ void save_state(TrainerState& s, const TrainConfig& cfg, const RunOptions& run, 
              {"total_steps", s.total},
              {"tokenizer_hash", tokenizer_json_hash(s.tokenizer_dir)},
              {"elapsed_s", elapsed}};
+  if (s.distributed()) {
+    ck.meta["layout"] = layout_json(s);
+    ck.meta["rank"] = s.rank;
+    save_checkpoint_sharded(run.run_dir, ck, *s.world, layout_json(s), cfg.keep_last);
+    return;
+  }
   save_checkpoint(run.run_dir, ck, cfg.keep_last);
 }
 
 void restore_state(TrainerState& s, const CheckpointData& ck) {
+  if (s.distributed()) {
+    const nlohmann::json want = layout_json(s);
+    DSV3_CHECK(ck.meta.contains("layout") && ck.meta["layout"] == want,
+               "checkpoint step {} was written with layout {}, this job is {}: resume it with the "
+               "same mpirun -np and --dp/--ep/--ranks-per-node",
+               ck.step, ck.meta.value("layout", nlohmann::json()).dump(), want.dump());
+  }
   restore_params(*s.store, ck);
   std::vector<StateTensor> st;
   for (const auto& [name, b] : ck.tensors)
     if (name.starts_with("optimizer.")) st.push_back({name, b.dtype, b.shape, b.bytes.data()});
-  s.opt->load_state_tensors(st, "optimizer.");
+  (s.zopt ? s.zopt->shard() : *s.opt).load_state_tensors(st, "optimizer.");
   s.sampler->set_state(SamplerState::from_array(find_blob(ck, "sampler.state").to_i64("sampler")));
   const auto r = find_blob(ck, "rng.state").to_i64("rng");
   DSV3_CHECK(r.size() == 4, "checkpoint step {}: rng.state must hold 4 values", ck.step);

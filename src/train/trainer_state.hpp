@@ -13,6 +13,9 @@
 #include "core/clock.hpp"
 #include "core/fma_peak.hpp"
 #include "core/rng.hpp"
+#include "dist/comm.hpp"
+#include "dist/expert_dispatch.hpp"
+#include "dist/grad_sync.hpp"
 #include "model/config.hpp"
 #include "tokenizer/tokenizer.hpp"
 #include "train/checkpoint.hpp"
@@ -25,6 +28,7 @@
 #include "train/progress.hpp"
 #include "train/train_config.hpp"
 #include "train/trainer.hpp"
+#include "train/zero.hpp"
 
 namespace dsv3::train {
 
@@ -50,7 +54,42 @@ struct TrainerState {
   double last_val = kNoValue;
   TrainResult result;
   Clock::time_point t0;
+
+  // Distributed (trainer_dist.cpp, docs/distributed.md). World rank = dp_rank · ep + ep_rank;
+  // the ep_comm ranks share the data-parallel index and split the experts, the dp_comm ranks
+  // hold the same experts. One process: world null, every size 1.
+  dist::Comm* world = nullptr;
+  std::unique_ptr<dist::Comm> dp_comm, ep_comm;
+  int rank = 0, ranks = 1, dp = 1, ep = 1, dp_rank = 0, ep_rank = 0;
+  model::ExpertShard shard;
+  model::NodeLimit node_limit;
+  std::vector<std::pair<int64_t, int64_t>> expert_ranges;  // routed experts in the local arena
+  std::unique_ptr<dist::GradSync> sync;
+  std::unique_ptr<ShardedAdamW> zopt;  // ZeRO-1 over dp_comm (distributed runs; else opt)
+  dist::DispatchStats dispatch;
+  bool distributed() const { return ranks > 1; }
+  bool lead() const { return rank == 0; }  // writes files, prints
 };
+
+// ---- trainer_dist.cpp ----
+// The groups, the expert shard and the node limit of a job of world->size() ranks (the layout
+// is validated already).
+void setup_parallel(TrainerState& s, const TrainConfig& cfg, dist::Comm* world);
+// After the store exists: padding for ZeRO-1, the sharded optimizer, the gradient sync.
+void setup_parallel_model(TrainerState& s, const TrainConfig& cfg);
+// Rows [b, e) of the global batch this rank trains on.
+std::pair<int64_t, int64_t> local_rows(const TrainerState& s, int64_t batch);
+// The global gradient norm (replicated parts once, every expert once) and clipping.
+float clip_global(TrainerState& s, float max_norm);
+// Global mean losses and summed expert loads into st (collective).
+void reduce_step_stats(TrainerState& s, StepStats& st);
+// Rank 0 receives every parameter into a full store (the others send their experts and get
+// null); one process: null (the store is full). Collective.
+std::unique_ptr<ParamStore> gather_full_store(TrainerState& s);
+// The "layout" of the metrics and checkpoints.
+nlohmann::json layout_json(const TrainerState& s);
+// Per-rank bytes: parameter and gradient arenas plus optimizer state.
+int64_t state_bytes(const TrainerState& s);
 
 // Hex hash of DIR/tokenizer.json: ties token caches and checkpoints to their tokenizer.
 std::string tokenizer_json_hash(const std::string& dir);
@@ -64,6 +103,10 @@ std::vector<int> moe_layers(const model::ModelConfig& c, bool mtp);
 // AdamW ranges from the parameter table: decay per params.hpp, the routing bias and (with tied
 // MTP embeddings) the unused MTP copies of the embedding and head are not updated.
 std::vector<ParamRange> adamw_ranges(const ParamLayout& layout, bool tie_mtp);
+
+// The expert-parallel group and node limit of a distributed run into o (forward and backward
+// alike: the EP ranks run every MoE layer together).
+void parallel_options(const TrainerState& s, TrainOptions& o);
 
 // One optimizer step on the sampler's next batch: forward/backward, clipping, AdamW, bias update.
 StepRecord train_step(TrainerState& s, const TrainConfig& cfg, std::vector<int32_t>& buf);

@@ -25,6 +25,7 @@ TrainOptions step_options(const TrainConfig& cfg, int64_t step, int64_t total) {
     o.mtp_lambda = MtpLambdaSchedule{cfg.mtp_lambda, cfg.mtp_lambda_late}.at(step, total);
   o.tie_mtp_embeddings = true;
   o.recompute = cfg.recompute;
+  o.precision = cpu::parse_precision(cfg.precision);
   o.balance_alpha = cfg.alpha;
   return o;
 }
@@ -50,15 +51,38 @@ std::vector<ParamRange> adamw_ranges(const ParamLayout& layout, bool tie_mtp) {
   return r;
 }
 
+void parallel_options(const TrainerState& s, TrainOptions& o) {
+  if (!s.distributed() || s.ep == 1) return;
+  o.ep = s.ep_comm.get();
+  o.node_limit = s.node_limit;
+}
+
 StepRecord train_step(TrainerState& s, const TrainConfig& cfg, std::vector<int32_t>& buf) {
   const auto t0 = Clock::now();
   const int64_t B = cfg.batch, W = cfg.seq_len + 1;
   s.sampler->next(buf.data());
   s.store->zero_grad();
   StepStats st;
-  s.model->forward_backward(buf.data(), B, W, step_options(cfg, s.step, s.total), &st);
-  const float norm =
-      clip_grad_norm(s.store->grads(), size_t(s.store->size()), float(cfg.grad_clip));
+  TrainOptions o = step_options(cfg, s.step, s.total);
+  // Distributed: this rank's rows of the global batch, experts over the EP group, gradients
+  // reduced while the backward runs.
+  const auto [r0, r1] = local_rows(s, B);
+  double comm_wait = kNoValue;
+  if (s.distributed()) {
+    parallel_options(s, o);
+    s.dispatch.reset();
+    if (o.ep) o.dispatch = &s.dispatch;
+    s.sync->begin_step();
+    if (cfg.grad_overlap) o.grads_ready = [&s](int64_t b, int64_t e) { s.sync->ready(b, e); };
+  }
+  s.model->forward_backward(buf.data() + r0 * W, r1 - r0, W, o, &st);
+  if (s.distributed()) {
+    comm_wait = s.sync->finish();
+    reduce_step_stats(s, st);
+  }
+  const float norm = s.distributed() ? clip_global(s, float(cfg.grad_clip))
+                                     : clip_grad_norm(s.store->grads(), size_t(s.store->size()),
+                                                      float(cfg.grad_clip));
   // A non-finite loss or gradient stops the run before anything of the step is applied or
   // written: the weights, metrics.jsonl and the last checkpoint stay as they were.
   const bool mtp_finite = std::all_of(st.mtp_loss.begin(), st.mtp_loss.end(),
@@ -70,7 +94,10 @@ StepRecord train_step(TrainerState& s, const TrainConfig& cfg, std::vector<int32
              s.step + 1, std::isfinite(st.main_loss) && mtp_finite ? "gradient" : "loss",
              st.main_loss, st.mtp_loss.empty() ? kNoValue : st.mtp_loss[0], norm);
   const double lr = s.lr->lr(s.step);
-  s.opt->step(s.store->params(), s.store->grads(), float(lr));
+  if (s.zopt)
+    s.zopt->step(s.store->params(), s.store->grads(), float(lr));
+  else
+    s.opt->step(s.store->params(), s.store->grads(), float(lr));
   const double gamma = cfg.balance ? BiasSpeedSchedule{cfg.gamma}.at(s.step, s.total) : 0.0;
   StepRecord rec;
   for (size_t r = 0; r < st.moe_layer.size(); ++r) {
@@ -90,6 +117,35 @@ StepRecord train_step(TrainerState& s, const TrainConfig& cfg, std::vector<int32
   rec.tokens_per_s = double(B * cfg.seq_len) / dt;
   rec.mfu = s.peak.flops > 0 ? s.flops_per_token * rec.tokens_per_s / s.peak.flops : kNoValue;
   rec.grad_norm = norm;
+  double mem = double(state_bytes(s) + int64_t(st.activation_bytes));
+  if (s.distributed()) {
+    s.world->all_reduce(&mem, 1, DType::F64, dist::ReduceOp::Max);
+    rec.comm_wait_s = comm_wait;
+    rec.dist = {
+        {"layout", layout_json(s)},
+        {"grad_sync", {{"bytes", s.sync->bytes_per_step()}, {"exposed_wait_s", comm_wait}}}};
+    if (o.ep) {
+      const dist::DispatchStats& d = s.dispatch;
+      std::vector<int64_t> v = d.rows_to;
+      v.resize(size_t(s.ep), 0);
+      v.push_back(d.tokens);
+      v.push_back(d.remote_bytes);
+      v.push_back(d.cross_node_bytes);
+      double a2a_s = d.seconds;
+      s.world->all_reduce(&a2a_s, 1, DType::F64, dist::ReduceOp::Max);
+      s.world->all_reduce(v.data(), int64_t(v.size()), DType::I64, dist::ReduceOp::Sum);
+      const int64_t cross = v.back(), remote = v[v.size() - 2], tokens = v[v.size() - 3];
+      v.resize(size_t(s.ep));
+      rec.dist["dispatch"] = {
+          {"rows_to_rank", v},
+          {"tokens", tokens},
+          {"bytes", remote},
+          {"cross_node_bytes", cross},
+          {"bytes_per_token", double(remote) / double(B * cfg.seq_len)},
+          {"cross_node_bytes_per_token", double(cross) / double(B * cfg.seq_len)}};
+    }
+  }
+  rec.mem_bytes = mem;
   return rec;
 }
 

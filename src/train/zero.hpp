@@ -34,6 +34,7 @@ class ShardedAdamW {
   void step(float* params, const float* grads, float lr);
 
   const AdamW& shard() const { return opt_; }
+  AdamW& shard() { return opt_; }  // its state tensors (checkpoints)
 
  private:
   dist::Comm& comm_;

@@ -466,3 +466,47 @@ TEST(Cli, TrainTokenizerWritesALoadableTokenizer) {
 
 }  // namespace
 }  // namespace dsv3::tok
+
+namespace dsv3::tok {
+namespace {
+
+// A wrong type anywhere in tokenizer.json or tokenizer_config.json names the file and the JSON
+// pointer of the value (issue: raw "[json.exception.type_error.302] type must be string" before).
+TEST(TokenizerJson, TypeErrorsNameTheFileAndTheKey) {
+  DSV3_REQUIRE_DEEPSEEK_V3();
+  const auto good = test::read_json(test::deepseek_v3_dir() + "/tokenizer.json");
+  const std::string config = io::read_file(test::deepseek_v3_dir() + "/tokenizer_config.json");
+  const auto dir = std::filesystem::temp_directory_path() / "dsv3_test_tokenizer_json_errors";
+  std::filesystem::create_directories(dir);
+  const std::string file = (dir / "tokenizer.json").string();
+  auto expect_error = [&](const nlohmann::json& tok, const std::string& cfg,
+                          const std::string& pointer) {
+    io::atomic_write(file, tok.dump());
+    io::atomic_write((dir / "tokenizer_config.json").string(), cfg);
+    try {
+      Tokenizer::load(dir.string());
+      ADD_FAILURE() << "no error for a wrong type at " << pointer;
+    } catch (const Error& e) {
+      const std::string msg = e.what();
+      EXPECT_NE(msg.find(file), std::string::npos) << msg;
+      EXPECT_NE(msg.find("at " + pointer + ":"), std::string::npos) << msg;
+      EXPECT_EQ(msg.find("[json.exception"), std::string::npos) << msg;
+    }
+  };
+  auto j = good;
+  j["model"]["merges"][7] = 5;
+  expect_error(j, config, "/model/merges/7");
+  j = good;
+  j["added_tokens"][2]["content"] = 7;
+  expect_error(j, config, "/added_tokens/2/content");
+  j = good;
+  j["decoder"]["type"] = nullptr;
+  expect_error(j, config, "/decoder/type");
+  auto c = nlohmann::json::parse(config);
+  c["add_bos_token"] = "yes";
+  expect_error(good, c.dump(), "/add_bos_token");
+  std::filesystem::remove_all(dir);
+}
+
+}  // namespace
+}  // namespace dsv3::tok

@@ -9,6 +9,7 @@
 #include "command.hpp"
 #include "core/error.hpp"
 #include "core/log.hpp"
+#include "dist/comm.hpp"
 #include "io/file.hpp"
 #include "options.hpp"
 #include "train/trainer.hpp"
@@ -16,10 +17,11 @@
 namespace {
 
 struct TrainArgs {
-  std::string config, options, out, resume, tokenizer, name;
+  std::string config, options, out, resume, tokenizer, name, precision;
   std::vector<std::string> set, data;
   int64_t steps = -1, checkpoint_every = -1;
   int64_t seed = -1;
+  int64_t dp = -1, ep = -1, ranks_per_node = -1, max_nodes = -1;
   int threads = -1;
   bool no_balance = false, overwrite = false, quiet = false;
 };
@@ -41,21 +43,25 @@ void print_result(const dsv3::train::TrainResult& r, const std::string& run_dir)
     std::printf("model: %s\nreport: %s/report.html\n", r.final_dir.c_str(), run_dir.c_str());
 }
 
-void run_train(const TrainArgs& a) {
+void finish(dsv3::train::Trainer& t, const dsv3::train::RunOptions& run, dsv3::dist::Comm* comm);
+
+void run_train(const TrainArgs& a, dsv3::dist::Comm* comm) {
   using namespace dsv3;
   train::RunOptions run;
   run.quiet = a.quiet;
+  run.comm = comm;
   if (!a.resume.empty()) {
     DSV3_CHECK(a.config.empty() && a.options.empty() && a.set.empty() && a.data.empty() &&
                    a.out.empty() && a.tokenizer.empty() && a.seed < 0 && a.checkpoint_every < 0 &&
-                   !a.no_balance && !a.overwrite,
+                   a.precision.empty() && !a.no_balance && !a.overwrite && a.dp < 0 &&
+                   a.ep < 0 && a.ranks_per_node < 0 && a.max_nodes < 0,
                "--resume continues a run with its recorded options: only --steps, --threads and "
                "--quiet may be given with it");
     run.run_dir = a.resume;
     run.steps = a.steps;
     run.threads = a.threads >= 0 ? dsv3::cli::cap_threads(a.threads) : a.threads;
     auto t = train::Trainer::resume(run);
-    print_result(t.run(), run.run_dir);
+    finish(t, run, comm);
     return;
   }
   train::TrainConfig cfg;
@@ -74,13 +80,32 @@ void run_train(const TrainArgs& a) {
   if (a.checkpoint_every >= 0) cfg.checkpoint_every = a.checkpoint_every;
   if (a.threads >= 0) cfg.threads = dsv3::cli::cap_threads(a.threads);
   if (a.no_balance) cfg.balance = false;
+  if (a.dp >= 0) cfg.dp = a.dp;
+  if (a.ep >= 0) cfg.ep = a.ep;
+  if (a.ranks_per_node >= 0) cfg.ranks_per_node = a.ranks_per_node;
+  if (a.max_nodes >= 0) cfg.max_nodes = a.max_nodes;
+  if (!a.precision.empty()) cfg.precision = a.precision;
   for (const auto& kv : a.set) cfg.set(kv);
   // The default run dir is scratch space: running `dsv3 train` again starts it over.
   run.run_dir = a.out.empty() ? "runs/default" : a.out;
   run.overwrite = a.overwrite || a.out.empty();
   run.name = !a.name.empty() ? a.name : cfg.balance ? "balanced" : "no balancing";
   train::Trainer t(cfg, run);  // checks options, inputs and the run dir before any work
-  print_result(t.run(), run.run_dir);
+  finish(t, run, comm);
+}
+
+// Runs the job; only rank 0 prints. An error past the start on one rank of a distributed job
+// ends the whole job (the other ranks would wait for it in a collective).
+void finish(dsv3::train::Trainer& t, const dsv3::train::RunOptions& run, dsv3::dist::Comm* comm) {
+  const bool distributed = comm && comm->size() > 1;
+  try {
+    const auto r = t.run();
+    if (!comm || comm->rank() == 0) print_result(r, run.run_dir);
+  } catch (const std::exception& e) {
+    if (!distributed) throw;
+    std::fprintf(stderr, "dsv3: rank %d: error: %s\n", comm->rank(), e.what());
+    dsv3::dist::abort_job(1);
+  }
 }
 
 void setup(CLI::App& app) {
@@ -105,10 +130,30 @@ void setup(CLI::App& app) {
   sub->add_option("--resume", a->resume, "continue RUN_DIR from its newest valid checkpoint");
   sub->add_option("--tokenizer", a->tokenizer, "dir with tokenizer.json (default: train one)");
   sub->add_option("--name", a->name, "run name shown in the report");
+  sub->add_option("--precision", a->precision,
+                  "inputs of the linear layers' GEMMs: fp32 | bf16 | fp8 (DeepSeek-V3 FP8 recipe)");
   sub->add_flag("--no-balance", a->no_balance, "no auxiliary-loss-free balancing (γ = 0)");
   sub->add_flag("--overwrite", a->overwrite, "start --out over if it already holds a run");
   sub->add_flag("--quiet", a->quiet, "no progress output");
-  sub->callback([a] { run_train(*a); });
+  add_int_option(sub, "--dp", a->dp, 1, 1 << 20,
+                 "data-parallel degree under mpirun (default: ranks / ep)");
+  add_int_option(sub, "--ep", a->ep, 1, 1 << 20,
+                 "expert-parallel degree: the routed experts split over this many ranks");
+  add_int_option(sub, "--ranks-per-node", a->ranks_per_node, 0, 1 << 20,
+                 "EP ranks per node for node-limited routing (0: one node)");
+  add_int_option(sub, "--max-nodes", a->max_nodes, 1, 1 << 20,
+                 "node-limited routing: experts of a token on at most this many nodes (V3: 4)");
+  sub->callback([a] {
+    // Under mpirun every rank runs this; the refusals before any work (options, layout) are the
+    // same on every rank, so only rank 0 reports them and the others exit quietly.
+    auto comm = dsv3::dist::make_world_comm();
+    try {
+      run_train(*a, comm.get());
+    } catch (const dsv3::Error&) {
+      if (comm->rank() != 0) throw CLI::RuntimeError(1);
+      throw;
+    }
+  });
 }
 
 }  // namespace

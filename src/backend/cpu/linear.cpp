@@ -30,6 +30,7 @@
 
 #include "backend/cpu/gemv.hpp"
 #include "backend/cpu/gemv_fp8.hpp"
+#include "backend/cpu/linear_lowp.hpp"
 #include "core/error.hpp"
 #include "core/parallel.hpp"
 #include "core/profile.hpp"
@@ -245,6 +246,10 @@ void tiled_forward(float* y, const float* x, const void* xb, int64_t M, const We
 }  // namespace
 
 void linear_forward(float* y, const float* x, int64_t M, const LinearWeight& w, bool accumulate) {
+  if (w.lowp()) {
+    lowp_forward(y, x, M, *w.lowp(), accumulate);
+    return;
+  }
   const LinearWeight::Impl* im = w.impl();
   DSV3_CHECK(im, "linear_forward: empty LinearWeight");
   const WeightView& v = w.view();
@@ -317,12 +322,27 @@ void linear_forward(double* y, const double* x, int64_t M, const DenseWeight<dou
 
 void linear_backward_input(float* dx, const float* dy, int64_t M, const LinearWeight& w,
                            bool accumulate) {
+  if (w.lowp()) {
+    lowp_backward_input(dx, dy, M, *w.lowp(), accumulate);
+    return;
+  }
   const WeightView& v = w.view();
   DSV3_CHECK(v.dtype == DType::F32,
              "linear backward: weight [{}, {}] is stored as {}; training needs F32 weights", v.rows,
              v.cols, dtype_name(v.dtype));
   gemm(false, false, M, v.cols, v.rows, 1.0f, dy, v.rows, static_cast<const float*>(v.data), v.cols,
        accumulate ? 1.0f : 0.0f, dx, v.cols);
+}
+
+void linear_backward_weight(float* dW, const float* dy, const float* x, int64_t M, int64_t in,
+                            int64_t out) {
+  if (M == 0) return;
+  const Precision p = wgrad_precision();
+  if (p != Precision::F32) {
+    lowp_backward_weight(dW, dy, x, M, in, out, p);
+    return;
+  }
+  gemm(true, false, out, in, M, 1.0f, dy, out, x, in, 1.0f, dW, in);
 }
 
 void linear_backward_input(double* dx, const double* dy, int64_t M, const DenseWeight<double>& w,

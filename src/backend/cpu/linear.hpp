@@ -16,6 +16,7 @@
 namespace dsv3::cpu {
 
 enum class Compute { F32, BF16 };
+class LowpWeight;  // linear_lowp.hpp
 
 // A weight as stored (not owned): [rows=out, cols=in], row-major.
 struct WeightView {
@@ -46,7 +47,13 @@ class LinearWeight {
   struct Impl;
   Impl* impl() const { return impl_.get(); }
 
+  // Training in BF16/FP8 (linear_lowp.hpp): linear_forward and linear_backward_input run on
+  // these low-precision copies of the (F32) weight while set; null: the weight as viewed.
+  void set_lowp(const LowpWeight* w) { lowp_ = w; }
+  const LowpWeight* lowp() const { return lowp_; }
+
  private:
+  const LowpWeight* lowp_ = nullptr;
   WeightView view_;
   Compute compute_ = Compute::F32;
   std::unique_ptr<Impl> impl_;
@@ -104,11 +111,14 @@ void linear_backward_input(float* dx, const float* dy, int64_t M, const LinearWe
 void linear_backward_input(double* dx, const double* dy, int64_t M, const DenseWeight<double>& w,
                            bool accumulate = false);
 
-// dW[out, in] += dy[M, out]ᵀ · x[M, in]. Reads the saved input x.
-template <typename S>
-void linear_backward_weight(S* dW, const S* dy, const S* x, int64_t M, int64_t in, int64_t out) {
+// dW[out, in] += dy[M, out]ᵀ · x[M, in]. Reads the saved input x. The float one runs in the
+// precision of the enclosing WgradPrecision scope (linear_lowp.hpp), FP32 outside any.
+void linear_backward_weight(float* dW, const float* dy, const float* x, int64_t M, int64_t in,
+                            int64_t out);
+inline void linear_backward_weight(double* dW, const double* dy, const double* x, int64_t M,
+                                   int64_t in, int64_t out) {
   if (M == 0) return;
-  gemm(true, false, out, in, M, S(1), dy, out, x, in, S(1), dW, in);
+  gemm(true, false, out, in, M, 1.0, dy, out, x, in, 1.0, dW, in);
 }
 
 }  // namespace dsv3::cpu

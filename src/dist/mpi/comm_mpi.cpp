@@ -143,6 +143,18 @@ class MpiComm : public Comm {
     static MpiSession session;
     MPI_Comm_rank(MPI_COMM_WORLD, &rank_);
     MPI_Comm_size(MPI_COMM_WORLD, &size_);
+    world_rank_ = rank_;
+  }
+  // A split of another communicator (owned: freed with this one unless MPI is finalized).
+  MpiComm(MPI_Comm c, int world_rank) : comm_(c), world_rank_(world_rank), owned_(true) {
+    MPI_Comm_set_errhandler(comm_, MPI_ERRORS_RETURN);
+    MPI_Comm_rank(comm_, &rank_);
+    MPI_Comm_size(comm_, &size_);
+  }
+  ~MpiComm() override {
+    int finalized = 0;
+    MPI_Finalized(&finalized);
+    if (owned_ && !finalized) MPI_Comm_free(&comm_);
   }
   int rank() const override { return rank_; }
   int size() const override { return size_; }
@@ -150,13 +162,19 @@ class MpiComm : public Comm {
 
   void barrier() override {
     auto r = start("barrier");
-    check(MPI_Ibarrier(MPI_COMM_WORLD, r->handle()), "barrier");
+    check(MPI_Ibarrier(comm_, r->handle()), "barrier");
     r->wait();
+  }
+  std::unique_ptr<Comm> split(int color, int key) override {
+    DSV3_CHECK(color >= 0, "split: color {} must be >= 0", color);
+    MPI_Comm c = MPI_COMM_NULL;
+    check(MPI_Comm_split(comm_, color, key, &c), "split");
+    return std::make_unique<MpiComm>(c, world_rank_);
   }
   RequestPtr iall_reduce(void* buf, int64_t n, DType t, ReduceOp op) override {
     auto r = start("all_reduce");
     check(MPI_Iallreduce(MPI_IN_PLACE, buf, count(n, "all_reduce"), mpi_type(t),
-                         mpi_op(op, t, "all_reduce"), MPI_COMM_WORLD, r->handle()),
+                         mpi_op(op, t, "all_reduce"), comm_, r->handle()),
           "all_reduce");
     return r;
   }
@@ -165,7 +183,7 @@ class MpiComm : public Comm {
     auto r = start("reduce_scatter");
     count(n * size_, "reduce_scatter");
     check(MPI_Ireduce_scatter_block(send, recv, count(n, "reduce_scatter"), mpi_type(t),
-                                    mpi_op(op, t, "reduce_scatter"), MPI_COMM_WORLD, r->handle()),
+                                    mpi_op(op, t, "reduce_scatter"), comm_, r->handle()),
           "reduce_scatter");
     return r;
   }
@@ -176,7 +194,7 @@ class MpiComm : public Comm {
     const bool in_place =
         send == static_cast<const uint8_t*>(recv) + size_t(n) * rank_ * dtype_size(t);
     check(MPI_Iallgather(in_place ? MPI_IN_PLACE : send, count(n, "all_gather"), mpi_type(t), recv,
-                         int(n), mpi_type(t), MPI_COMM_WORLD, r->handle()),
+                         int(n), mpi_type(t), comm_, r->handle()),
           "all_gather");
     return r;
   }
@@ -193,34 +211,43 @@ class MpiComm : public Comm {
       rc[i] = count(recv_counts[i], "all_to_all_v");
       rd[i] = count(recv_displs[i], "all_to_all_v");
     }
-    check(MPI_Ialltoallv(send, sc, sd, mpi_type(t), recv, rc, rd, mpi_type(t), MPI_COMM_WORLD,
-                         r->handle()),
+    check(MPI_Ialltoallv(send, sc, sd, mpi_type(t), recv, rc, rd, mpi_type(t), comm_, r->handle()),
           "all_to_all_v");
     return r;
   }
   RequestPtr isend(const void* buf, int64_t n, DType t, int dst, int tag) override {
     DSV3_CHECK(dst >= 0 && dst < size_, "send to rank {} of {}", dst, size_);
     auto r = start("send");
-    check(MPI_Isend(buf, count(n, "send"), mpi_type(t), dst, tag, MPI_COMM_WORLD, r->handle()),
-          "send");
+    check(MPI_Isend(buf, count(n, "send"), mpi_type(t), dst, tag, comm_, r->handle()), "send");
     return r;
   }
   RequestPtr irecv(void* buf, int64_t n, DType t, int src, int tag) override {
     DSV3_CHECK(src >= 0 && src < size_, "recv from rank {} of {}", src, size_);
     auto r = start("recv");
-    check(MPI_Irecv(buf, count(n, "recv"), mpi_type(t), src, tag, MPI_COMM_WORLD, r->handle()),
-          "recv");
+    check(MPI_Irecv(buf, count(n, "recv"), mpi_type(t), src, tag, comm_, r->handle()), "recv");
     return r;
   }
 
  private:
   std::unique_ptr<MpiRequest> start(const char* what) {
-    return std::make_unique<MpiRequest>(what, rank_);
+    return std::make_unique<MpiRequest>(what, world_rank_);
   }
-  int rank_ = 0, size_ = 1;
+  MPI_Comm comm_ = MPI_COMM_WORLD;
+  int rank_ = 0, size_ = 1, world_rank_ = 0;
+  bool owned_ = false;
 };
 
 }  // namespace
+
+void abort_job(int code) {
+  int inited = 0, finalized = 0;
+  MPI_Initialized(&inited);
+  MPI_Finalized(&finalized);
+  std::fflush(stdout);
+  std::fflush(stderr);
+  if (inited && !finalized) MPI_Abort(MPI_COMM_WORLD, code);
+  std::_Exit(code);
+}
 
 std::unique_ptr<Comm> make_mpi_comm() {
   return std::make_unique<MpiComm>();

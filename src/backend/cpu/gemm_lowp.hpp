@@ -1,0 +1,51 @@
+// The low-precision GEMM of training: C[M, N] (+)= Σ_k A[m, k]·B[n, k] with BF16 operands (both
+// K-contiguous, "NT"), FP32 accumulation, on AVX512-BF16 (vdpbf16ps: two BF16 products per FP32
+// lane and instruction, twice the FP32 FMA rate).
+//
+// Without scales (BF16 training) the whole K accumulates in FP32 registers.
+// With scales (the FP8 recipe, DeepSeek-V3 report §3.3): the operands hold E4M3 values (exact in
+// BF16, and so is the product of two of them in FP32), sa [M, Kc] and sb [N, Kc] are the scales of
+// each 128-long K chunk of a row of A and of B (Kc = ceil(K / 128)). Each chunk's partial sums
+// are accumulated in FP32 registers of their own, then multiplied by sa·sb and added to the FP32
+// accumulators: the report's promotion of partial results at an interval of 128 along K, here
+// with full FP32 accumulation inside a chunk too.
+//
+// gemm_fp8_emulated is the plain reference of the same product with the H800 tensor core's
+// limited accumulation emulated: products of a chunk are added into an accumulator that keeps
+// only `acc_bits` significant bits (truncated after every addition), promoted into FP32 every
+// `interval` K (0: never, the whole K in the limited accumulator).
+#pragma once
+#include <cstdint>
+
+namespace dsv3::cpu {
+
+// An operand of M (or N) rows over K, in one of two layouts:
+//   rows   uint16 [rows, ld]: BF16, K contiguous, padded by zeros to an even count ≤ ld (even);
+//   pairs  uint32 [ceil(K/2), ld] with ld ≥ rows: element (r, kp) holds the BF16 pair of
+//          K = 2kp and 2kp + 1 (zero past K) — what interleaving consecutive rows of a [K, rows]
+//          matrix gives, so a Wgrad operand (tokens × channels) needs no transpose.
+struct LowpOperand {
+  const void* data = nullptr;
+  int64_t ld = 0;
+  bool pairs = false;
+};
+
+// C[M, N] (+)= Σ_k A(m, k)·B(n, k); scales as gemm_lowp_nt.
+void gemm_lowp(float* C, int64_t ldc, int64_t M, int64_t N, int64_t K, const LowpOperand& A,
+               const LowpOperand& B, const float* sa, const float* sb, bool accumulate);
+
+// A [M, lda], B [N, ldb]: BF16 with K padded by zeros to an even count ≤ lda, ldb (lda, ldb even);
+// sa, sb: both null, or both set (scaled). C [M, ldc] FP32. Thread-safe; runs on the calling
+// thread alone inside a parallel region.
+void gemm_lowp_nt(float* C, int64_t ldc, int64_t M, int64_t N, int64_t K, const uint16_t* A,
+                  int64_t lda, const uint16_t* B, int64_t ldb, const float* sa, const float* sb,
+                  bool accumulate);
+
+// Plain loops: C[M, N] = Σ_chunks sa·sb·(chunk's sum of A·B) with A [M, K], B [N, K] the E4M3
+// values as floats and sa [M, Kc], sb [N, Kc]. acc_bits 0: plain FP32 accumulation; else a
+// truncating accumulator of acc_bits significant bits. interval: promotion interval along K (a
+// multiple of 128), 0 for none.
+void gemm_fp8_emulated(float* C, int64_t M, int64_t N, int64_t K, const float* A, const float* sa,
+                       const float* B, const float* sb, int64_t interval, int acc_bits);
+
+}  // namespace dsv3::cpu

@@ -1,0 +1,77 @@
+// Mixed-precision training of the linear layers (DeepSeek-V3 report §3.3): the three GEMMs of a
+// linear layer y = x·Wᵀ — Fprop (y), Dgrad (dx = dy·W) and Wgrad (dW += dyᵀ·x) — with
+// low-precision inputs and FP32 accumulation, on FP32 master weights and FP32 gradients.
+//
+//   F32   every product in FP32 (oneDNN sgemm): the reference.
+//   BF16  inputs rounded to BF16 (nearest even), FP32 accumulation (gemm_lowp.hpp).
+//   FP8   inputs quantized to E4M3 as the report does: activations and activation gradients per
+//         1×128 tile (per token, per 128 channels), weights per 128×128 block, and the Wgrad
+//         operands dyᵀ and xᵀ per 128×1 tile along the tokens (their K axis); scales from the
+//         tile's max-abs; FP32 accumulation with promotion every 128 along K.
+//
+// Which layers: every linear layer of the decoder and the MTP modules (attention projections,
+// dense and expert MLPs, eh_proj). Kept in FP32, as in the report: embedding, output heads,
+// MoE router (gating), norms, attention's core (scores, softmax, P·V), the optimizer.
+//
+// A LowpWeight holds one weight's low-precision copies (W as rows for Fprop, as K pairs for Dgrad,
+// with their scales in FP8), refreshed from the FP32 master weight before each step; a LinearWeight
+// points at it (LinearWeight::set_lowp) and linear_forward / linear_backward_input then run through
+// it. The Wgrad GEMM (linear_backward_weight) has no weight argument: it takes the precision of the
+// WgradPrecision scope that the training step holds (process-wide; the expert GEMMs run on
+// OpenMP worker threads), F32 outside any scope. The head and the router compute their weight
+// gradients with cpu::gemm, so they stay FP32.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace dsv3::cpu {
+
+enum class Precision { F32, BF16, FP8 };
+const char* precision_name(Precision p);          // "fp32" | "bf16" | "fp8"
+Precision parse_precision(const std::string& s);  // throws dsv3::Error on anything else
+
+class LowpWeight {
+ public:
+  // Converts the FP32 weight w [rows=out, cols=in] for precision p (BF16 or FP8).
+  void refresh(const float* w, int64_t rows, int64_t cols, Precision p);
+  Precision precision() const { return p_; }
+  int64_t rows() const { return rows_; }
+  int64_t cols() const { return cols_; }
+  size_t bytes() const;
+
+  // Operands (quant_train.hpp layouts): w [rows, pad(cols)] for Fprop; wp, W in the pairs
+  // layout [ceil(rows/2), cols] for Dgrad (K = out). FP8 scales per row of the operand and
+  // 128-chunk of K: sw [rows, tiles(cols)], swt [cols, tiles(rows)]; sblock the 128×128 blocks'.
+  std::vector<uint16_t> w;
+  std::vector<uint32_t> wp;
+  std::vector<float> sw, swt, sblock;
+
+ private:
+  Precision p_ = Precision::F32;
+  int64_t rows_ = 0, cols_ = 0;
+};
+
+// y[M, out] (+)= x[M, in]·Wᵀ.
+void lowp_forward(float* y, const float* x, int64_t M, const LowpWeight& w, bool accumulate);
+// dx[M, in] (+)= dy[M, out]·W.
+void lowp_backward_input(float* dx, const float* dy, int64_t M, const LowpWeight& w,
+                         bool accumulate);
+// dW[out, in] += dy[M, out]ᵀ·x[M, in] in precision p (BF16 or FP8).
+void lowp_backward_weight(float* dW, const float* dy, const float* x, int64_t M, int64_t in,
+                          int64_t out, Precision p);
+
+// The precision of linear_backward_weight(float) while a scope lives (see the file comment).
+Precision wgrad_precision();
+class WgradPrecision {
+ public:
+  explicit WgradPrecision(Precision p);
+  ~WgradPrecision();
+  WgradPrecision(const WgradPrecision&) = delete;
+  WgradPrecision& operator=(const WgradPrecision&) = delete;
+
+ private:
+  Precision prev_;
+};
+
+}  // namespace dsv3::cpu

@@ -1,0 +1,404 @@
+// Op tests for the mixed-precision training kernels (backend/cpu/quant_train.hpp, gemm_lowp.hpp,
+// linear_lowp.hpp). References are independent plain code: core/dtype's scalar E4M3 codec,
+// core/quant's FP8 block and activation quantizers (codes + scales), a nearest-value search over
+// the E5M6 value set, and double-precision loops on the dequantized operands. Seeds are fixed and
+// printed.
+//
+// GEMM bounds: the operands are exactly representable (BF16, or E4M3 values) and every product
+// is exact in FP32, so the kernels differ from the double reference by FP32 summation only:
+// |err| ≤ 1e-5 · Σ|terms| for the K ≤ 600 used here.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <vector>
+
+#include "backend/cpu/gemm_lowp.hpp"
+#include "backend/cpu/linear.hpp"
+#include "backend/cpu/linear_lowp.hpp"
+#include "backend/cpu/quant_train.hpp"
+#include "core/dtype.hpp"
+#include "core/quant.hpp"
+#include "core/rng.hpp"
+
+namespace dsv3::cpu {
+namespace {
+
+bool same(float a, float b) {
+  return (std::isnan(a) && std::isnan(b)) || a == b;
+}
+
+// Values spanning E4M3's normal, subnormal and saturating ranges, signed zeros and specials.
+std::vector<float> probe_values(Rng& rng, size_t n) {
+  std::vector<float> v = {0.0f,    -0.0f,    448.0f,     -448.0f,    464.0f,  463.99f, 480.0f,
+                          1e6f,    -1e30f,   INFINITY,   -INFINITY,  NAN,     0x1p-6f, 0x1p-7f,
+                          0x1p-9f, 0x1p-10f, 0x1.8p-10f, 0x1.7fp-7f, 1.0625f, 1.1875f, 0x1p-20f};
+  while (v.size() < n) {
+    const double mag = std::ldexp(1.0, int(rng.below(30)) - 14);
+    v.push_back(float(rng.normal() * mag));
+  }
+  return v;
+}
+
+TEST(Lowp, E4M3RoundingBitExact) {
+  const uint64_t seed = 11;
+  std::printf("seed %llu\n", (unsigned long long)seed);
+  Rng rng(seed);
+  std::vector<float> x = probe_values(rng, 20000), y(x.size());
+  e4m3_round_n(y.data(), x.data(), int64_t(x.size()));
+  for (size_t i = 0; i < x.size(); ++i) {
+    const float ref = std::isfinite(x[i]) ? fp8_e4m3_to_f32(f32_to_fp8_e4m3(x[i])) : NAN;
+    ASSERT_TRUE(same(y[i], ref)) << "x=" << x[i] << " got " << y[i] << " want " << ref;
+    ASSERT_TRUE(same(e4m3_round(x[i]), ref));
+    if (ref == 0) ASSERT_EQ(std::signbit(y[i]), std::signbit(x[i])) << x[i];
+  }
+  EXPECT_EQ(e4m3_round(1e6f), 448.0f);  // saturation, not NaN
+  EXPECT_EQ(e4m3_round(-500.0f), -448.0f);
+}
+
+// A [rows, cols] matrix with a zero tile, a NaN tile member, an Inf and tiny values.
+std::vector<float> test_matrix(Rng& rng, int64_t rows, int64_t cols) {
+  std::vector<float> x(size_t(rows * cols));
+  for (auto& v : x) v = float(rng.normal() * std::ldexp(1.0, int(rng.below(12)) - 6));
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = 0; c < std::min<int64_t>(cols, 128); ++c)
+      if (r == 1) x[size_t(r * cols + c)] = 0.0f;  // an all-zero 1×128 tile
+  if (rows > 2 && cols > 5) {
+    x[size_t(2 * cols + 3)] = NAN;
+    x[size_t(2 * cols + 5)] = INFINITY;
+    x[size_t(2 * cols + 4)] = 1e-30f;
+  }
+  return x;
+}
+
+TEST(Lowp, Fp8RowsMatchActQuantize) {
+  const uint64_t seed = 12;
+  std::printf("seed %llu\n", (unsigned long long)seed);
+  Rng rng(seed);
+  for (auto [rows, cols] : {std::pair<int64_t, int64_t>{5, 300}, {3, 128}, {7, 17}, {4, 257}}) {
+    const auto x = test_matrix(rng, rows, cols);
+    const int64_t ld = lowp_pad_k(cols) + 2, tiles = quant_tiles(cols);
+    std::vector<uint16_t> q(size_t(rows * ld), 0xffff);
+    std::vector<float> s(size_t(rows * tiles)), rs(s.size());
+    std::vector<uint8_t> codes(x.size());
+    fp8_rows(q.data(), ld, s.data(), x.data(), cols, rows, cols);
+    fp8_act_quantize(codes.data(), rs.data(), x.data(), rows, cols);
+    for (size_t i = 0; i < s.size(); ++i) ASSERT_EQ(s[i], rs[i]) << "tile " << i;
+    for (int64_t r = 0; r < rows; ++r) {
+      for (int64_t c = 0; c < cols; ++c)
+        ASSERT_TRUE(
+            same(bf16_to_f32(q[size_t(r * ld + c)]), fp8_e4m3_to_f32(codes[size_t(r * cols + c)])))
+            << rows << "x" << cols << " at " << r << "," << c;
+      for (int64_t c = cols; c < ld; ++c) ASSERT_EQ(q[size_t(r * ld + c)], 0);
+    }
+    if (rows > 1) EXPECT_EQ(s[size_t(1 * tiles)], 1.0f);  // the zero tile
+  }
+}
+
+// Element (r, c) of a [rows, cols] matrix stored in the pairs layout.
+float pair_at(const std::vector<uint32_t>& p, int64_t ldp, int64_t r, int64_t c) {
+  return bf16_to_f32(uint16_t(p[size_t((r / 2) * ldp + c)] >> (16 * (r & 1))));
+}
+
+TEST(Lowp, Fp8PairsMatchTransposedActQuantize) {
+  const uint64_t seed = 13;
+  std::printf("seed %llu\n", (unsigned long long)seed);
+  Rng rng(seed);
+  for (auto [rows, cols] : {std::pair<int64_t, int64_t>{300, 5}, {129, 33}, {17, 7}}) {
+    const auto x = test_matrix(rng, rows, cols);
+    std::vector<float> xt(x.size());
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t c = 0; c < cols; ++c) xt[size_t(c * rows + r)] = x[size_t(r * cols + c)];
+    const int64_t ld = cols + 3, tiles = quant_tiles(rows);
+    std::vector<uint32_t> p(size_t((rows + 1) / 2 * ld));
+    std::vector<float> s(size_t(cols * tiles)), rs(s.size());
+    std::vector<uint8_t> codes(x.size());
+    fp8_pairs(p.data(), ld, s.data(), x.data(), cols, rows, cols);
+    fp8_act_quantize(codes.data(), rs.data(), xt.data(), cols, rows);
+    for (size_t i = 0; i < s.size(); ++i) ASSERT_EQ(s[i], rs[i]) << "tile " << i;
+    for (int64_t c = 0; c < cols; ++c) {
+      for (int64_t r = 0; r < rows; ++r)
+        ASSERT_TRUE(same(pair_at(p, ld, r, c), fp8_e4m3_to_f32(codes[size_t(c * rows + r)])));
+      if (rows % 2) ASSERT_EQ(pair_at(p, ld, rows, c), 0.0f);  // the padding half
+    }
+    // BF16 pairs of the same matrix.
+    bf16_pairs(p.data(), ld, x.data(), cols, rows, cols);
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t c = 0; c < cols; ++c)
+        ASSERT_TRUE(same(pair_at(p, ld, r, c), bf16_to_f32(f32_to_bf16(x[size_t(r * cols + c)]))));
+  }
+}
+
+TEST(Lowp, Fp8BlocksMatchBlockQuantize) {
+  const uint64_t seed = 14;
+  std::printf("seed %llu\n", (unsigned long long)seed);
+  Rng rng(seed);
+  for (auto [rows, cols] : {std::pair<int64_t, int64_t>{200, 300}, {129, 7}, {3, 130}}) {
+    const auto w = test_matrix(rng, rows, cols);
+    const int64_t ld = lowp_pad_k(cols);
+    std::vector<uint16_t> q(size_t(rows * ld));
+    std::vector<uint32_t> p(size_t((rows + 1) / 2 * cols));
+    const size_t nb = size_t(quant_tiles(rows) * quant_tiles(cols));
+    std::vector<float> s(nb), rs(nb);
+    std::vector<uint8_t> codes(w.size());
+    fp8_blocks(q.data(), ld, p.data(), cols, s.data(), w.data(), rows, cols);
+    fp8_block_quantize(codes.data(), rs.data(), w.data(), rows, cols);
+    for (size_t i = 0; i < nb; ++i) ASSERT_EQ(s[i], rs[i]) << "block " << i;
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t c = 0; c < cols; ++c) {
+        const float ref = fp8_e4m3_to_f32(codes[size_t(r * cols + c)]);
+        ASSERT_TRUE(same(bf16_to_f32(q[size_t(r * ld + c)]), ref));
+        ASSERT_TRUE(same(pair_at(p, cols, r, c), ref));
+      }
+  }
+}
+
+TEST(Lowp, E5M6NearestWithPowerOfTwoScales) {
+  // The E5M6 value set: halves whose 4 low mantissa bits are zero, finite.
+  std::vector<float> set;
+  for (uint32_t h = 0; h < 0x7c00; h += 16) set.push_back(f16_to_f32(uint16_t(h)));
+  const uint64_t seed = 15;
+  std::printf("seed %llu\n", (unsigned long long)seed);
+  Rng rng(seed);
+  for (int i = 0; i < 20000; ++i) {
+    const float v = float(rng.normal() * std::ldexp(1.0, int(rng.below(40)) - 24));
+    const uint16_t h = e5m6_encode(v);
+    ASSERT_EQ(h & 0xf, 0) << v;
+    const float q = e5m6_decode(h), a = std::fabs(v);
+    auto it = std::lower_bound(set.begin(), set.end(), a);
+    const float hi = it == set.end() ? set.back() : *it, lo = it == set.begin() ? 0.0f : *(it - 1);
+    const float best = std::min(std::fabs(a - lo), std::fabs(hi - a));
+    ASSERT_LE(std::fabs(std::fabs(q) - a), best) << v;
+    if (q != 0) ASSERT_EQ(std::signbit(q), std::signbit(v));
+  }
+  EXPECT_EQ(e5m6_decode(e5m6_encode(1e9f)), 65024.0f);
+  EXPECT_TRUE(std::isnan(e5m6_decode(e5m6_encode(NAN))));
+  // Tiles: power-of-two scales, relative error ≤ 2^-7 on normal values.
+  const int64_t rows = 3, cols = 200;
+  auto x = test_matrix(rng, rows, cols);
+  std::vector<uint16_t> h(x.size());
+  std::vector<float> s(size_t(rows * quant_tiles(cols))), y(x.size());
+  e5m6_rows(h.data(), s.data(), x.data(), rows, cols);
+  e5m6_rows_decode(y.data(), h.data(), s.data(), rows, cols);
+  for (float sc : s) {
+    int e;
+    ASSERT_EQ(std::frexp(sc, &e), 0.5f) << sc;
+  }
+  for (size_t i = 0; i < x.size(); ++i) {
+    if (!std::isfinite(x[i])) {
+      EXPECT_TRUE(std::isnan(y[i]));
+      continue;
+    }
+    EXPECT_LE(std::fabs(y[i] - x[i]), std::ldexp(std::fabs(x[i]), -7) + 1e-30) << i;
+  }
+}
+
+// Double reference of C = Σ_chunks sa·sb·Σ A·B on BF16 operands [*, ld].
+double ref_dot(const uint16_t* a, const uint16_t* b, int64_t K, const float* sa, const float* sb,
+               double* mag) {
+  double t = 0, m = 0;
+  for (int64_t k = 0; k < K; ++k) {
+    const int64_t c = k / kQuantTile;
+    double p = double(bf16_to_f32(a[k])) * double(bf16_to_f32(b[k]));
+    if (sa) p *= double(sa[c]) * double(sb[c]);
+    t += p;
+    m += std::fabs(p);
+  }
+  *mag = m;
+  return t;
+}
+
+TEST(Lowp, GemmMatchesReferenceOddShapes) {
+  const uint64_t seed = 16;
+  std::printf("seed %llu\n", (unsigned long long)seed);
+  Rng rng(seed);
+  for (bool scaled : {false, true})
+    for (auto [M, N, K] : {std::tuple<int64_t, int64_t, int64_t>{1, 1, 1},
+                           {7, 33, 129},
+                           {13, 70, 300},
+                           {100, 40, 600},
+                           {37, 97, 256},
+                           {9, 5, 2}})
+      for (bool acc : {false, true}) {
+        const int64_t ld = lowp_pad_k(K), Kc = quant_tiles(K);
+        std::vector<float> xa(size_t(M * K)), xb(size_t(N * K));
+        for (auto& v : xa) v = float(rng.normal());
+        for (auto& v : xb) v = float(rng.normal());
+        std::vector<uint16_t> a(size_t(M * ld)), b(size_t(N * ld));
+        std::vector<float> sa(size_t(M * Kc)), sb(size_t(N * Kc));
+        if (scaled) {
+          fp8_rows(a.data(), ld, sa.data(), xa.data(), K, M, K);
+          fp8_rows(b.data(), ld, sb.data(), xb.data(), K, N, K);
+        } else {
+          bf16_rows(a.data(), ld, xa.data(), K, M, K);
+          bf16_rows(b.data(), ld, xb.data(), K, N, K);
+        }
+        std::vector<float> C(size_t(M * N)), C0(C.size());
+        for (auto& v : C0) v = float(rng.normal());
+        C = C0;
+        gemm_lowp_nt(C.data(), N, M, N, K, a.data(), ld, b.data(), ld, scaled ? sa.data() : nullptr,
+                     scaled ? sb.data() : nullptr, acc);
+        for (int64_t m = 0; m < M; ++m)
+          for (int64_t n = 0; n < N; ++n) {
+            double mag;
+            double r = ref_dot(a.data() + m * ld, b.data() + n * ld, K,
+                               scaled ? sa.data() + m * Kc : nullptr,
+                               scaled ? sb.data() + n * Kc : nullptr, &mag);
+            if (acc) {
+              r += C0[size_t(m * N + n)];
+              mag += std::fabs(C0[size_t(m * N + n)]);
+            }
+            ASSERT_NEAR(C[size_t(m * N + n)], r, 1e-5 * mag + 1e-30)
+                << (scaled ? "fp8 " : "bf16 ") << M << "x" << N << "x" << K << " at " << m << ","
+                << n;
+          }
+      }
+}
+
+TEST(Lowp, EmulatedAccumulationMatchesKernelWhenExact) {
+  const uint64_t seed = 17;
+  std::printf("seed %llu\n", (unsigned long long)seed);
+  Rng rng(seed);
+  const int64_t M = 4, N = 6, K = 384, Kc = 3;
+  std::vector<float> xa(size_t(M * K)), xb(size_t(N * K)), sa(size_t(M * Kc)), sb(size_t(N * Kc));
+  for (auto& v : xa) v = float(rng.normal());
+  for (auto& v : xb) v = float(rng.normal());
+  std::vector<uint16_t> a(size_t(M * K)), b(size_t(N * K));
+  fp8_rows(a.data(), K, sa.data(), xa.data(), K, M, K);
+  fp8_rows(b.data(), K, sb.data(), xb.data(), K, N, K);
+  std::vector<float> fa(a.size()), fb(b.size());
+  for (size_t i = 0; i < a.size(); ++i) fa[i] = bf16_to_f32(a[i]);
+  for (size_t i = 0; i < b.size(); ++i) fb[i] = bf16_to_f32(b[i]);
+  std::vector<float> C(size_t(M * N)), E(C.size()), L(C.size());
+  gemm_lowp_nt(C.data(), N, M, N, K, a.data(), K, b.data(), K, sa.data(), sb.data(), false);
+  gemm_fp8_emulated(E.data(), M, N, K, fa.data(), sa.data(), fb.data(), sb.data(), 128, 0);
+  gemm_fp8_emulated(L.data(), M, N, K, fa.data(), sa.data(), fb.data(), sb.data(), 0, 8);
+  double diff_exact = 0, diff_limited = 0, mag = 0;
+  for (size_t i = 0; i < C.size(); ++i) {
+    mag += std::fabs(C[i]);
+    diff_exact += std::fabs(C[i] - E[i]);
+    diff_limited += std::fabs(C[i] - L[i]);
+  }
+  EXPECT_LE(diff_exact, 1e-5 * mag);
+  EXPECT_GT(diff_limited, diff_exact);  // an 8-bit accumulator does lose precision
+}
+
+// The three GEMMs of a linear layer against double loops on the dequantized operands.
+TEST(Lowp, LinearFpropDgradWgrad) {
+  const uint64_t seed = 18;
+  std::printf("seed %llu\n", (unsigned long long)seed);
+  Rng rng(seed);
+  for (Precision p : {Precision::BF16, Precision::FP8})
+    for (auto [M, out, in] :
+         {std::tuple<int64_t, int64_t, int64_t>{67, 45, 200}, {130, 129, 33}, {3, 8, 5}}) {
+      std::vector<float> W(size_t(out * in)), x(size_t(M * in)), dy(size_t(M * out));
+      for (auto& v : W) v = float(0.05 * rng.normal());
+      for (auto& v : x) v = float(rng.normal());
+      for (auto& v : dy) v = float(1e-3 * rng.normal());
+      LowpWeight lw;
+      lw.refresh(W.data(), out, in, p);
+      // Dequantized operands, by the plain references.
+      auto deq_rows = [&](const std::vector<float>& v, int64_t rows, int64_t cols) {
+        std::vector<float> d(v.size());
+        if (p == Precision::BF16) {
+          for (size_t i = 0; i < v.size(); ++i) d[i] = bf16_to_f32(f32_to_bf16(v[i]));
+          return d;
+        }
+        std::vector<uint8_t> c(v.size());
+        std::vector<float> s(size_t(rows * quant_tiles(cols)));
+        fp8_act_quantize(c.data(), s.data(), v.data(), rows, cols);
+        for (int64_t r = 0; r < rows; ++r)
+          for (int64_t k = 0; k < cols; ++k)
+            d[size_t(r * cols + k)] = fp8_e4m3_to_f32(c[size_t(r * cols + k)]) *
+                                      s[size_t(r * quant_tiles(cols) + k / 128)];
+        return d;
+      };
+      auto transpose = [](const std::vector<float>& v, int64_t rows, int64_t cols) {
+        std::vector<float> t(v.size());
+        for (int64_t r = 0; r < rows; ++r)
+          for (int64_t c = 0; c < cols; ++c) t[size_t(c * rows + r)] = v[size_t(r * cols + c)];
+        return t;
+      };
+      std::vector<float> Wd(W.size());
+      if (p == Precision::BF16) {
+        Wd = deq_rows(W, out, in);
+      } else {
+        std::vector<uint8_t> c(W.size());
+        std::vector<float> s(size_t(quant_tiles(out) * quant_tiles(in)));
+        fp8_block_quantize(c.data(), s.data(), W.data(), out, in);
+        fp8_block_dequantize(Wd.data(), c.data(), s.data(), out, in);
+      }
+      const auto xd = deq_rows(x, M, in), dyd = deq_rows(dy, M, out);
+      // Wgrad operands are tiled along the tokens: quantize the transposes per row.
+      const auto dyTd = deq_rows(transpose(dy, M, out), out, M);
+      const auto xTd = deq_rows(transpose(x, M, in), in, M);
+
+      std::vector<float> y(size_t(M * out)), dx(size_t(M * in)), dW(W.size(), 0.5f);
+      lowp_forward(y.data(), x.data(), M, lw, false);
+      lowp_backward_input(dx.data(), dy.data(), M, lw, false);
+      lowp_backward_weight(dW.data(), dy.data(), x.data(), M, in, out, p);
+      auto check = [&](const char* what, float got, double want, double mag) {
+        ASSERT_NEAR(got, want, 1e-5 * mag + 1e-30)
+            << what << " " << precision_name(p) << " " << M << "x" << out << "x" << in;
+      };
+      for (int64_t m = 0; m < M; ++m)
+        for (int64_t o = 0; o < out; ++o) {
+          double t = 0, g = 0;
+          for (int64_t i = 0; i < in; ++i) {
+            t += double(xd[size_t(m * in + i)]) * Wd[size_t(o * in + i)];
+            g += std::fabs(double(xd[size_t(m * in + i)]) * Wd[size_t(o * in + i)]);
+          }
+          check("fprop", y[size_t(m * out + o)], t, g);
+        }
+      for (int64_t m = 0; m < M; ++m)
+        for (int64_t i = 0; i < in; ++i) {
+          double t = 0, g = 0;
+          for (int64_t o = 0; o < out; ++o) {
+            t += double(dyd[size_t(m * out + o)]) * Wd[size_t(o * in + i)];
+            g += std::fabs(double(dyd[size_t(m * out + o)]) * Wd[size_t(o * in + i)]);
+          }
+          check("dgrad", dx[size_t(m * in + i)], t, g);
+        }
+      for (int64_t o = 0; o < out; ++o)
+        for (int64_t i = 0; i < in; ++i) {
+          double t = 0.5, g = 0.5;
+          for (int64_t m = 0; m < M; ++m) {
+            t += double(dyTd[size_t(o * M + m)]) * xTd[size_t(i * M + m)];
+            g += std::fabs(double(dyTd[size_t(o * M + m)]) * xTd[size_t(i * M + m)]);
+          }
+          check("wgrad", dW[size_t(o * in + i)], t, g);
+        }
+    }
+}
+
+// Through LinearWeight: the lowp copy takes over forward and backward_input; the scope selects
+// the Wgrad precision; without either the FP32 path runs.
+TEST(Lowp, LinearWeightDispatch) {
+  const int64_t M = 20, out = 16, in = 24;
+  Rng rng(19);
+  std::vector<float> W(size_t(out * in)), x(size_t(M * in)), y(size_t(M * out)), y32(y.size());
+  for (auto& v : W) v = float(rng.normal());
+  for (auto& v : x) v = float(rng.normal() * 1.001);
+  LinearWeight lin({DType::F32, out, in, W.data(), nullptr}, Compute::F32);
+  linear_forward(y32.data(), x.data(), M, lin);
+  LowpWeight lw;
+  lw.refresh(W.data(), out, in, Precision::BF16);
+  lin.set_lowp(&lw);
+  linear_forward(y.data(), x.data(), M, lin);
+  std::vector<float> yl(y.size());
+  lowp_forward(yl.data(), x.data(), M, lw, false);
+  EXPECT_EQ(y, yl);
+  EXPECT_NE(y, y32);
+  EXPECT_EQ(wgrad_precision(), Precision::F32);
+  {
+    WgradPrecision scope(Precision::FP8);
+    EXPECT_EQ(wgrad_precision(), Precision::FP8);
+  }
+  EXPECT_EQ(wgrad_precision(), Precision::F32);
+  EXPECT_EQ(parse_precision("bf16"), Precision::BF16);
+  EXPECT_THROW(parse_precision("fp4"), std::exception);
+}
+
+}  // namespace
+}  // namespace dsv3::cpu
