@@ -156,7 +156,7 @@ void moe_router_forward(MoeActs<S>& a, const S* x, const MoeW<W<S>>& w, const Mo
   // Decode reads the FP32 router with the GEMV kernel (a GEMM call costs more than the product).
   if constexpr (std::is_same_v<S, float>) {
     if (N <= cpu::linear_gemv_max_m(cpu::Compute::F32))
-      cpu::gemv_forward(sc, x, N, {DType::F32, E, d.D, w.router, nullptr}, false, false);
+      cpu::gemv_forward(sc, x, N, {DType::F32, E, d.D, w.router, nullptr}, false);
     else
       cpu::gemm(false, true, N, E, d.D, 1.0f, x, d.D, w.router, d.D, 0.0f, sc, E);
   } else {

@@ -263,11 +263,5 @@ TEST(Dequantize, MatchesElementDecode) {
   }
 }
 
-TEST(Linear, ExtraBytes) {
-  const Stored w = make_weight(DType::F32, 64, 64, 1);
-  EXPECT_EQ(LinearWeight(w.view, Compute::F32).extra_bytes(), 0u);
-  EXPECT_GE(LinearWeight(w.view, Compute::BF16).extra_bytes(), size_t(64 * 64 * 2));
-}
-
 }  // namespace
 }  // namespace dsv3::cpu

@@ -4,15 +4,7 @@
 // back. Weight rows are walked one after another, front to back, against up to two activation
 // rows at a time, so a thread's share of a matrix is one sequential stream (see rows_mr).
 //
-// Widening: BF16 is a 16-bit shift. FP8 e4m3 goes through FP16: sign-extending the byte to 16 bits
-// and shifting left by 7 puts the sign in bit 15 and exponent/mantissa in bits 13..7 (bit 14, a
-// copy of the sign, is masked off), an exact FP16 of value·2⁻⁸ for normals and subnormals alike,
-// which vcvtph2ps widens exactly. The 2⁸ and the 128×128 block scale are folded into a scaled copy
-// of x per 128-row block, x_s[m, k] = x[m, k] · scale_inv[rb, k/128] · 2⁸, so the inner loop is
-// identical for all dtypes. This rounds x·scale once instead of rounding w·scale once
-// (dequantize-then-dot); both are FP32 arithmetic on the effective weight and agree to ~1 ulp per
-// product. e4m3 has no infinities; its NaN codes (0x7f, 0xff) would decode to ±480, so weights that
-// hold them (found once at LinearWeight construction) take a variant that patches them to NaN.
+// Widening: BF16 is a 16-bit shift. FP8 e4m3 weights have their own kernels (gemv_fp8.cpp).
 #include "backend/cpu/gemv.hpp"
 
 // GCC 12 flags the _mm*_undefined_* inside its own AVX-512 intrinsic headers (a known false
@@ -30,10 +22,6 @@
 
 namespace dsv3::cpu {
 namespace {
-
-inline __mmask32 mask32(int64_t r) {
-  return r >= 32 ? __mmask32(0xffffffffu) : __mmask32((1u << r) - 1);
-}
 
 struct DecF32 {
   using T = float;
@@ -67,29 +55,6 @@ struct DecBF16 {
   }
   static __m512 load16(const uint16_t* p) {
     return widen(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
-  }
-};
-
-// Decodes to value·2⁻⁸ (see the file comment).
-template <bool kNan>
-struct DecF8 {
-  using T = uint8_t;
-  static void widen(__m256i b, __m512& lo, __m512& hi) {
-    __m512i v = _mm512_slli_epi16(_mm512_cvtepi8_epi16(b), 7);
-    v = _mm512_and_si512(v, _mm512_set1_epi16(short(0xbfff)));
-    if constexpr (kNan) {
-      const __m512i mag = _mm512_and_si512(v, _mm512_set1_epi16(0x7fff));
-      const __mmask32 nan = _mm512_cmpeq_epi16_mask(mag, _mm512_set1_epi16(0x3f80));
-      v = _mm512_mask_mov_epi16(v, nan, _mm512_set1_epi16(0x7e00));
-    }
-    lo = _mm512_cvtph_ps(_mm512_castsi512_si256(v));
-    hi = _mm512_cvtph_ps(_mm512_extracti64x4_epi64(v, 1));
-  }
-  static void load(const uint8_t* p, __m512& lo, __m512& hi) {
-    widen(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)), lo, hi);
-  }
-  static void load_tail(const uint8_t* p, int64_t r, __m512& lo, __m512& hi) {
-    widen(_mm256_maskz_loadu_epi8(mask32(r), p), lo, hi);
   }
 };
 
@@ -201,34 +166,7 @@ void rows_t(float* y, const float* x, const typename D::T* w, int64_t n, int64_t
   for (; c0 < C; c0 += 16 * kV) rows_t_block<D, kV, true>(y, x, w, n, C, c0);
 }
 
-// FP8 rows [n0, n1): per 128-row block, scale x by that block's column scales (and 2⁸).
-template <bool kNan>
-void rows_fp8(float* y, const float* x, int64_t M, const WeightView& w, int64_t n0, int64_t n1,
-              bool acc) {
-  thread_local std::vector<float> xs;  // [M, K]; grows once per thread, then reused
-  const int64_t K = w.cols, N = w.rows, sc = (K + 127) / 128;
-  if (xs.size() < size_t(M * K)) xs.resize(size_t(M * K));
-  const auto* wp = static_cast<const uint8_t*>(w.data);
-  for (int64_t rb = n0 / 128; rb * 128 < n1; ++rb) {
-    const float* s = w.scale_inv + rb * sc;
-    for (int64_t m = 0; m < M; ++m)
-      for (int64_t k = 0; k < K; ++k) xs[m * K + k] = x[m * K + k] * (s[k / 128] * 256.0f);
-    const int64_t b = std::max(n0, rb * 128), e = std::min(n1, rb * 128 + 128);
-    rows<DecF8<kNan>>(y, N, xs.data(), K, M, wp, K, b, e, acc);
-  }
-}
-
 }  // namespace
-
-bool fp8_has_nan_code(const uint8_t* p, int64_t n) {
-  const __m512i mag = _mm512_set1_epi8(0x7f);
-  int64_t i = 0;
-  __mmask64 any = 0;
-  for (; i + 64 <= n; i += 64)
-    any |= _mm512_cmpeq_epi8_mask(_mm512_and_si512(_mm512_loadu_si512(p + i), mag), mag);
-  for (; i < n; ++i) any |= (p[i] & 0x7f) == 0x7f;
-  return any != 0;
-}
 
 void gemv_rows(float* y, const float* x, const WeightView& w, int64_t n0, int64_t n1) {
   DSV3_ASSERT(0 <= n0 && n0 <= n1 && n1 <= w.rows, "gemv_rows: rows [{}, {}) of {}", n0, n1,
@@ -263,8 +201,7 @@ void gemv_t_rows(float* y, const float* x, const WeightView& w, int64_t r0, int6
   }
 }
 
-void gemv_forward(float* y, const float* x, int64_t M, const WeightView& w, bool fp8_has_nan,
-                  bool accumulate) {
+void gemv_forward(float* y, const float* x, int64_t M, const WeightView& w, bool accumulate) {
   const int64_t N = w.rows, K = w.cols;
   if (M <= 0 || N <= 0) return;
   // Work splits in 16-row units; a chunk streams at least ~64 KiB of weight so that small
@@ -283,12 +220,6 @@ void gemv_forward(float* y, const float* x, int64_t M, const WeightView& w, bool
           case DType::BF16:
             rows<DecBF16>(y, N, x, K, M, static_cast<const uint16_t*>(w.data), K, n0, n1,
                           accumulate);
-            break;
-          case DType::F8_E4M3:
-            if (fp8_has_nan)
-              rows_fp8<true>(y, x, M, w, n0, n1, accumulate);
-            else
-              rows_fp8<false>(y, x, M, w, n0, n1, accumulate);
             break;
           default:
             DSV3_ASSERT(false, "gemv: unsupported weight dtype {}", dtype_name(w.dtype));

@@ -1,5 +1,5 @@
-// Small-M products y = x·Wᵀ that read the stored weight directly (F32, BF16, FP8 e4m3 with
-// 128×128 block scales): the decode path of linear_forward, and the per-head products of MLA's
+// Small-M products y = x·Wᵀ that read the stored weight directly (F32, BF16; FP8 e4m3 is
+// gemv_fp8.hpp's): the decode path of linear_forward, and the per-head products of MLA's
 // absorbed decode (slices of kv_b_proj, read in place).
 #pragma once
 #include <cstdint>
@@ -8,11 +8,9 @@
 
 namespace dsv3::cpu {
 
-// y[m, n] (+)= Σ_k x[m, k] · W_eff[n, k] for m < M, all n, FP32 arithmetic. Splits the output
-// rows over the OpenMP pool (inline when called inside a parallel region). `fp8_has_nan` must be
-// true when an FP8 weight holds NaN codes (0x7f/0xff): the fast decode then patches them.
-void gemv_forward(float* y, const float* x, int64_t M, const WeightView& w, bool fp8_has_nan,
-                  bool accumulate);
+// y[m, n] (+)= Σ_k x[m, k] · W[n, k] for m < M, all n, FP32 arithmetic; F32 or BF16 weights.
+// Splits the output rows over the OpenMP pool (inline when called inside a parallel region).
+void gemv_forward(float* y, const float* x, int64_t M, const WeightView& w, bool accumulate);
 
 // One activation row against weight rows [n0, n1) on the calling thread:
 // y[n - n0] = Σ_k x[k] · W[n, k]. F32 or BF16 weights.
@@ -21,8 +19,5 @@ void gemv_rows(float* y, const float* x, const WeightView& w, int64_t n0, int64_
 // The transposed product over n consecutive rows from r0, on the calling thread:
 // y[c] = Σ_{r<n} x[r] · W[r0 + r, c] for every column c < cols. F32 or BF16 weights.
 void gemv_t_rows(float* y, const float* x, const WeightView& w, int64_t r0, int64_t n);
-
-// True when an FP8 e4m3 buffer of n bytes holds a NaN code.
-bool fp8_has_nan_code(const uint8_t* p, int64_t n);
 
 }  // namespace dsv3::cpu

@@ -1,16 +1,22 @@
-// linear.hpp on the CPU: small M (decode) runs the AVX-512 kernels of gemv.cpp on the stored
-// weight; large M runs a oneDNN matmul (brgemm) on a copy of the weight packed once, at
-// construction, in the layout oneDNN prefers for it.
-//
-// Packed copies (the memory cost, reported by LinearWeight::extra_bytes()):
-//   Compute::BF16, any storage  → BF16 packed [in, out]: 2 bytes per parameter (an FP8 weight is
-//                                 dequantized once to FP32, then rounded to BF16).
-//   Compute::F32, BF16 or FP8   → FP32 packed: 4 bytes per parameter.
-//   Compute::F32, F32 storage   → none: dnnl_sgemm reads the stored weight.
-// Primitives: a matmul primitive depends on (M, N, K, dtype, accumulate), not on the weight, so
-// one process-wide cache serves every LinearWeight of a shape. M is an exact key because the
-// runtime-M primitive (DNNL_RUNTIME_DIM_VAL) falls back to gemm:jit without packed weights and
-// measured 10–35% slower than brgemm at M = 16..512 on BF16.
+// linear.hpp on the CPU, on one copy of the weight: the stored one (the checkpoint's bytes, in
+// huge-page memory or mmapped). Nothing is packed or dequantized at construction.
+//   small M (decode): the AVX-512 GEMV kernels read the stored weight (gemv.cpp; FP8 codes are
+//                     widened in registers by gemv_fp8.cpp).
+//   large M, BF16 weight and Compute::BF16: one oneDNN matmul (brgemm) whose weight descriptor is
+//                     the stored [out, in] row-major array itself (Wᵀ in layout "ba"); brgemm
+//                     copies each K×N block it needs into its VNNI form in its scratchpad, in
+//                     cache, per call.
+//   large M, other storage/compute pairs (FP8, or a weight whose dtype differs from the compute
+//                     dtype): the output rows go in tiles of kTileRows; each thread converts a
+//                     tile of the stored weight to the compute dtype (FP8 codes · block scale,
+//                     rounded once) in a small buffer that stays in cache and runs the product
+//                     on it (oneDNN BF16 matmul or sgemm, on that thread).
+//   F32 weight and Compute::F32: dnnl_sgemm on the stored weight.
+// Until 2026-12-07 a packed copy was made per weight (BF16 [in, out] in oneDNN's blocked layout
+// for Compute::BF16, FP32 for Compute::F32 on BF16/FP8): 2 or 4 more bytes per parameter, the
+// resident size of a BF16 model 2x and of an FP8 one 2.9x its checkpoint.
+// Primitives: a matmul primitive depends on (M, N, K, dtype, accumulate, threads, output stride),
+// not on the weight, so one process-wide cache serves every weight of a shape.
 #include "backend/cpu/linear.hpp"
 
 #include <dnnl.h>
@@ -23,6 +29,7 @@
 #include <unordered_map>
 
 #include "backend/cpu/gemv.hpp"
+#include "backend/cpu/gemv_fp8.hpp"
 #include "backend/cpu/linear_lowp.hpp"
 #include "core/error.hpp"
 #include "core/parallel.hpp"
@@ -41,8 +48,9 @@ using tag = dnnl::memory::format_tag;
 // weight per 4 activation rows). FP32 GEMV vs packed FP32 brgemm crosses at the same M.
 constexpr int64_t kGemvMaxM_BF16 = 2;
 constexpr int64_t kGemvMaxM_F32 = 2;
-// The packed layout is the one brgemm picks for this M; primitives for other M accept it.
-constexpr int64_t kPackRefM = 256;
+// Output rows per converted tile on the tiled path: one FP8 scale block; a BF16 tile of K = 2816
+// is 704 KiB, within a core's L2.
+constexpr int64_t kTileRows = 128;
 
 dnnl::engine& engine() {
   static dnnl::engine e(dnnl::engine::kind::cpu, 0);
@@ -61,6 +69,7 @@ struct PrimKey {
   mdt dt;
   bool acc;
   int threads;
+  int64_t ldy;  // row stride of the output (N, or more for a tile of a wider output)
   bool operator==(const PrimKey&) const = default;
 };
 struct PrimKeyHash {
@@ -68,6 +77,7 @@ struct PrimKeyHash {
     size_t h = std::hash<int64_t>()(k.M);
     h = h * 1000003u ^ std::hash<int64_t>()(k.N);
     h = h * 1000003u ^ std::hash<int64_t>()(k.K);
+    h = h * 1000003u ^ std::hash<int64_t>()(k.ldy);
     return (h * 31u + size_t(k.dt) * 2u + size_t(k.acc)) * 257u + size_t(k.threads);
   }
 };
@@ -83,8 +93,9 @@ struct CachedMatmul {
 
 class PrimCache {
  public:
-  // The matmul for x[M, K] (dt) · W(packed as wmd) → y[M, N] f32, with y += when acc.
-  const CachedMatmul& get(const PrimKey& k, const memory::desc& wmd) {
+  // The matmul for x[M, K] (dt) · Wᵀ (W [N, K] row-major, dt) → y[M, N] f32 with row stride
+  // ldy, y += when acc.
+  const CachedMatmul& get(const PrimKey& k) {
     {
       std::shared_lock lock(mu_);
       auto it = map_.find(k);
@@ -98,7 +109,8 @@ class PrimCache {
       po.append_sum(1.0f);
       attr.set_post_ops(po);
     }
-    memory::desc src({k.M, k.K}, k.dt, tag::ab), dst({k.M, k.N}, mdt::f32, tag::ab);
+    memory::desc src({k.M, k.K}, k.dt, tag::ab), wmd({k.K, k.N}, k.dt, tag::ba);
+    memory::desc dst({k.M, k.N}, mdt::f32, memory::dims{k.ldy, 1});
     dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(src, wmd, dst), attr, engine());
     CachedMatmul m{dnnl::matmul(pd), pd.scratchpad_desc().get_size()};
     std::unique_lock lock(mu_);
@@ -134,12 +146,9 @@ void round_to_bf16(uint16_t* dst, const float* x, int64_t M, int64_t K) {
 
 }  // namespace
 
+// Nothing beyond the view and what was found in it is kept (no copy of the weight).
 struct LinearWeight::Impl {
-  bool fp8_has_nan = false;
-  bool has_packed = false;
-  mdt packed_dt = mdt::f32;
-  memory packed;  // Wᵀ [in, out] in oneDNN's layout (see the file comment)
-  size_t packed_bytes = 0;
+  bool fp8_has_nan = false;  // FP8 codes 0x7f/0xff present: the GEMV takes the patching variant
 };
 
 LinearWeight::LinearWeight(const WeightView& w, Compute c) : view_(w), compute_(c) {
@@ -150,32 +159,8 @@ LinearWeight::LinearWeight(const WeightView& w, Compute c) : view_(w), compute_(
   DSV3_CHECK(w.dtype != DType::F8_E4M3 || w.scale_inv || w.rows * w.cols == 0,
              "linear weight: FP8 weight [{}, {}] without scale_inv", w.rows, w.cols);
   impl_ = std::make_unique<Impl>();
-  const int64_t N = w.rows, K = w.cols;
   if (w.dtype == DType::F8_E4M3)
-    impl_->fp8_has_nan = fp8_has_nan_code(static_cast<const uint8_t*>(w.data), N * K);
-  if (N == 0 || K == 0 || (c == Compute::F32 && w.dtype == DType::F32)) return;
-
-  impl_->packed_dt = c == Compute::BF16 ? mdt::bf16 : mdt::f32;
-  memory::desc ref_w({K, N}, impl_->packed_dt, tag::any);
-  memory::desc ref_src({kPackRefM, K}, impl_->packed_dt, tag::ab);
-  memory::desc ref_dst({kPackRefM, N}, mdt::f32, tag::ab);
-  dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(ref_src, ref_w, ref_dst), engine());
-  impl_->packed = memory(pd.weights_desc(), engine());
-  impl_->packed_bytes = pd.weights_desc().get_size();
-
-  // The stored [out, in] row-major weight is Wᵀ [in, out] in layout "ba".
-  std::vector<float> deq;
-  memory plain;
-  if (w.dtype == DType::F8_E4M3) {
-    deq = dequantize(w);
-    plain = memory(memory::desc({K, N}, mdt::f32, tag::ba), engine(), deq.data());
-  } else {
-    plain = memory(memory::desc({K, N}, w.dtype == DType::BF16 ? mdt::bf16 : mdt::f32, tag::ba),
-                   engine(), const_cast<void*>(w.data));
-  }
-  dnnl::reorder(plain, impl_->packed).execute(thread_stream(), plain, impl_->packed);
-  thread_stream().wait();
-  impl_->has_packed = true;
+    impl_->fp8_has_nan = fp8_has_nan_code(static_cast<const uint8_t*>(w.data), w.rows * w.cols);
 }
 LinearWeight::LinearWeight() = default;
 LinearWeight::~LinearWeight() = default;
@@ -187,10 +172,6 @@ size_t LinearWeight::stored_bytes() const {
   if (view_.dtype == DType::F8_E4M3)
     n += size_t((view_.rows + 127) / 128 * ((view_.cols + 127) / 128)) * 4;
   return n;
-}
-
-size_t LinearWeight::extra_bytes() const {
-  return impl_ ? impl_->packed_bytes : 0;
 }
 
 int64_t linear_gemv_max_m(Compute c) {
@@ -210,38 +191,18 @@ std::vector<float> dequantize(const WeightView& w) {
   return out;
 }
 
-void linear_forward(float* y, const float* x, int64_t M, const LinearWeight& w, bool accumulate) {
-  if (w.lowp()) {
-    lowp_forward(y, x, M, *w.lowp(), accumulate);
-    return;
-  }
-  const LinearWeight::Impl* im = w.impl();
-  DSV3_CHECK(im, "linear_forward: empty LinearWeight");
-  const WeightView& v = w.view();
-  const int64_t N = v.rows, K = v.cols;
-  if (M <= 0 || N == 0) return;
-  if (M <= linear_gemv_max_m(w.compute()) || K == 0) {
-    gemv_forward(y, x, M, v, im->fp8_has_nan, accumulate);
-    return;
-  }
-  if (!im->has_packed) {  // F32 compute on an F32 weight: no copy, sgemm reads it in place
-    gemm(false, true, M, N, K, 1.0f, x, K, static_cast<const float*>(v.data), K,
-         accumulate ? 1.0f : 0.0f, y, N);
-    return;
-  }
-  const CachedMatmul& mm = prim_cache().get(
-      {M, N, K, im->packed_dt, accumulate, omp_get_max_threads()}, im->packed.get_desc());
-  void* src = const_cast<float*>(x);
-  thread_local std::vector<uint16_t> xb;  // [M, K] BF16 activations; grows, then reused
-  if (im->packed_dt == mdt::bf16) {
-    if (xb.size() < size_t(M * K)) xb.resize(size_t(M * K));
-    round_to_bf16(xb.data(), x, M, K);
-    src = xb.data();
-  }
-  memory src_m(memory::desc({M, K}, im->packed_dt, tag::ab), engine(), src);
-  memory dst_m(memory::desc({M, N}, mdt::f32, tag::ab), engine(), y);
+namespace {
+
+// Runs the cached matmul y[M, N] (row stride ldy) (+)= src[M, K] · Wᵀ, W [N, K] row-major.
+void run_matmul(float* y, int64_t ldy, const void* src, const void* W, int64_t M, int64_t N,
+                int64_t K, mdt dt, bool acc) {
+  const int threads = omp_in_parallel() ? 1 : omp_get_max_threads();
+  const CachedMatmul& mm = prim_cache().get({M, N, K, dt, acc, threads, ldy});
+  memory src_m(memory::desc({M, K}, dt, tag::ab), engine(), const_cast<void*>(src));
+  memory w_m(memory::desc({K, N}, dt, tag::ba), engine(), const_cast<void*>(W));
+  memory dst_m(memory::desc({M, N}, mdt::f32, memory::dims{ldy, 1}), engine(), y);
   std::unordered_map<int, memory> args = {
-      {DNNL_ARG_SRC, src_m}, {DNNL_ARG_WEIGHTS, im->packed}, {DNNL_ARG_DST, dst_m}};
+      {DNNL_ARG_SRC, src_m}, {DNNL_ARG_WEIGHTS, w_m}, {DNNL_ARG_DST, dst_m}};
   if (mm.scratch_bytes > 0) {
     thread_local std::vector<uint8_t> scratch;  // this thread's matmul scratchpad; grows
     if (scratch.size() < mm.scratch_bytes) scratch.resize(mm.scratch_bytes);
@@ -252,6 +213,74 @@ void linear_forward(float* y, const float* x, int64_t M, const LinearWeight& w, 
   dnnl::stream& s = thread_stream();
   mm.prim.execute(s, args);
   s.wait();
+}
+
+// The tiled path (see the file comment): tiles of kTileRows output rows over the threads, each
+// converted to the compute dtype in this thread's buffer, then multiplied.
+void tiled_forward(float* y, const float* x, const void* xb, int64_t M, const WeightView& v,
+                   Compute c, bool acc) {
+  const int64_t N = v.rows, K = v.cols, tiles = (N + kTileRows - 1) / kTileRows;
+  parallel_for(tiles, [&](int64_t t0, int64_t t1) {
+    thread_local std::vector<float> buf;  // one tile: [kTileRows, K] of the compute dtype
+    if (buf.size() < size_t(kTileRows * K)) buf.resize(size_t(kTileRows * K));
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t n0 = t * kTileRows, n1 = std::min(N, n0 + kTileRows), nt = n1 - n0;
+      if (c == Compute::BF16) {
+        auto* tb = reinterpret_cast<uint16_t*>(buf.data());
+        if (v.dtype == DType::F8_E4M3)
+          fp8_rows_to_bf16(tb, v, n0, n1);
+        else  // F32 storage
+          from_f32(tb, static_cast<const float*>(v.data) + n0 * K, DType::BF16, size_t(nt * K));
+        run_matmul(y + n0, N, xb, tb, M, nt, K, mdt::bf16, acc);
+      } else {
+        if (v.dtype == DType::F8_E4M3)
+          fp8_rows_to_f32(buf.data(), v, n0, n1);
+        else  // BF16 storage
+          bf16_rows_to_f32(buf.data(), v, n0, n1);
+        gemm_f32(false, true, M, nt, K, 1.0f, x, K, buf.data(), K, acc ? 1.0f : 0.0f, y + n0, N);
+      }
+    }
+  });
+}
+
+}  // namespace
+
+void linear_forward(float* y, const float* x, int64_t M, const LinearWeight& w, bool accumulate) {
+  if (w.lowp()) {
+    lowp_forward(y, x, M, *w.lowp(), accumulate);
+    return;
+  }
+  const LinearWeight::Impl* im = w.impl();
+  DSV3_CHECK(im, "linear_forward: empty LinearWeight");
+  const WeightView& v = w.view();
+  const int64_t N = v.rows, K = v.cols;
+  if (M <= 0 || N == 0) return;
+  if (K == 0) {  // empty sums
+    if (!accumulate) std::fill(y, y + M * N, 0.0f);
+    return;
+  }
+  if (M <= linear_gemv_max_m(w.compute())) {
+    if (v.dtype == DType::F8_E4M3)
+      gemv_fp8(y, x, M, v, im->fp8_has_nan, accumulate);
+    else
+      gemv_forward(y, x, M, v, accumulate);
+    return;
+  }
+  const bool bf16 = w.compute() == Compute::BF16;
+  if (!bf16 && v.dtype == DType::F32) {  // sgemm reads the stored weight in place
+    gemm(false, true, M, N, K, 1.0f, x, K, static_cast<const float*>(v.data), K,
+         accumulate ? 1.0f : 0.0f, y, N);
+    return;
+  }
+  thread_local std::vector<uint16_t> xb;  // [M, K] BF16 activations; grows, then reused
+  if (bf16) {
+    if (xb.size() < size_t(M * K)) xb.resize(size_t(M * K));
+    round_to_bf16(xb.data(), x, M, K);
+  }
+  if (bf16 && v.dtype == DType::BF16)
+    run_matmul(y, N, xb.data(), v.data, M, N, K, mdt::bf16, accumulate);
+  else
+    tiled_forward(y, x, xb.data(), M, v, w.compute(), accumulate);
 }
 
 void gemm_f32(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,

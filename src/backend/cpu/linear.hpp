@@ -26,8 +26,9 @@ struct WeightView {
   const float* scale_inv = nullptr;  // F8_E4M3 only: [ceil(rows/128), ceil(cols/128)]
 };
 
-// A weight prepared for fast products (packed / converted copies where needed). Immutable after
-// construction, so one instance is shared by all threads.
+// A weight ready for products: the stored weight itself (no packed or converted copy; see
+// linear.cpp) and what was found in it once. Immutable after construction, so one instance is
+// shared by all threads.
 class LinearWeight {
  public:
   LinearWeight();
@@ -42,8 +43,6 @@ class LinearWeight {
   Compute compute() const { return compute_; }
   // Bytes read per full pass over the stored weight (for bandwidth accounting).
   size_t stored_bytes() const;
-  // Bytes of the packed copy kept for large-M products (0 when none; see linear.cpp).
-  size_t extra_bytes() const;
 
   struct Impl;
   Impl* impl() const { return impl_.get(); }
@@ -61,8 +60,8 @@ class LinearWeight {
 };
 
 // y[M, out] = x[M, in] · Wᵀ (+ y if accumulate). x, y FP32 row-major with leading dims in / out.
-// M ≤ linear_gemv_max_m(compute) reads the stored weight (FP32 arithmetic, memory-bound); larger M
-// runs a GEMM on a packed copy. Thread-safe: concurrent calls (on the same or different weights)
+// M ≤ linear_gemv_max_m(compute) runs a GEMV (FP32 arithmetic, memory-bound); larger M a GEMM.
+// Both read the stored weight. Thread-safe: concurrent calls (on the same or different weights)
 // are fine; inside an OpenMP parallel region a call runs on the calling thread only.
 void linear_forward(float* y, const float* x, int64_t M, const LinearWeight& w,
                     bool accumulate = false);

@@ -1,0 +1,207 @@
+// FP8 e4m3 kernels on the stored codes; see gemv_fp8.hpp.
+//
+// Decode widening, in registers, through FP16: sign-extending a code to 16 bits and shifting left
+// by 7 puts the sign in bit 15 and exponent/mantissa in bits 13..7 (bit 14, a copy of the sign,
+// is masked off): an exact FP16 of value·2⁻⁸ for normals and subnormals alike, which vcvtph2ps
+// widens exactly. e4m3 has no infinities; its NaN codes (0x7f, 0xff) would decode to ±480, so
+// weights that hold them (found once when the LinearWeight is made) take a variant that patches
+// them to NaN. A table lookup instead (every e4m3 is exactly a BF16: two VPERMI2B of a 128-entry
+// table per 64 codes, byte interleaves, shift/AND to FP32) was tried and measured half as fast
+// here: 10 GB/s of codes on one thread against 21 for this route (bench_kernels gemv_m1,
+// 2026-12-07); the VPERMI2B pair is the bottleneck on this machine.
+//
+// The block scale (and the 2⁸) is folded into x: per 128-row block rb, x_s[m, k] = x[m, k] ·
+// scale_inv[rb, k/128] · 2⁸, computed for all row blocks before the rows are split over threads
+// (N/128 · K multiplies, under 1% of the work). This rounds x·scale once instead of w·scale
+// (dequantize-then-dot): both are FP32 products on the effective weight and agree to ~1 ulp per
+// product.
+#include "backend/cpu/gemv_fp8.hpp"
+
+// GCC 12 flags the _mm*_undefined_* inside its own AVX-512 intrinsic headers (a known false
+// positive of -W(maybe-)uninitialized once they are inlined, e.g. in _mm512_reduce_add_ps).
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <vector>
+
+#include "core/dtype.hpp"
+#include "core/error.hpp"
+#include "core/parallel.hpp"
+
+namespace dsv3::cpu {
+namespace {
+
+inline __mmask64 mask64(int64_t r) {
+  return r >= 64 ? ~__mmask64(0) : (__mmask64(1) << r) - 1;
+}
+
+// Bytes ahead that the row kernel prefetches (non-temporal), as the BF16 GEMV (gemv.cpp).
+constexpr int64_t kPrefetchBytes = 4096;
+
+// The 2⁻⁸-scaled FP32 values of 32 codes (see the file comment); kNan patches NaN codes.
+template <bool kNan>
+inline void widen32(__m256i b, __m512& lo, __m512& hi) {
+  __m512i v = _mm512_slli_epi16(_mm512_cvtepi8_epi16(b), 7);
+  v = _mm512_and_si512(v, _mm512_set1_epi16(short(0xbfff)));
+  if constexpr (kNan) {
+    const __m512i mag = _mm512_and_si512(v, _mm512_set1_epi16(0x7fff));
+    const __mmask32 nan = _mm512_cmpeq_epi16_mask(mag, _mm512_set1_epi16(0x3f80));
+    v = _mm512_mask_mov_epi16(v, nan, _mm512_set1_epi16(0x7e00));
+  }
+  lo = _mm512_cvtph_ps(_mm512_castsi512_si256(v));
+  hi = _mm512_cvtph_ps(_mm512_extracti64x4_epi64(v, 1));
+}
+
+// y[m·ldy + n] (+)= Σ_k xs[m·Kp + k]·code(w[n, k])·2⁻⁸ for rows [n0, n1), MR ≤ 2 activation rows;
+// xs is zero from K to Kp (the masked tail loads code 0). Each weight row is read once, front to
+// back, so the range is one sequential stream, prefetched kPrefetchBytes ahead.
+template <int MR, bool kNan>
+void rows(float* y, int64_t ldy, const float* xs, int64_t Kp, const uint8_t* w, int64_t K,
+          int64_t n0, int64_t n1, bool acc) {
+  {
+    const char* p = reinterpret_cast<const char*>(w + n0 * K);
+    const char* e = std::min(reinterpret_cast<const char*>(w + n1 * K), p + kPrefetchBytes);
+    for (; p < e; p += 64) _mm_prefetch(p, _MM_HINT_NTA);
+  }
+  for (int64_t n = n0; n < n1; ++n) {
+    const uint8_t* wr = w + n * K;
+    __m512 a[MR][4];
+    for (int m = 0; m < MR; ++m)
+      for (int j = 0; j < 4; ++j) a[m][j] = _mm512_setzero_ps();
+    for (int64_t k = 0; k < K; k += 64) {
+      __m512 v[4];
+      if (k + 64 <= K) {
+        _mm_prefetch(reinterpret_cast<const char*>(wr + k) + kPrefetchBytes, _MM_HINT_NTA);
+        widen32<kNan>(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(wr + k)), v[0], v[1]);
+        widen32<kNan>(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(wr + k + 32)), v[2],
+                      v[3]);
+      } else {
+        const __mmask64 mk = mask64(K - k);
+        widen32<kNan>(_mm256_maskz_loadu_epi8(__mmask32(mk), wr + k), v[0], v[1]);
+        widen32<kNan>(_mm256_maskz_loadu_epi8(__mmask32(mk >> 32), wr + k + 32), v[2], v[3]);
+      }
+      for (int m = 0; m < MR; ++m)
+        for (int j = 0; j < 4; ++j)
+          a[m][j] = _mm512_fmadd_ps(_mm512_loadu_ps(xs + m * Kp + k + 16 * j), v[j], a[m][j]);
+    }
+    for (int m = 0; m < MR; ++m) {
+      const float s = _mm512_reduce_add_ps(
+          _mm512_add_ps(_mm512_add_ps(a[m][0], a[m][1]), _mm512_add_ps(a[m][2], a[m][3])));
+      float& out = y[m * ldy + n];
+      out = acc ? out + s : s;
+    }
+  }
+}
+
+template <int MR>
+void rows_any(bool nan, float* y, int64_t ldy, const float* xs, int64_t Kp, const uint8_t* w,
+              int64_t K, int64_t n0, int64_t n1, bool acc) {
+  if (nan)
+    rows<MR, true>(y, ldy, xs, Kp, w, K, n0, n1, acc);
+  else
+    rows<MR, false>(y, ldy, xs, Kp, w, K, n0, n1, acc);
+}
+
+// Effective FP32 values of row n, columns [0, K), handed 16 at a time (with a lane mask) to out.
+template <typename Out>
+void effective_row(const WeightView& w, int64_t n, Out&& out) {
+  const int64_t K = w.cols, sc = (K + 127) / 128;
+  const uint8_t* wr = static_cast<const uint8_t*>(w.data) + n * K;
+  const float* s = w.scale_inv + (n / 128) * sc;
+  for (int64_t k = 0; k < K; k += 32) {
+    const int64_t r = K - k;
+    const __mmask32 m = r >= 32 ? __mmask32(0xffffffffu) : __mmask32((1u << r) - 1);
+    __m512 lo, hi;
+    widen32<true>(_mm256_maskz_loadu_epi8(m, wr + k), lo, hi);
+    const __m512 f = _mm512_set1_ps(s[k / 128] * 256.0f);  // 32 | 128: one block per 32
+    out(k, _mm512_mul_ps(lo, f), __mmask16(m));
+    out(k + 16, _mm512_mul_ps(hi, f), __mmask16(m >> 16));
+  }
+}
+
+}  // namespace
+
+bool fp8_has_nan_code(const uint8_t* p, int64_t n) {
+  const __m512i mag = _mm512_set1_epi8(0x7f);
+  int64_t i = 0;
+  __mmask64 any = 0;
+  for (; i + 64 <= n; i += 64)
+    any |= _mm512_cmpeq_epi8_mask(_mm512_and_si512(_mm512_loadu_si512(p + i), mag), mag);
+  for (; i < n; ++i) any |= (p[i] & 0x7f) == 0x7f;
+  return any != 0;
+}
+
+void gemv_fp8(float* y, const float* x, int64_t M, const WeightView& w, bool has_nan,
+              bool accumulate) {
+  const int64_t N = w.rows, K = w.cols;
+  if (M <= 0 || N <= 0) return;
+  DSV3_ASSERT(w.dtype == DType::F8_E4M3 && w.scale_inv, "gemv_fp8: not an FP8 weight");
+  const int64_t Kp = (K + 63) / 64 * 64, sc = (K + 127) / 128, nb = (N + 127) / 128;
+  // xs[rb][m][Kp]: x·2⁸ times row block rb's column scales; zero past K.
+  thread_local std::vector<float> xs;
+  if (xs.size() < size_t(nb * M * Kp)) xs.resize(size_t(nb * M * Kp));
+  for (int64_t m = 0; m < M; ++m) {
+    float* xp = xs.data() + m * Kp;  // block 0's slot holds x·2⁸ first
+    for (int64_t k = 0; k < Kp; ++k) xp[k] = k < K ? x[m * K + k] * 256.0f : 0.0f;
+  }
+  for (int64_t rb = nb - 1; rb >= 0; --rb)  // block 0 last: its slot is the source
+    for (int64_t m = 0; m < M; ++m) {
+      const float* src = xs.data() + m * Kp;
+      float* dst = xs.data() + (rb * M + m) * Kp;
+      const float* s = w.scale_inv + rb * sc;
+      for (int64_t k = 0; k < Kp; k += 16)
+        _mm512_storeu_ps(dst + k,
+                         _mm512_mul_ps(_mm512_loadu_ps(src + k), _mm512_set1_ps(s[k / 128])));
+    }
+  const float* xsp = xs.data();
+  const auto* wp = static_cast<const uint8_t*>(w.data);
+  // 16-row units; a chunk streams at least ~32 KiB so that small weights stay on one thread.
+  const int64_t unit = 16, units = (N + unit - 1) / unit;
+  const int64_t min_units = std::max<int64_t>(1, (32 * 1024) / std::max<int64_t>(1, unit * K));
+  parallel_for(
+      units,
+      [&](int64_t u0, int64_t u1) {
+        const int64_t e = std::min(N, u1 * unit);
+        for (int64_t n = u0 * unit; n < e;) {  // one row block at a time
+          const int64_t rb = n / 128, be = std::min(e, rb * 128 + 128);
+          const float* xr = xsp + rb * M * Kp;
+          int64_t m = 0;
+          for (; m + 2 <= M; m += 2)
+            rows_any<2>(has_nan, y + m * N, N, xr + m * Kp, Kp, wp, K, n, be, accumulate);
+          if (m < M) rows_any<1>(has_nan, y + m * N, N, xr + m * Kp, Kp, wp, K, n, be, accumulate);
+          n = be;
+        }
+      },
+      min_units);
+}
+
+void fp8_rows_to_bf16(uint16_t* dst, const WeightView& w, int64_t n0, int64_t n1) {
+  const int64_t K = w.cols;
+  for (int64_t n = n0; n < n1; ++n) {
+    uint16_t* d = dst + (n - n0) * K;
+    effective_row(w, n, [&](int64_t k, __m512 v, __mmask16 m) {
+      _mm256_mask_storeu_epi16(d + k, m, (__m256i)_mm512_cvtneps_pbh(v));
+    });
+  }
+}
+
+void fp8_rows_to_f32(float* dst, const WeightView& w, int64_t n0, int64_t n1) {
+  const int64_t K = w.cols;
+  for (int64_t n = n0; n < n1; ++n) {
+    float* d = dst + (n - n0) * K;
+    effective_row(w, n,
+                  [&](int64_t k, __m512 v, __mmask16 m) { _mm512_mask_storeu_ps(d + k, m, v); });
+  }
+}
+
+void bf16_rows_to_f32(float* dst, const WeightView& w, int64_t n0, int64_t n1) {
+  const int64_t K = w.cols;
+  const auto* src = static_cast<const uint16_t*>(w.data);
+  to_f32(dst, src + n0 * K, DType::BF16, size_t((n1 - n0) * K));
+}
+
+}  // namespace dsv3::cpu
