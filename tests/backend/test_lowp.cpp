@@ -51,7 +51,9 @@ TEST(Lowp, E4M3RoundingBitExact) {
     const float ref = std::isfinite(x[i]) ? fp8_e4m3_to_f32(f32_to_fp8_e4m3(x[i])) : NAN;
     ASSERT_TRUE(same(y[i], ref)) << "x=" << x[i] << " got " << y[i] << " want " << ref;
     ASSERT_TRUE(same(e4m3_round(x[i]), ref));
-    if (ref == 0) ASSERT_EQ(std::signbit(y[i]), std::signbit(x[i])) << x[i];
+    if (ref == 0) {
+      ASSERT_EQ(std::signbit(y[i]), std::signbit(x[i])) << x[i];
+    }
   }
   EXPECT_EQ(e4m3_round(1e6f), 448.0f);  // saturation, not NaN
   EXPECT_EQ(e4m3_round(-500.0f), -448.0f);
@@ -92,7 +94,9 @@ TEST(Lowp, Fp8RowsMatchActQuantize) {
             << rows << "x" << cols << " at " << r << "," << c;
       for (int64_t c = cols; c < ld; ++c) ASSERT_EQ(q[size_t(r * ld + c)], 0);
     }
-    if (rows > 1) EXPECT_EQ(s[size_t(1 * tiles)], 1.0f);  // the zero tile
+    if (rows > 1) {
+      EXPECT_EQ(s[size_t(1 * tiles)], 1.0f);  // the zero tile
+    }
   }
 }
 
@@ -120,7 +124,9 @@ TEST(Lowp, Fp8PairsMatchTransposedActQuantize) {
     for (int64_t c = 0; c < cols; ++c) {
       for (int64_t r = 0; r < rows; ++r)
         ASSERT_TRUE(same(pair_at(p, ld, r, c), fp8_e4m3_to_f32(codes[size_t(c * rows + r)])));
-      if (rows % 2) ASSERT_EQ(pair_at(p, ld, rows, c), 0.0f);  // the padding half
+      if (rows % 2) {
+        ASSERT_EQ(pair_at(p, ld, rows, c), 0.0f);  // the padding half
+      }
     }
     // BF16 pairs of the same matrix.
     bf16_pairs(p.data(), ld, x.data(), cols, rows, cols);
@@ -170,7 +176,9 @@ TEST(Lowp, E5M6NearestWithPowerOfTwoScales) {
     const float hi = it == set.end() ? set.back() : *it, lo = it == set.begin() ? 0.0f : *(it - 1);
     const float best = std::min(std::fabs(a - lo), std::fabs(hi - a));
     ASSERT_LE(std::fabs(std::fabs(q) - a), best) << v;
-    if (q != 0) ASSERT_EQ(std::signbit(q), std::signbit(v));
+    if (q != 0) {
+      ASSERT_EQ(std::signbit(q), std::signbit(v));
+    }
   }
   EXPECT_EQ(e5m6_decode(e5m6_encode(1e9f)), 65024.0f);
   EXPECT_TRUE(std::isnan(e5m6_decode(e5m6_encode(NAN))));
@@ -290,8 +298,11 @@ TEST(Lowp, LinearFpropDgradWgrad) {
   std::printf("seed %llu\n", (unsigned long long)seed);
   Rng rng(seed);
   for (Precision p : {Precision::BF16, Precision::FP8})
-    for (auto [M, out, in] :
+    for (auto shape :
          {std::tuple<int64_t, int64_t, int64_t>{67, 45, 200}, {130, 129, 33}, {3, 8, 5}}) {
+      // Plain names, not a structured binding: lambdas below capture them (clang 14 refuses
+      // captured bindings).
+      const int64_t M = std::get<0>(shape), out = std::get<1>(shape), in = std::get<2>(shape);
       std::vector<float> W(size_t(out * in)), x(size_t(M * in)), dy(size_t(M * out));
       for (auto& v : W) v = float(0.05 * rng.normal());
       for (auto& v : x) v = float(rng.normal());
