@@ -23,21 +23,6 @@ using Clock = std::chrono::steady_clock;
 
 namespace {
 
-const char* finish_name(FinishReason r) {
-  switch (r) {
-    case FinishReason::Stop:
-      return "stop";
-    case FinishReason::Length:
-      return "length";
-    case FinishReason::Cancelled:
-      return "cancelled";
-    case FinishReason::Error:
-      return "error";
-    default:
-      return "";
-  }
-}
-
 // One request in flight: the engine's events arrive on the engine thread (on_event, never
 // blocking); one HTTP thread folds them into text, logprobs and the finish reason.
 struct Generation {
@@ -113,7 +98,7 @@ struct Generation {
       return;
     }
     s.text += ts.finish();
-    finish_reason = ts.stopped() ? "stop" : finish_name(ev.finish);
+    finish_reason = ts.stopped() ? "stop" : finish_reason_name(ev.finish);
   }
 
   Usage usage() {
