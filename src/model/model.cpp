@@ -10,6 +10,7 @@
 #include "backend/cpu/ops.hpp"
 #include "core/clock.hpp"
 #include "core/error.hpp"
+#include "core/memory.hpp"
 #include "core/parallel.hpp"
 #include "core/scratch.hpp"
 #include "model/rope.hpp"
@@ -19,12 +20,17 @@ namespace dsv3::model {
 KVCache::KVCache(const ModelConfig& c, int64_t slots, int64_t max_seq, bool with_mtp)
     : slots_(slots), max_seq_(max_seq) {
   int64_t n = c.num_hidden_layers + (with_mtp ? c.num_nextn_predict_layers : 0);
+  // The pages are touched only as sequences fill them, so a cache larger than the machine would
+  // fail late, in the middle of serving: refuse it here.
+  check_fits_in_memory(double(n) * double(slots) * double(max_seq) *
+                           double(c.kv_lora_rank + c.qk_rope_head_dim) * sizeof(float),
+                       "the latent KV cache");
   layers_.resize(size_t(n));
   for (auto& l : layers_) {
     l.slots = slots;
     l.max_seq = max_seq;
-    l.latent.assign(size_t(slots * max_seq * c.kv_lora_rank), 0.0f);
-    l.pe.assign(size_t(slots * max_seq * c.qk_rope_head_dim), 0.0f);
+    l.latent = ZeroedArray<float>(size_t(slots * max_seq * c.kv_lora_rank));
+    l.pe = ZeroedArray<float>(size_t(slots * max_seq * c.qk_rope_head_dim));
   }
 }
 
