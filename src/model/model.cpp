@@ -307,8 +307,12 @@ void for_each_linear(ModelW<W<float>>& w, F&& f) {
 template <typename S>
 void TrainModelT<S>::attach_lowp(cpu::Precision p) {
   if constexpr (std::is_same_v<S, float>) {
+    std::vector<cpu::LinearWeight*> heads{&w_.head};
+    for (auto& m : w_.mtp)
+      if (m.head.out() > 0) heads.push_back(&m.head);
     if (p == cpu::Precision::F32) {
       for_each_linear(w_, [](cpu::LinearWeight& lw) { lw.set_lowp(nullptr); });
+      for (cpu::LinearWeight* h : heads) h->set_lowp(nullptr);
       return;
     }
     size_t n = 0;
@@ -320,6 +324,20 @@ void TrainModelT<S>::attach_lowp(cpu::Precision p) {
       q.refresh(static_cast<const float*>(lw.view().data), lw.out(), lw.in(), p);
       lw.set_lowp(&q);
     });
+    // The output heads keep the precision of the report's BF16 baseline in both modes (§3.3.1:
+    // the output head stays in its "original precision"): BF16 inputs, FP32 accumulation. A tied
+    // MTP head shares the main head's copy.
+    head_lowp_.resize(heads.size());
+    for (size_t h = 0; h < heads.size(); ++h) {
+      cpu::LinearWeight& lw = *heads[h];
+      size_t same = h;
+      for (size_t j = 0; j < h; ++j)
+        if (heads[j]->view().data == lw.view().data) same = j;
+      if (same == h)
+        head_lowp_[h].refresh(static_cast<const float*>(lw.view().data), lw.out(), lw.in(),
+                              cpu::Precision::BF16);
+      lw.set_lowp(&head_lowp_[same]);
+    }
   } else {
     DSV3_CHECK(p == cpu::Precision::F32, "training precision {} needs a float model",
                cpu::precision_name(p));
