@@ -55,7 +55,7 @@ constexpr int64_t kGemvMaxM_F32 = 2;
 // Compute::BF16 between the GEMV and oneDNN, measured per M with bench_kernels' decode_batch
 // entries (cold weights, 2 threads, the three bench shapes; docs/benchmarks.md):
 //   BF16 weights: the skinny BF16 GEMM (gemm_skinny.hpp) beats oneDNN at every M from 2 to 32
-//     (1.2-2.4x) and the GEMV from 3 (M = 2 is a tie, so the GEMV keeps it and its FP32 math);
+//     (1.2-2.7x) and the GEMV from 3 (M = 2 is a tie, so the GEMV keeps it and its FP32 math);
 //   FP8 weights: the skinny GEMM runs on 128-row tiles converted to BF16 (the conversion costs
 //     more than the GEMV's in-register widening), so the FP8 GEMV keeps M ≤ 8 and the skinny
 //     GEMM takes 9..32, where it beats both.
