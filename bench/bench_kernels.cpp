@@ -3,10 +3,12 @@
 //   (c) decode GEMV (M = 1) on BF16 / FP8 e4m3 / F32 weights: GB/s of stored weight bytes and %
 //       of (a); each timed call starts with the weight evicted from the caches (a 256 MiB stream
 //       in between), as in decode where every weight is read once per token,
-//   (d) prefill GEMM (M = 512, Compute::BF16): GFLOP/s and % of the BF16 peak.
+//   (d) batched decode (M = 2..32, Compute::BF16, BF16 / FP8 weights): each path linear_forward
+//       can take (GEMV, skinny BF16 GEMM, oneDNN GEMM), cold weights as in (c),
+//   (e) prefill GEMM (M = 512, Compute::BF16): GFLOP/s and % of the BF16 peak.
 // Prints JSON.
 //
-//   bench_kernels [--threads 2 | --threads 1,2] [--reps 15]
+//   bench_kernels [--threads 2 | --threads 1,2] [--reps 15] [--only decode_batch]
 #include <cstdio>
 #include <sstream>
 #include <string>
@@ -77,12 +79,15 @@ const char* dtype_label(DType d) {
 int main(int argc, char** argv) {
   std::string threads_s = std::to_string(num_threads());
   int reps = 15;
+  std::string only;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string a = argv[i];
     if (a == "--threads")
       threads_s = argv[i + 1];
     else if (a == "--reps")
       reps = std::stoi(argv[i + 1]);
+    else if (a == "--only")  // one section: gemv_m1, decode_batch or prefill (peaks skipped)
+      only = argv[i + 1];
     else {
       std::fprintf(stderr, "unknown flag %s\n", a.c_str());
       return 2;
@@ -95,60 +100,104 @@ int main(int argc, char** argv) {
     for (int nt : bench::parse_int_list(threads_s)) {
       set_num_threads(nt);
       const double bw = bench::measure_memory_bandwidth_gbs(nt);
-      const double peak_f32 = bench::measure_gemm_peak_gflops(false, nt);
-      const double peak_bf16 = bench::measure_gemm_peak_gflops(true, nt);
+      const bool all = only.empty();
+      const double peak_f32 = all ? bench::measure_gemm_peak_gflops(false, nt) : 0.0;
+      const double peak_bf16 =
+          all || only == "prefill" ? bench::measure_gemm_peak_gflops(true, nt) : 0.0;
       j.begin_object()
           .field("threads", nt)
           .field("memory_bandwidth_gbs", bw, 1)
           .field("f32_gemm_peak_gflops", peak_f32, 1)
           .field("bf16_gemm_peak_gflops", peak_bf16, 1);
       j.begin_array("gemv_m1");
-      for (DType dt : {DType::BF16, DType::F8_E4M3, DType::F32})
-        for (const Shape& s : kShapes) {
-          const Stored w = make_weight(dt, s, 7);
-          // Compute::F32 on an F32 weight keeps no packed copy; the M = 1 path is the same
-          // GEMV kernel under either Compute.
-          const cpu::LinearWeight lw(w.view,
-                                     dt == DType::F32 ? cpu::Compute::F32 : cpu::Compute::BF16);
-          std::vector<float> x(size_t(s.in), 0.01f), y(size_t(s.out));
-          double best = 1e30;
-          for (int r = 0; r < reps; ++r) {
-            flusher.flush();
-            bench::Timer t;
-            cpu::linear_forward(y.data(), x.data(), 1, lw);
-            best = std::min(best, t.seconds());
+      if (all || only == "gemv_m1")
+        for (DType dt : {DType::BF16, DType::F8_E4M3, DType::F32})
+          for (const Shape& s : kShapes) {
+            const Stored w = make_weight(dt, s, 7);
+            // Compute::F32 on an F32 weight keeps no packed copy; the M = 1 path is the same
+            // GEMV kernel under either Compute.
+            const cpu::LinearWeight lw(w.view,
+                                       dt == DType::F32 ? cpu::Compute::F32 : cpu::Compute::BF16);
+            std::vector<float> x(size_t(s.in), 0.01f), y(size_t(s.out));
+            double best = 1e30;
+            for (int r = 0; r < reps; ++r) {
+              flusher.flush();
+              bench::Timer t;
+              cpu::linear_forward(y.data(), x.data(), 1, lw);
+              best = std::min(best, t.seconds());
+            }
+            const double gbs = double(lw.stored_bytes()) / best / 1e9;
+            j.begin_object()
+                .field("dtype", dtype_label(dt))
+                .field("out", s.out)
+                .field("in", s.in)
+                .field("us", best * 1e6, 1)
+                .field("weight_gbs", gbs, 1)
+                .field("pct_of_bandwidth", 100.0 * gbs / bw, 1)
+                .end_object();
           }
-          const double gbs = double(lw.stored_bytes()) / best / 1e9;
-          j.begin_object()
-              .field("dtype", dtype_label(dt))
-              .field("out", s.out)
-              .field("in", s.in)
-              .field("us", best * 1e6, 1)
-              .field("weight_gbs", gbs, 1)
-              .field("pct_of_bandwidth", 100.0 * gbs / bw, 1)
-              .end_object();
-        }
+      j.end_array();
+      // Batched decode (Compute::BF16, M = 2..32): each path linear_forward can take, cold
+      // weights as in gemv_m1; `path` marks linear_forward's own choice.
+      j.begin_array("decode_batch_bf16");
+      if (all || only == "decode_batch")
+        for (DType dt : {DType::BF16, DType::F8_E4M3})
+          for (const Shape& s : kShapes) {
+            const Stored w = make_weight(dt, s, 9);
+            const cpu::LinearWeight lw(w.view, cpu::Compute::BF16);
+            for (int64_t M : {2, 3, 4, 8, 16, 32}) {
+              std::vector<float> x(size_t(M * s.in), 0.01f), y(size_t(M * s.out));
+              j.begin_object()
+                  .field("dtype", dtype_label(dt))
+                  .field("out", s.out)
+                  .field("in", s.in);
+              j.field("m", M);
+              const std::pair<cpu::LinearPath, const char*> paths[] = {
+                  {cpu::LinearPath::Gemv, "gemv"},
+                  {cpu::LinearPath::Skinny, "skinny"},
+                  {cpu::LinearPath::Gemm, "gemm"}};
+              for (const auto& [p, name] : paths) {
+                cpu::linear_forward_path(y.data(), x.data(), M, lw, false, p);  // primitive, touch
+                double best = 1e30;
+                for (int r = 0; r < reps; ++r) {
+                  flusher.flush();
+                  bench::Timer t;
+                  cpu::linear_forward_path(y.data(), x.data(), M, lw, false, p);
+                  best = std::min(best, t.seconds());
+                }
+                j.field((std::string(name) + "_us").c_str(), best * 1e6, 1);
+                j.field((std::string(name) + "_weight_gbs").c_str(),
+                        double(lw.stored_bytes()) / best / 1e9, 1);
+              }
+              const cpu::LinearPath chosen = cpu::linear_path(M, lw);
+              j.field("path", chosen == cpu::LinearPath::Gemv     ? "gemv"
+                              : chosen == cpu::LinearPath::Skinny ? "skinny"
+                                                                  : "gemm");
+              j.end_object();
+            }
+          }
       j.end_array();
       j.begin_array("prefill_m512_bf16");
-      for (DType dt : {DType::BF16, DType::F8_E4M3})
-        for (const Shape& s : kShapes) {
-          const int64_t M = 512;
-          const Stored w = make_weight(dt, s, 8);
-          const cpu::LinearWeight lw(w.view, cpu::Compute::BF16);
-          std::vector<float> x(size_t(M * s.in), 0.01f), y(size_t(M * s.out));
-          cpu::linear_forward(y.data(), x.data(), M, lw);  // primitive creation, first touch
-          const double t = bench::best_seconds(
-              std::max(3, reps / 3), [&] { cpu::linear_forward(y.data(), x.data(), M, lw); });
-          const double gf = 2.0 * double(M) * double(s.out) * double(s.in) / t / 1e9;
-          j.begin_object()
-              .field("dtype", dtype_label(dt))
-              .field("out", s.out)
-              .field("in", s.in)
-              .field("ms", t * 1e3, 3)
-              .field("gflops", gf, 1)
-              .field("pct_of_bf16_peak", 100.0 * gf / peak_bf16, 1)
-              .end_object();
-        }
+      if (all || only == "prefill")
+        for (DType dt : {DType::BF16, DType::F8_E4M3})
+          for (const Shape& s : kShapes) {
+            const int64_t M = 512;
+            const Stored w = make_weight(dt, s, 8);
+            const cpu::LinearWeight lw(w.view, cpu::Compute::BF16);
+            std::vector<float> x(size_t(M * s.in), 0.01f), y(size_t(M * s.out));
+            cpu::linear_forward(y.data(), x.data(), M, lw);  // primitive creation, first touch
+            const double t = bench::best_seconds(
+                std::max(3, reps / 3), [&] { cpu::linear_forward(y.data(), x.data(), M, lw); });
+            const double gf = 2.0 * double(M) * double(s.out) * double(s.in) / t / 1e9;
+            j.begin_object()
+                .field("dtype", dtype_label(dt))
+                .field("out", s.out)
+                .field("in", s.in)
+                .field("ms", t * 1e3, 3)
+                .field("gflops", gf, 1)
+                .field("pct_of_bf16_peak", 100.0 * gf / peak_bf16, 1)
+                .end_object();
+          }
       j.end_array();
       j.end_object();
     }

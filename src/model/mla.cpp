@@ -214,36 +214,115 @@ void attend_absorbed(float* attn, const float* q, int64_t T, int64_t start, cons
 // as stored (BF16: half the bytes of the FP32 copy; FP8 goes through that copy), and the scores
 // and the weighted latent sum use the few-row kernels (a library GEMM call per head costs more
 // than the product).
+// kv_b_proj as the absorbed decode reads it: as stored (F32, BF16) or its FP32 copy (FP8).
+cpu::WeightView absorbed_view(const MlaW<W<float>>& w, const MlaDims& d) {
+  cpu::WeightView wv = w.kv_b.view();
+  if (wv.dtype != DType::F32 && wv.dtype != DType::BF16)
+    wv = {DType::F32, d.H * d.Dkv(), d.R, w.kv_b_f32, nullptr};
+  return wv;
+}
+
+// Heads [hb, he) of one sequence's absorbed decode, on the calling thread. qabs, lat [T, H, R],
+// scores [T, H, S] and valid [T, H] are the sequence's own scratch.
+void absorbed_decode_heads(float* attn, const float* q, int64_t T, int64_t start,
+                           const cpu::WeightView& wv, const MlaDims& d, const float* latent,
+                           const float* pe, float* qabs, float* lat, float* scores,
+                           const int64_t* valid, int64_t hb, int64_t he) {
+  const int64_t H = d.H, Dn = d.Dn, Dr = d.Dr, Dv = d.Dv, Dq = d.Dq(), R = d.R, S = start + T;
+  const int64_t Dkv = d.Dkv(), nh = he - hb;
+  const float scale = float(d.scale);
+  for (int64_t t = 0; t < T; ++t) {
+    const int64_t r0 = t * H + hb;  // first (t, h) row of this range
+    // q_abs[t, h, :] = q_nope[t, h, :] · W_UK[h]  ([Dn] x [Dn, R] -> [R]).
+    for (int64_t h = hb; h < he; ++h)
+      cpu::gemv_t_rows(qabs + (t * H + h) * R, q + (t * H + h) * Dq, wv, h * Dkv, Dn);
+    float* sc = scores + r0 * S;
+    cpu::gemm_small_nt(nh, S, R, scale, qabs + r0 * R, R, latent, R, 0.0f, sc, S);
+    cpu::gemm_small_nt(nh, S, Dr, scale, q + r0 * Dq + Dn, Dq, pe, Dr, 1.0f, sc, S);
+    cpu::softmax_rows(sc, nh, S, valid + r0);
+    cpu::gemm_small_nn(nh, R, S, sc, S, latent, R, lat + r0 * R, R, false);
+    // attn[t, h, :] = lat[t, h, :] · W_UV[h]ᵀ  ([R] x [R, Dv] -> [Dv]).
+    for (int64_t h = hb; h < he; ++h)
+      cpu::gemv_rows(attn + (t * H + h) * Dv, lat + (t * H + h) * R, wv, h * Dkv + Dn,
+                     (h + 1) * Dkv);
+  }
+}
+
 void attend_absorbed_decode(float* attn, const float* q, int64_t T, int64_t start,
                             const MlaW<W<float>>& w, const MlaDims& d, const float* latent,
                             const float* pe, MlaScratch<float>& s) {
-  const int64_t H = d.H, Dn = d.Dn, Dr = d.Dr, Dv = d.Dv, Dq = d.Dq(), R = d.R, S = start + T;
-  const int64_t Dkv = d.Dkv();
-  const float scale = float(d.scale);
-  cpu::WeightView wv = w.kv_b.view();
-  if (wv.dtype != DType::F32 && wv.dtype != DType::BF16)
-    wv = {DType::F32, H * Dkv, R, w.kv_b_f32, nullptr};
+  const int64_t H = d.H, R = d.R, S = start + T;
+  const cpu::WeightView wv = absorbed_view(w, d);
   float* qabs = grow(s.qabs, size_t(T * H * R));      // [T, H, R]
   float* lat = grow(s.lat, size_t(T * H * R));        // [T, H, R]
   float* scores = grow(s.scores, size_t(T * H * S));  // [T, H, S]
   int64_t* valid = grow(s.valid, size_t(T * H));
   for (int64_t i = 0; i < T * H; ++i) valid[i] = start + i / H + 1;
   parallel_for(H, [&](int64_t hb, int64_t he) {
-    const int64_t nh = he - hb;
-    for (int64_t t = 0; t < T; ++t) {
-      const int64_t r0 = t * H + hb;  // first (t, h) row of this range
-      // q_abs[t, h, :] = q_nope[t, h, :] · W_UK[h]  ([Dn] x [Dn, R] -> [R]).
-      for (int64_t h = hb; h < he; ++h)
-        cpu::gemv_t_rows(qabs + (t * H + h) * R, q + (t * H + h) * Dq, wv, h * Dkv, Dn);
-      float* sc = scores + r0 * S;
-      cpu::gemm_small_nt(nh, S, R, scale, qabs + r0 * R, R, latent, R, 0.0f, sc, S);
-      cpu::gemm_small_nt(nh, S, Dr, scale, q + r0 * Dq + Dn, Dq, pe, Dr, 1.0f, sc, S);
-      cpu::softmax_rows(sc, nh, S, valid + r0);
-      cpu::gemm_small_nn(nh, R, S, sc, S, latent, R, lat + r0 * R, R, false);
-      // attn[t, h, :] = lat[t, h, :] · W_UV[h]ᵀ  ([R] x [R, Dv] -> [Dv]).
-      for (int64_t h = hb; h < he; ++h)
-        cpu::gemv_rows(attn + (t * H + h) * Dv, lat + (t * H + h) * R, wv, h * Dkv + Dn,
-                       (h + 1) * Dkv);
+    absorbed_decode_heads(attn, q, T, start, wv, d, latent, pe, qabs, lat, scores, valid, hb, he);
+  });
+}
+
+// The decode steps of several sequences at once (every one T ≤ kAbsorbedDecodeTokens, absorbed):
+// the paged latents gathered in one parallel region, then every (sequence, head) in one more,
+// instead of two regions per sequence (an OpenMP fork/join each, and a sequence's 16 heads are
+// too little work to keep both threads busy between them).
+void attend_decode_batch(float* attn, const float* q, std::span<const SeqSpan> seqs,
+                         const MlaW<W<float>>& w, const ModelConfig& c, const MlaCache& cache,
+                         MlaScratch<float>& s) {
+  const MlaDims d = mla_dims(c, 1, 1);
+  const int64_t H = d.H, R = d.R, Dr = d.Dr, Dq = d.Dq(), Dv = d.Dv, bt = cache.max_seq;
+  const int64_t ns = int64_t(seqs.size());
+  // Per sequence: first token, offsets into the gathered latents, the scores and the valid rows.
+  thread_local std::vector<int64_t> off;
+  off.assign(size_t(4 * (ns + 1)), 0);
+  int64_t* tok0 = off.data();
+  int64_t* lat0 = tok0 + ns + 1;
+  int64_t* sc0 = lat0 + ns + 1;
+  int64_t* val0 = sc0 + ns + 1;
+  for (int64_t i = 0; i < ns; ++i) {
+    const SeqSpan& sq = seqs[size_t(i)];
+    const int64_t S = sq.start + sq.len;
+    tok0[i + 1] = tok0[i] + sq.len;
+    lat0[i + 1] = lat0[i] + (S > bt ? S : 0);
+    sc0[i + 1] = sc0[i] + sq.len * H * S;
+    val0[i + 1] = val0[i] + sq.len * H;
+  }
+  float* gl = grow(s.glat, size_t(std::max<int64_t>(1, lat0[ns]) * R));
+  float* gp = grow(s.gpe, size_t(std::max<int64_t>(1, lat0[ns]) * Dr));
+  parallel_for(ns, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) {
+      const SeqSpan& sq = seqs[size_t(i)];
+      const int64_t S = sq.start + sq.len;
+      if (S <= bt) continue;
+      for (int64_t j = 0; j * bt < S; ++j) {
+        const int64_t n = std::min(bt, S - j * bt), blk = sq.blocks[j];
+        std::copy_n(cache.latent.data() + blk * bt * R, n * R, gl + (lat0[i] + j * bt) * R);
+        std::copy_n(cache.pe.data() + blk * bt * Dr, n * Dr, gp + (lat0[i] + j * bt) * Dr);
+      }
+    }
+  });
+  const int64_t N = tok0[ns];
+  float* qabs = grow(s.qabs, size_t(N * H * R));
+  float* lat = grow(s.lat, size_t(N * H * R));
+  float* scores = grow(s.scores, size_t(sc0[ns]));
+  int64_t* valid = grow(s.valid, size_t(val0[ns]));
+  for (int64_t i = 0; i < ns; ++i)
+    for (int64_t k = 0; k < val0[i + 1] - val0[i]; ++k)
+      valid[val0[i] + k] = seqs[size_t(i)].start + k / H + 1;
+  const cpu::WeightView wv = absorbed_view(w, d);
+  parallel_for(ns * H, [&](int64_t u0, int64_t u1) {
+    for (int64_t u = u0; u < u1;) {
+      const int64_t i = u / H, hb = u % H, he = std::min(H, hb + (u1 - u));
+      const SeqSpan& sq = seqs[size_t(i)];
+      const int64_t S = sq.start + sq.len;
+      const float* latent = S > bt ? gl + lat0[i] * R : cache.latent.data() + sq.blocks[0] * bt * R;
+      const float* pe = S > bt ? gp + lat0[i] * Dr : cache.pe.data() + sq.blocks[0] * bt * Dr;
+      const int64_t t0 = tok0[i];
+      absorbed_decode_heads(attn + t0 * H * Dv, q + t0 * H * Dq, sq.len, sq.start, wv, d, latent,
+                            pe, qabs + t0 * H * R, lat + t0 * H * R, scores + sc0[i],
+                            valid + val0[i], hb, he);
+      u += he - hb;
     }
   });
 }
@@ -410,6 +489,15 @@ void mla_forward_cached(float* out, const float* x, std::span<const SeqSpan> seq
   }
 
   float* attn = grow(s.attn, size_t(N * H * Dv));
+  bool decode_batch = seqs.size() > 1 && impl != AttnImpl::Naive;
+  for (const SeqSpan& sq : seqs)
+    decode_batch = decode_batch && sq.len <= kAbsorbedDecodeTokens &&
+                   (impl == AttnImpl::Absorbed || sq.len < kNaiveMinTokens);
+  if (decode_batch) {
+    attend_decode_batch(attn, q, seqs, w, c, cache, s);
+    cpu::linear_forward(out, attn, N, w.o);
+    return;
+  }
   for (int64_t first = 0; const SeqSpan& sq : seqs) {
     const int64_t T = sq.len, start = sq.start, S = start + T;
     AttnImpl use = impl;

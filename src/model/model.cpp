@@ -101,6 +101,20 @@ void Model::forward(const int32_t* tokens, int64_t B, int64_t T, int64_t start_p
   forward_batch(tokens, seqs, cache, logits, rows, nrows, opt);
 }
 
+namespace {
+
+// Whether a forward of N tokens runs on a spin team: decode steps (Model::kSpinTeamTokens), and
+// under Compute::BF16 batched decode steps of up to 32 tokens, whose products are the GEMV or the
+// skinny GEMM (linear.cpp), parallel_for regions both, and whose MoE takes whole experts per
+// thread (moe.cpp) as a decode step does. (Compute::F32's sgemm has OpenMP regions of its own,
+// which would run on one thread inside the team.)
+constexpr int64_t kSpinTeamBatchTokens = 32;
+bool spin_team_tokens(int64_t N, cpu::Compute c, int64_t decode_tokens) {
+  return N <= decode_tokens || (c == cpu::Compute::BF16 && N <= kSpinTeamBatchTokens);
+}
+
+}  // namespace
+
 void Model::forward_batch(const int32_t* tokens, std::span<const SeqSpan> seqs, KVCache& cache,
                           float* logits, const int64_t* rows, int64_t nrows,
                           const ForwardOptions& opt) {
@@ -118,7 +132,7 @@ void Model::forward_batch(const int32_t* tokens, std::span<const SeqSpan> seqs, 
                N);
   // A decode step (GEMV products, the absorbed attention) is ~80 short parallel regions per
   // token: they go through one spin team instead of an OpenMP fork/join each.
-  if (N <= kSpinTeamTokens && opt.attn != AttnImpl::Naive)
+  if (spin_team_tokens(N, compute_, kSpinTeamTokens) && opt.attn != AttnImpl::Naive)
     spin_team([&] { forward_layers(tokens, seqs, N, cache, logits, rows, nrows, opt); });
   else
     forward_layers(tokens, seqs, N, cache, logits, rows, nrows, opt);
@@ -179,7 +193,7 @@ void Model::mtp_forward_batch(const float* hidden, const int32_t* next,
                        opt.times, opt.routes);
   };
   // A draft step is as short as a decode step: the same spin team (see forward_batch).
-  if (N <= kSpinTeamTokens && opt.attn != AttnImpl::Naive)
+  if (spin_team_tokens(N, compute_, kSpinTeamTokens) && opt.attn != AttnImpl::Naive)
     spin_team(run);
   else
     run();

@@ -407,8 +407,10 @@ void moe_forward(S* out, const S* x, const MoeW<W<S>>& w, const MoeDims& d, MoeA
     }
   }
   const Rows<S> r{x, N, a.indices.data(), a.weights.data(), E, 0};
-  routed_forward(out, r, w, d, a, s, N <= kExpertParallelTokens && region_threads() > 1, d.Fs > 0,
-                 shared);
+  // On a spin team (batched decode, model.cpp) whole experts per thread too: an OpenMP region
+  // (for_each_expert) would run on one thread there.
+  const bool jobs = N <= kExpertParallelTokens || detail::idle_team() != nullptr;
+  routed_forward(out, r, w, d, a, s, jobs && region_threads() > 1, d.Fs > 0, shared);
 }
 
 template <typename S>

@@ -19,6 +19,7 @@
 
 #include "backend/cpu/linear.hpp"
 #include "core/dtype.hpp"
+#include "core/error.hpp"
 #include "core/rng.hpp"
 
 namespace dsv3::cpu {
@@ -130,6 +131,38 @@ TEST(Linear, AllDtypesComputesShapes) {
             ASSERT_EQ(check_linear(y, y0, x, w, M, acc, c), 0);
           }
       }
+}
+
+// Every path linear_forward chooses between (GEMV, skinny BF16 GEMM, oneDNN GEMM) is right at
+// every M, not only where linear_path sends it; the skinny path refuses what it does not take.
+TEST(Linear, EveryPathAtEveryM) {
+  const int64_t N = 141, K = 200;
+  for (DType dt : {DType::BF16, DType::F8_E4M3}) {
+    const uint64_t seed = 4242 + uint64_t(dt);
+    std::printf("paths %s seed=%llu\n", name(dt), (unsigned long long)seed);
+    const Stored w = make_weight(dt, N, K, seed);
+    const LinearWeight lw(w.view, Compute::BF16);
+    for (LinearPath p : {LinearPath::Gemv, LinearPath::Skinny, LinearPath::Gemm})
+      for (int64_t M : {1, 2, 3, 5, 9, 16, 33})
+        for (bool acc : {false, true}) {
+          SCOPED_TRACE(testing::Message() << name(dt) << " path " << int(p) << " M=" << M
+                                          << " acc=" << acc << " seed=" << seed);
+          const auto x = random_vec(size_t(M * K), seed + uint64_t(M));
+          const auto y0 = random_vec(size_t(M * N), seed + 100 + uint64_t(M));
+          auto y = y0;
+          linear_forward_path(y.data(), x.data(), M, lw, acc, p);
+          ASSERT_EQ(check_linear(y, y0, x, w, M, acc, Compute::BF16), 0);
+        }
+  }
+  const Stored f = make_weight(DType::F32, 8, 8, 1);
+  std::vector<float> x(8, 1.0f), y(8);
+  EXPECT_THROW(linear_forward_path(y.data(), x.data(), 1, LinearWeight(f.view, Compute::BF16),
+                                   false, LinearPath::Skinny),
+               Error);
+  const Stored b = make_weight(DType::BF16, 8, 8, 1);
+  EXPECT_THROW(linear_forward_path(y.data(), x.data(), 1, LinearWeight(b.view, Compute::F32), false,
+                                   LinearPath::Skinny),
+               Error);
 }
 
 // NaN and Inf in activations and weights land where the reference puts them.

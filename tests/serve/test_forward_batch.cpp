@@ -117,6 +117,60 @@ TEST(ForwardBatch, MtpRaggedEqualsMtpForward) {
   EXPECT_LT(worst, 1e-4f);
 }
 
+// A decode step of several sequences under Compute::BF16 (the batched-decode path: spin team,
+// skinny BF16 products where the weight is BF16, whole experts per thread, all sequences' heads
+// in one region) against each sequence's decode step alone (one token: the GEMV path, FP32
+// products). The batch rounds activations to BF16, so the bound is BF16's (relative 2⁻⁷ of the
+// logits' scale), not 1e-4; a wrong row, expert or head is off by the logits' own magnitude.
+TEST(ForwardBatch, Bf16DecodeBatchEqualsAlone) {
+  model::LoadOptions lo;
+  lo.compute = cpu::Compute::BF16;
+  auto m = model::Model::load(std::string(DSV3_TEST_DATA) + "/tiny-v3", lo);
+  const auto& c = m->config();
+  const int64_t V = c.vocab_size, bt = 4, B = 5;
+  const uint64_t seed = 1606;
+  std::printf("seed %llu\n", (unsigned long long)seed);
+  Rng rng(seed);
+  std::vector<std::vector<int32_t>> seqs(static_cast<size_t>(B));
+  for (int64_t b = 0; b < B; ++b) {
+    seqs[size_t(b)].resize(size_t(3 + 2 * b));
+    for (auto& t : seqs[size_t(b)]) t = int32_t(rng.below(uint64_t(V)));
+  }
+  // Each sequence's prompt (all but its last token) alone into its own blocks of both caches.
+  model::KVCache batch_cache(c, 4 * B, bt, false), alone_cache(c, 4 * B, bt, false);
+  std::vector<std::vector<int32_t>> tables(static_cast<size_t>(B));
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t j = 0; j < 4; ++j) tables[size_t(b)].push_back(int32_t(b * 4 + j));
+  std::vector<float> logits(size_t(16 * V));  // a prompt's rows (up to 10), then the B rows
+  for (int64_t b = 0; b < B; ++b) {
+    const auto& q = seqs[size_t(b)];
+    const model::SeqSpan span{0, int64_t(q.size()) - 1, tables[size_t(b)].data(), 4};
+    for (model::KVCache* kc : {&batch_cache, &alone_cache})
+      m->forward_batch(q.data(), {&span, 1}, *kc, logits.data(), nullptr, span.len);
+  }
+  // The last tokens: one step of all B sequences, then each alone.
+  std::vector<int32_t> tok;
+  std::vector<model::SeqSpan> spans;
+  for (int64_t b = 0; b < B; ++b) {
+    const auto& q = seqs[size_t(b)];
+    tok.push_back(q.back());
+    spans.push_back({int64_t(q.size()) - 1, 1, tables[size_t(b)].data(), 4});
+  }
+  m->forward_batch(tok.data(), spans, batch_cache, logits.data(), nullptr, B);
+  std::vector<float> alone(static_cast<size_t>(V));
+  for (int64_t b = 0; b < B; ++b) {
+    m->forward_batch(tok.data() + b, {&spans[size_t(b)], 1}, alone_cache, alone.data(), nullptr, 1);
+    float worst = 0, scale = 0;
+    for (int64_t v = 0; v < V; ++v) {
+      worst = std::max(worst, std::abs(alone[size_t(v)] - logits[size_t(b * V + v)]));
+      scale = std::max(scale, std::abs(alone[size_t(v)]));
+    }
+    std::printf("sequence %lld: worst |batch - alone| %.3g, max |logit| %.3g\n", (long long)b,
+                double(worst), double(scale));
+    EXPECT_LT(worst, 0.03f * scale) << "sequence " << b;
+  }
+}
+
 TEST(ForwardBatch, BadBlockTableIsAnError) {
   auto m = model::Model::load(std::string(DSV3_TEST_DATA) + "/tiny-v3");
   const auto& c = m->config();

@@ -2,6 +2,9 @@
 // huge-page memory or mmapped). Nothing is packed or dequantized at construction.
 //   small M (decode): the AVX-512 GEMV kernels read the stored weight (gemv.cpp; FP8 codes are
 //                     widened in registers by gemv_fp8.cpp).
+//   M up to a few dozen (batched decode), Compute::BF16: the skinny BF16 GEMM (gemm_skinny.cpp)
+//                     reads each stored BF16 weight row once for all rows (FP8: on the tiles the
+//                     tiled path below converts).
 //   large M, BF16 weight and Compute::BF16: one oneDNN matmul (brgemm) whose weight descriptor is
 //                     the stored [out, in] row-major array itself (Wᵀ in layout "ba"); brgemm
 //                     copies each K×N block it needs into its VNNI form in its scratchpad, in
@@ -28,6 +31,7 @@
 #include <shared_mutex>
 #include <unordered_map>
 
+#include "backend/cpu/gemm_skinny.hpp"
 #include "backend/cpu/gemv.hpp"
 #include "backend/cpu/gemv_fp8.hpp"
 #include "backend/cpu/linear_lowp.hpp"
@@ -48,6 +52,16 @@ using tag = dnnl::memory::format_tag;
 // weight per 4 activation rows). FP32 GEMV vs packed FP32 brgemm crosses at the same M.
 constexpr int64_t kGemvMaxM_BF16 = 2;
 constexpr int64_t kGemvMaxM_F32 = 2;
+// Compute::BF16 between the GEMV and oneDNN, measured per M with bench_kernels' decode_batch
+// entries (cold weights, 2 threads, the three bench shapes; docs/benchmarks.md):
+//   BF16 weights: the skinny BF16 GEMM (gemm_skinny.hpp) beats oneDNN at every M from 2 to 32
+//     (1.2-2.7x) and the GEMV from 3 (M = 2 is a tie, so the GEMV keeps it and its FP32 math);
+//   FP8 weights: the skinny GEMM runs on 128-row tiles converted to BF16 (the conversion costs
+//     more than the GEMV's in-register widening), so the FP8 GEMV keeps M ≤ 8 and the skinny
+//     GEMM takes 9..32, where it beats both.
+// Beyond 32 rows oneDNN (not measured further: prefill chunks are hundreds of rows).
+constexpr int64_t kGemvMaxM_FP8 = 8;
+constexpr int64_t kSkinnyMaxM = 32;
 // Output rows per converted tile on the tiled path: one FP8 scale block; a BF16 tile of K = 2816
 // is 704 KiB, within a core's L2.
 constexpr int64_t kTileRows = 128;
@@ -218,7 +232,7 @@ void run_matmul(float* y, int64_t ldy, const void* src, const void* W, int64_t M
 // The tiled path (see the file comment): tiles of kTileRows output rows over the threads, each
 // converted to the compute dtype in this thread's buffer, then multiplied.
 void tiled_forward(float* y, const float* x, const void* xb, int64_t M, const WeightView& v,
-                   Compute c, bool acc) {
+                   Compute c, bool acc, bool skinny) {
   const int64_t N = v.rows, K = v.cols, tiles = (N + kTileRows - 1) / kTileRows;
   parallel_for(tiles, [&](int64_t t0, int64_t t1) {
     thread_local std::vector<float> buf;  // one tile: [kTileRows, K] of the compute dtype
@@ -231,7 +245,10 @@ void tiled_forward(float* y, const float* x, const void* xb, int64_t M, const We
           fp8_rows_to_bf16(tb, v, n0, n1);
         else  // F32 storage
           from_f32(tb, static_cast<const float*>(v.data) + n0 * K, DType::BF16, size_t(nt * K));
-        run_matmul(y + n0, N, xb, tb, M, nt, K, mdt::bf16, acc);
+        if (skinny)  // xb from skinny_round_x
+          skinny_rows(y + n0, N, static_cast<const uint16_t*>(xb), M, tb, K, 0, nt, acc);
+        else
+          run_matmul(y + n0, N, xb, tb, M, nt, K, mdt::bf16, acc);
       } else {
         if (v.dtype == DType::F8_E4M3)
           fp8_rows_to_f32(buf.data(), v, n0, n1);
@@ -245,7 +262,23 @@ void tiled_forward(float* y, const float* x, const void* xb, int64_t M, const We
 
 }  // namespace
 
+LinearPath linear_path(int64_t M, const LinearWeight& w) {
+  const DType dt = w.view().dtype;
+  if (M <= linear_gemv_max_m(w.compute())) return LinearPath::Gemv;
+  if (w.compute() != Compute::BF16 || dt == DType::F32 || M > kSkinnyMaxM) return LinearPath::Gemm;
+  return dt == DType::F8_E4M3 && M <= kGemvMaxM_FP8 ? LinearPath::Gemv : LinearPath::Skinny;
+}
+
 void linear_forward(float* y, const float* x, int64_t M, const LinearWeight& w, bool accumulate) {
+  if (w.lowp()) {
+    lowp_forward(y, x, M, *w.lowp(), accumulate);
+    return;
+  }
+  linear_forward_path(y, x, M, w, accumulate, linear_path(M, w));
+}
+
+void linear_forward_path(float* y, const float* x, int64_t M, const LinearWeight& w,
+                         bool accumulate, LinearPath path) {
   if (w.lowp()) {
     lowp_forward(y, x, M, *w.lowp(), accumulate);
     return;
@@ -259,7 +292,7 @@ void linear_forward(float* y, const float* x, int64_t M, const LinearWeight& w, 
     if (!accumulate) std::fill(y, y + M * N, 0.0f);
     return;
   }
-  if (M <= linear_gemv_max_m(w.compute())) {
+  if (path == LinearPath::Gemv) {
     if (v.dtype == DType::F8_E4M3)
       gemv_fp8(y, x, M, v, im->fp8_has_nan, accumulate);
     else
@@ -267,20 +300,33 @@ void linear_forward(float* y, const float* x, int64_t M, const LinearWeight& w, 
     return;
   }
   const bool bf16 = w.compute() == Compute::BF16;
+  const bool skinny = path == LinearPath::Skinny;
+  DSV3_CHECK(!skinny || (bf16 && v.dtype != DType::F32),
+             "linear_forward: the skinny BF16 GEMM takes BF16 or FP8 weights under "
+             "Compute::BF16, not a {} weight [{}, {}] under Compute::{}",
+             dtype_name(v.dtype), N, K, bf16 ? "BF16" : "F32");
+  if (skinny && v.dtype == DType::BF16) {
+    gemm_skinny_bf16(y, x, M, v, accumulate);
+    return;
+  }
   if (!bf16 && v.dtype == DType::F32) {  // sgemm reads the stored weight in place
     gemm(false, true, M, N, K, 1.0f, x, K, static_cast<const float*>(v.data), K,
          accumulate ? 1.0f : 0.0f, y, N);
     return;
   }
-  thread_local std::vector<uint16_t> xb;  // [M, K] BF16 activations; grows, then reused
-  if (bf16) {
+  // [M, K] BF16 activations (skinny: rows of skinny_ldx(K), zero-padded); grows, then reused.
+  thread_local std::vector<uint16_t> xb;
+  if (skinny) {
+    if (xb.size() < size_t(M * skinny_ldx(K))) xb.resize(size_t(M * skinny_ldx(K)));
+    skinny_round_x(xb.data(), x, M, K);
+  } else if (bf16) {
     if (xb.size() < size_t(M * K)) xb.resize(size_t(M * K));
     round_to_bf16(xb.data(), x, M, K);
   }
   if (bf16 && v.dtype == DType::BF16)
     run_matmul(y, N, xb.data(), v.data, M, N, K, mdt::bf16, accumulate);
   else
-    tiled_forward(y, x, xb.data(), M, v, w.compute(), accumulate);
+    tiled_forward(y, x, xb.data(), M, v, w.compute(), accumulate, skinny);
 }
 
 void gemm_f32(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,

@@ -3,8 +3,8 @@
 //
 // Compute::F32  every product is FP32 arithmetic on the effective weight (bf16 widened, fp8
 //               dequantized): matches a float32 reference to rounding.
-// Compute::BF16 large-M products round the activations to BF16 and run a BF16 GEMM (FP32
-//               accumulation), as production inference does; small-M products (decode) are
+// Compute::BF16 products of more than 2 rows round the activations to BF16 and run a BF16 GEMM
+//               (FP32 accumulation), as production inference does; 1-2 rows (decode) are
 //               memory-bound and stay FP32 arithmetic on the stored weight.
 #pragma once
 #include <cstdint>
@@ -60,14 +60,25 @@ class LinearWeight {
 };
 
 // y[M, out] = x[M, in] · Wᵀ (+ y if accumulate). x, y FP32 row-major with leading dims in / out.
-// M ≤ linear_gemv_max_m(compute) runs a GEMV (FP32 arithmetic, memory-bound); larger M a GEMM.
-// Both read the stored weight. Thread-safe: concurrent calls (on the same or different weights)
-// are fine; inside an OpenMP parallel region a call runs on the calling thread only.
+// M ≤ linear_gemv_max_m(compute) runs a GEMV (FP32 arithmetic, memory-bound); larger M a skinny
+// BF16 GEMM (Compute::BF16, up to a few dozen rows) or a GEMM. All read the stored weight.
+// Thread-safe: concurrent calls (on the same or different weights) are fine; inside an OpenMP
+// parallel region a call runs on the calling thread only.
 void linear_forward(float* y, const float* x, int64_t M, const LinearWeight& w,
                     bool accumulate = false);
 
 // Largest M that linear_forward treats as decode (FP32 products on the stored weight).
 int64_t linear_gemv_max_m(Compute c);
+
+// The kernels linear_forward chooses between by M (see linear.cpp): the GEMV (FP32 products on
+// the stored weight), the skinny BF16 GEMM (gemm_skinny.hpp: Compute::BF16 on BF16 or FP8
+// weights) and the GEMM (oneDNN). linear_path is linear_forward's choice; linear_forward_path runs
+// a given one (benchmarks and tests compare them at equal M). Skinny on a weight it does not
+// take (F32 storage or Compute::F32) is an error.
+enum class LinearPath { Gemv, Skinny, Gemm };
+LinearPath linear_path(int64_t M, const LinearWeight& w);
+void linear_forward_path(float* y, const float* x, int64_t M, const LinearWeight& w,
+                         bool accumulate, LinearPath path);
 
 // Row-major FP32 GEMM: C[M,N] = alpha · op(A)[M,K] · op(B)[K,N] + beta · C.
 // op(X) = Xᵀ when trans_x. Leading dimensions are the row strides of the stored matrices.
