@@ -1,16 +1,17 @@
 // linear.hpp on the CPU, on one copy of the weight: the stored one (the checkpoint's bytes, in
 // huge-page memory or mmapped). Nothing is packed or dequantized at construction.
 //   small M (decode): the AVX-512 GEMV kernels read the stored weight (gemv.cpp; FP8 codes are
-//                     widened in registers by gemv_fp8.cpp).
+//                     widened in registers by gemv_fp8.cpp: to FP32 for Compute::F32, to BF16
+//                     for Compute::BF16).
 //   large M, BF16 weight and Compute::BF16: one oneDNN matmul (brgemm) whose weight descriptor is
 //                     the stored [out, in] row-major array itself (Wᵀ in layout "ba"); brgemm
 //                     copies each K×N block it needs into its VNNI form in its scratchpad, in
 //                     cache, per call.
 //   large M, other storage/compute pairs (FP8, or a weight whose dtype differs from the compute
-//                     dtype): the weight in chunks of up to kChunkBytes; the threads convert a
-//                     chunk's tiles of kTileRows rows to the compute dtype (FP8 codes · block
-//                     scale, rounded once) into one buffer of the caller's, each tile once per
-//                     call, then one product (oneDNN BF16 matmul or sgemm) covers all M rows.
+//                     dtype): the output rows go in tiles of kTileRows; each thread converts a
+//                     tile of the stored weight to the compute dtype (FP8 codes · block scale,
+//                     rounded once) in a small buffer that stays in cache and runs the product
+//                     on it (oneDNN BF16 matmul or sgemm, on that thread).
 //   F32 weight and Compute::F32: dnnl_sgemm on the stored weight.
 // Until 2026-12-07 a packed copy was made per weight (BF16 [in, out] in oneDNN's blocked layout
 // for Compute::BF16, FP32 for Compute::F32 on BF16/FP8): 2 or 4 more bytes per parameter, the
@@ -48,12 +49,9 @@ using tag = dnnl::memory::format_tag;
 // weight per 4 activation rows). FP32 GEMV vs packed FP32 brgemm crosses at the same M.
 constexpr int64_t kGemvMaxM_BF16 = 2;
 constexpr int64_t kGemvMaxM_F32 = 2;
-// The tiled path converts kTileRows output rows (one FP8 scale block) per task, and up to
-// kChunkBytes of converted weight per product: whole weights of up to 4 MiB as BF16 (a routed
-// expert's matrix of the bench model is 1 MiB, an attention projection up to 2 MiB) go to oneDNN
-// in one call; the dense MLP's in two.
+// Output rows per converted tile on the tiled path: one FP8 scale block; a BF16 tile of K = 2816
+// is 704 KiB, within a core's L2.
 constexpr int64_t kTileRows = 128;
-constexpr int64_t kChunkBytes = int64_t(4) << 20;
 
 dnnl::engine& engine() {
   static dnnl::engine e(dnnl::engine::kind::cpu, 0);
@@ -218,43 +216,32 @@ void run_matmul(float* y, int64_t ldy, const void* src, const void* W, int64_t M
   s.wait();
 }
 
-// The tiled path (see the file comment): the weight in chunks of up to kChunkBytes of the
-// compute dtype; each chunk's kTileRows-row tiles are converted once over the threads into this
-// caller's buffer, then one product runs over all M rows of the chunk. Until 2026-12-07 (evening)
-// each thread converted and multiplied one tile at a time: a oneDNN call per 128 rows (16 per
-// routed expert of the bench model), whose fixed cost and re-read of x made FP8 prefill 30–35%
-// slower than on a packed copy.
+// The tiled path (see the file comment): tiles of kTileRows output rows over the threads, each
+// converted to the compute dtype in this thread's buffer, then multiplied.
 void tiled_forward(float* y, const float* x, const void* xb, int64_t M, const WeightView& v,
                    Compute c, bool acc) {
-  const int64_t N = v.rows, K = v.cols, esize = c == Compute::BF16 ? 2 : 4;
-  const int64_t chunk =
-      std::max<int64_t>(kTileRows, kChunkBytes / (esize * K) / kTileRows * kTileRows);
-  thread_local std::vector<float> buf;  // [min(chunk, N), K] of the compute dtype
-  const size_t need = size_t((std::min(chunk, N) * K * esize + 3) / 4);
-  if (buf.size() < need) buf.resize(need);
-  float* fb =
-      buf.data();  // the caller's buffer (a thread_local named in the lambda is the worker's)
-  auto* tb = reinterpret_cast<uint16_t*>(fb);
-  for (int64_t c0 = 0; c0 < N; c0 += chunk) {
-    const int64_t c1 = std::min(N, c0 + chunk), tiles = (c1 - c0 + kTileRows - 1) / kTileRows;
-    parallel_for(tiles, [&](int64_t t0, int64_t t1) {
-      const int64_t n0 = c0 + t0 * kTileRows, n1 = std::min(c1, c0 + t1 * kTileRows);
-      const int64_t off = (n0 - c0) * K;
-      if (c == Compute::BF16 && v.dtype == DType::F8_E4M3)
-        fp8_rows_to_bf16(tb + off, v, n0, n1);
-      else if (c == Compute::BF16)  // F32 storage
-        from_f32(tb + off, static_cast<const float*>(v.data) + n0 * K, DType::BF16,
-                 size_t((n1 - n0) * K));
-      else if (v.dtype == DType::F8_E4M3)
-        fp8_rows_to_f32(fb + off, v, n0, n1);
-      else  // BF16 storage
-        bf16_rows_to_f32(fb + off, v, n0, n1);
-    });
-    if (c == Compute::BF16)
-      run_matmul(y + c0, N, xb, tb, M, c1 - c0, K, mdt::bf16, acc);
-    else
-      gemm_f32(false, true, M, c1 - c0, K, 1.0f, x, K, fb, K, acc ? 1.0f : 0.0f, y + c0, N);
-  }
+  const int64_t N = v.rows, K = v.cols, tiles = (N + kTileRows - 1) / kTileRows;
+  parallel_for(tiles, [&](int64_t t0, int64_t t1) {
+    thread_local std::vector<float> buf;  // one tile: [kTileRows, K] of the compute dtype
+    if (buf.size() < size_t(kTileRows * K)) buf.resize(size_t(kTileRows * K));
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t n0 = t * kTileRows, n1 = std::min(N, n0 + kTileRows), nt = n1 - n0;
+      if (c == Compute::BF16) {
+        auto* tb = reinterpret_cast<uint16_t*>(buf.data());
+        if (v.dtype == DType::F8_E4M3)
+          fp8_rows_to_bf16(tb, v, n0, n1);
+        else  // F32 storage
+          from_f32(tb, static_cast<const float*>(v.data) + n0 * K, DType::BF16, size_t(nt * K));
+        run_matmul(y + n0, N, xb, tb, M, nt, K, mdt::bf16, acc);
+      } else {
+        if (v.dtype == DType::F8_E4M3)
+          fp8_rows_to_f32(buf.data(), v, n0, n1);
+        else  // BF16 storage
+          bf16_rows_to_f32(buf.data(), v, n0, n1);
+        gemm_f32(false, true, M, nt, K, 1.0f, x, K, buf.data(), K, acc ? 1.0f : 0.0f, y + n0, N);
+      }
+    }
+  });
 }
 
 }  // namespace
