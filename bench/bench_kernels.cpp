@@ -1,8 +1,8 @@
 // Kernel benchmark: linear_forward against the machine limits measured in the same run.
 //   (a) read-only memory bandwidth, (b) FP32 and BF16 GEMM peak (oneDNN, packed weights),
-//   (c) decode GEMV (M = 1) on BF16 / FP8 e4m3 / F32 weights: GB/s of stored weight bytes and %
-//       of (a); each timed call starts with the weight evicted from the caches (a 256 MiB stream
-//       in between), as in decode where every weight is read once per token,
+//   (c) decode GEMV (M = 1) on BF16 / FP8 e4m3 (both computes) / F32 weights: GB/s of stored
+//       weight bytes and % of (a); each timed call starts with the weight evicted from the caches
+//       (a 256 MiB stream in between), as in decode where every weight is read once per token,
 //   (d) batched decode (M = 2..32, Compute::BF16, BF16 / FP8 weights): each path linear_forward
 //       can take (GEMV, skinny BF16 GEMM, oneDNN GEMM), cold weights as in (c),
 //   (e) prefill GEMM (M = 512, Compute::BF16): GFLOP/s and % of the BF16 peak.
@@ -12,6 +12,7 @@
 #include <cstdio>
 #include <sstream>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "backend/cpu/linear.hpp"
@@ -110,14 +111,17 @@ int main(int argc, char** argv) {
           .field("f32_gemm_peak_gflops", peak_f32, 1)
           .field("bf16_gemm_peak_gflops", peak_bf16, 1);
       j.begin_array("gemv_m1");
+      // FP8 twice: Compute::BF16 takes the BF16-arithmetic GEMV (gemv_fp8_bf16), Compute::F32
+      // the exact FP32 one (gemv_fp8); BF16 and F32 weights run the same kernel under either.
+      const std::pair<DType, cpu::Compute> kinds[] = {{DType::BF16, cpu::Compute::BF16},
+                                                      {DType::F8_E4M3, cpu::Compute::BF16},
+                                                      {DType::F8_E4M3, cpu::Compute::F32},
+                                                      {DType::F32, cpu::Compute::F32}};
       if (all || only == "gemv_m1")
-        for (DType dt : {DType::BF16, DType::F8_E4M3, DType::F32})
+        for (const auto& [dt, compute] : kinds)
           for (const Shape& s : kShapes) {
             const Stored w = make_weight(dt, s, 7);
-            // Compute::F32 on an F32 weight keeps no packed copy; the M = 1 path is the same
-            // GEMV kernel under either Compute.
-            const cpu::LinearWeight lw(w.view,
-                                       dt == DType::F32 ? cpu::Compute::F32 : cpu::Compute::BF16);
+            const cpu::LinearWeight lw(w.view, compute);
             std::vector<float> x(size_t(s.in), 0.01f), y(size_t(s.out));
             double best = 1e30;
             for (int r = 0; r < reps; ++r) {
@@ -129,6 +133,7 @@ int main(int argc, char** argv) {
             const double gbs = double(lw.stored_bytes()) / best / 1e9;
             j.begin_object()
                 .field("dtype", dtype_label(dt))
+                .field("compute", compute == cpu::Compute::BF16 ? "bf16" : "f32")
                 .field("out", s.out)
                 .field("in", s.in)
                 .field("us", best * 1e6, 1)

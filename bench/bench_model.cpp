@@ -253,7 +253,13 @@ int main(int argc, char** argv) {
     j.field("model", a.model_dir);
     j.field("weight_dtype", c.quantization.enabled ? "fp8_e4m3_block128" : c.torch_dtype);
     j.field("residency", a.residency);
+    // What the bytes allow: decode at a fixed read bandwidth, weights only, is at most this many
+    // times the BF16 twin's tokens/s (1 for a BF16 model; the LM head and router stay BF16/F32
+    // in the FP8 format).
+    const size_t active_bf16 = m->active_weight_bytes(true);
     j.field("active_weight_bytes_per_token", int64_t(active));
+    j.field("active_weight_bytes_per_token_as_bf16", int64_t(active_bf16));
+    j.field("decode_speedup_bound_vs_bf16", double(active_bf16) / double(active), 3);
     j.field("total_weight_bytes", int64_t(weights));
     j.field("kv_cache_bytes_per_token", int64_t(model::KVCache::bytes_per_token(c)));
     j.field("hugepage_probe_bytes", int64_t(hp.bytes()));

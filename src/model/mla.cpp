@@ -9,6 +9,7 @@
 
 #include "backend/cpu/gemm_small.hpp"
 #include "backend/cpu/gemv.hpp"
+#include "backend/cpu/gemv_fp8.hpp"
 #include "backend/cpu/ops.hpp"
 #include "backend/cpu/vmath.hpp"
 #include "core/error.hpp"
@@ -171,18 +172,31 @@ void attend_naive_backward(S* dq, S* dkvup, S* dkpe_heads, const S* dattn, const
 
 // ---- Absorbed attention (inference) ----
 
+// Rows [r0, r1) of kv_b_proj as FP32: the stored rows of an F32 weight, else this thread's
+// widened copy of them (valid until its next call). No model-wide FP32 copy is kept.
+const float* kv_b_rows_f32(const cpu::WeightView& w, int64_t r0, int64_t r1) {
+  if (w.dtype == DType::F32) return static_cast<const float*>(w.data) + r0 * w.cols;
+  thread_local std::vector<float> buf;
+  if (buf.size() < size_t((r1 - r0) * w.cols)) buf.resize(size_t((r1 - r0) * w.cols));
+  if (w.dtype == DType::BF16)
+    cpu::bf16_rows_to_f32(buf.data(), w, r0, r1);
+  else
+    cpu::fp8_rows_to_f32(buf.data(), w, r0, r1);
+  return buf.data();
+}
+
 void attend_absorbed(float* attn, const float* q, int64_t T, int64_t start, const MlaW<W<float>>& w,
                      const MlaDims& d, const float* latent, const float* pe, MlaScratch<float>& s) {
   const int64_t H = d.H, Dn = d.Dn, Dr = d.Dr, Dv = d.Dv, Dq = d.Dq(), R = d.R, S = start + T;
   const int64_t Dkv = d.Dkv();
   const float scale = float(d.scale);
-  const float* wkv = w.kv_b_f32;
+  const cpu::WeightView& wv = w.kv_b.view();
   // q_abs[t, h, :] = q_nope[t, h, :] · W_UK[h]  ([Dn] x [Dn, R] -> [R]).
   float* qabs = grow(s.qabs, size_t(T * H * R));
   parallel_for(H, [&](int64_t hb, int64_t he) {
     for (int64_t h = hb; h < he; ++h)
-      cpu::gemm_f32(false, false, T, R, Dn, 1.0f, q + h * Dq, H * Dq, wkv + h * Dkv * R, R, 0.0f,
-                    qabs + h * R, H * R);
+      cpu::gemm_f32(false, false, T, R, Dn, 1.0f, q + h * Dq, H * Dq,
+                    kv_b_rows_f32(wv, h * Dkv, h * Dkv + Dn), R, 0.0f, qabs + h * R, H * R);
   });
   float* lat = grow(s.lat, size_t(T * H * R));
   for (int64_t t0 = 0; t0 < T; t0 += kQueryBlock) {
@@ -203,25 +217,17 @@ void attend_absorbed(float* attn, const float* q, int64_t T, int64_t start, cons
   // attn[t, h, :] = lat[t, h, :] · W_UV[h]ᵀ  ([R] x [R, Dv] -> [Dv]).
   parallel_for(H, [&](int64_t hb, int64_t he) {
     for (int64_t h = hb; h < he; ++h)
-      cpu::gemm_f32(false, true, T, Dv, R, 1.0f, lat + h * R, H * R, wkv + (h * Dkv + Dn) * R, R,
-                    0.0f, attn + h * Dv, H * Dv);
+      cpu::gemm_f32(false, true, T, Dv, R, 1.0f, lat + h * R, H * R,
+                    kv_b_rows_f32(wv, h * Dkv + Dn, (h + 1) * Dkv), R, 0.0f, attn + h * Dv, H * Dv);
   });
 }
 
 // The absorbed path for a decode step (T ≤ kAbsorbedDecodeTokens): heads are independent from
 // the query absorption to the output, so the threads take ranges of heads once and run the
 // whole chain on them (one fork/join per layer). The per-head products read kv_b_proj's slices
-// as stored (BF16: half the bytes of the FP32 copy; FP8 goes through that copy), and the scores
+// as stored (F32, BF16 or FP8 codes: gemv_rows / gemv_t_rows), and the scores
 // and the weighted latent sum use the few-row kernels (a library GEMM call per head costs more
 // than the product).
-// kv_b_proj as the absorbed decode reads it: as stored (F32, BF16) or its FP32 copy (FP8).
-cpu::WeightView absorbed_view(const MlaW<W<float>>& w, const MlaDims& d) {
-  cpu::WeightView wv = w.kv_b.view();
-  if (wv.dtype != DType::F32 && wv.dtype != DType::BF16)
-    wv = {DType::F32, d.H * d.Dkv(), d.R, w.kv_b_f32, nullptr};
-  return wv;
-}
-
 // Heads [hb, he) of one sequence's absorbed decode, on the calling thread. qabs, lat [T, H, R],
 // scores [T, H, S] and valid [T, H] are the sequence's own scratch.
 void absorbed_decode_heads(float* attn, const float* q, int64_t T, int64_t start,
@@ -252,7 +258,7 @@ void attend_absorbed_decode(float* attn, const float* q, int64_t T, int64_t star
                             const MlaW<W<float>>& w, const MlaDims& d, const float* latent,
                             const float* pe, MlaScratch<float>& s) {
   const int64_t H = d.H, R = d.R, S = start + T;
-  const cpu::WeightView wv = absorbed_view(w, d);
+  const cpu::WeightView& wv = w.kv_b.view();
   float* qabs = grow(s.qabs, size_t(T * H * R));      // [T, H, R]
   float* lat = grow(s.lat, size_t(T * H * R));        // [T, H, R]
   float* scores = grow(s.scores, size_t(T * H * S));  // [T, H, S]
@@ -310,7 +316,7 @@ void attend_decode_batch(float* attn, const float* q, std::span<const SeqSpan> s
   for (int64_t i = 0; i < ns; ++i)
     for (int64_t k = 0; k < val0[i + 1] - val0[i]; ++k)
       valid[val0[i] + k] = seqs[size_t(i)].start + k / H + 1;
-  const cpu::WeightView wv = absorbed_view(w, d);
+  const cpu::WeightView& wv = w.kv_b.view();
   parallel_for(ns * H, [&](int64_t u0, int64_t u1) {
     for (int64_t u = u0; u < u1;) {
       const int64_t i = u / H, hb = u % H, he = std::min(H, hb + (u1 - u));

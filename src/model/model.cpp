@@ -53,21 +53,6 @@ std::unique_ptr<Model> Model::view(const ModelConfig& c, const ParamLayout& layo
 
 void Model::prepare() {
   const ModelConfig& c = config_;
-  // The absorbed path multiplies by kv_b_proj's slices in FP32: the stored weight itself when it
-  // is F32 (an arena), else a dequantized copy kept here.
-  auto absorbed = [&](MlaW<W<float>>& a) {
-    const cpu::WeightView& v = a.kv_b.view();
-    if (v.dtype == DType::F32) {
-      a.kv_b_f32 = static_cast<const float*>(v.data);
-      return;
-    }
-    const std::vector<float> f = cpu::dequantize(v);
-    owned_.emplace_back(f.size() * sizeof(float));
-    std::copy(f.begin(), f.end(), reinterpret_cast<float*>(owned_.back().data()));
-    a.kv_b_f32 = reinterpret_cast<const float*>(owned_.back().data());
-  };
-  for (auto& l : w_.layers) absorbed(l.attn);
-  for (auto& t : w_.mtp) absorbed(t.layer.attn);
   cos_sin_ = rope_cos_sin(c, c.max_position_embeddings);
 }
 
@@ -213,19 +198,20 @@ double Model::cross_entropy(const int32_t* tokens, int64_t B, int64_t T, KVCache
                                    hs_);
 }
 
-size_t Model::active_weight_bytes() const {
+size_t Model::active_weight_bytes(bool as_bf16) const {
   const ModelConfig& c = config_;
-  auto mlp_bytes = [](const MlpW<W<float>>& w) {
-    return w.gate.stored_bytes() + w.up.stored_bytes() + w.down.stored_bytes();
+  auto sb = [as_bf16](const cpu::LinearWeight& w) {
+    return as_bf16 ? size_t(w.out() * w.in()) * 2 : w.stored_bytes();
   };
-  size_t n = w_.head.stored_bytes() + size_t(c.hidden_size) * dtype_size(w_.embed.dtype);
+  auto mlp_bytes = [&](const MlpW<W<float>>& w) { return sb(w.gate) + sb(w.up) + sb(w.down); };
+  size_t n = sb(w_.head) + size_t(c.hidden_size) * dtype_size(w_.embed.dtype);
   for (const auto& l : w_.layers) {
     const auto& a = l.attn;
     if (c.q_lora_rank)
-      n += a.q_a.stored_bytes() + a.q_b.stored_bytes();
+      n += sb(a.q_a) + sb(a.q_b);
     else
-      n += a.q.stored_bytes();
-    n += a.kv_a.stored_bytes() + a.kv_b.stored_bytes() + a.o.stored_bytes();
+      n += sb(a.q);
+    n += sb(a.kv_a) + sb(a.kv_b) + sb(a.o);
     if (!l.moe) {
       n += mlp_bytes(l.mlp);
       continue;

@@ -113,8 +113,9 @@ class Model {
                        int64_t* count = nullptr);
 
   // Bytes of weights read to decode one token (attention + dense/shared + K routed experts +
-  // head), for bandwidth accounting.
-  size_t active_weight_bytes() const;
+  // head), for bandwidth accounting. as_bf16: with every linear weight counted at 2 bytes per
+  // element (the same model stored as BF16; an FP8 model's ratio of the two bounds its speedup).
+  size_t active_weight_bytes(bool as_bf16 = false) const;
   // Bytes of one routed expert (gate, up, down) and the number of MoE layers: a step whose
   // tokens reach X distinct (layer, expert) pairs reads active_weight_bytes() - K·moe_layers()
   // ·routed_expert_bytes() + X·routed_expert_bytes() of weights.
@@ -131,13 +132,13 @@ class Model {
                       const ForwardOptions& opt);
   // forward's B sequences of T tokens at start_pos, sequence b in cache block b.
   std::span<const SeqSpan> slot_spans(int64_t B, int64_t T, int64_t start_pos);
-  void prepare();  // derived weights (absorbed kv_b) and the RoPE table
+  void prepare();  // the RoPE table
 
   ModelConfig config_;
   cpu::Compute compute_ = cpu::Compute::F32;
   io::TensorStore store_;                    // the checkpoint (empty for an arena view)
   size_t arena_bytes_ = 0;                   // an arena view's parameter bytes
-  std::vector<std::vector<uint8_t>> owned_;  // converted copies (F16 weights, norms, kv_b FP32)
+  std::vector<std::vector<uint8_t>> owned_;  // converted copies (F16 weights, norms, router)
   ModelW<W<float>> w_;
   std::vector<float> cos_sin_;  // [max_position_embeddings, Dr/2, 2]
 

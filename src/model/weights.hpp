@@ -67,9 +67,6 @@ struct MlaW {
   typename K::Vec kv_a_norm{};  // [R]
   typename K::Lin kv_b{};       // [H*(Dn+Dv), R]
   typename K::Lin o{};          // [D, H*Dv]
-  // Derived, inference only: kv_b_proj as FP32 for the absorbed path (the arena itself for an
-  // F32 store, else a dequantized copy the owner keeps). Null in training.
-  typename K::Vec kv_b_f32{};
 };
 
 template <typename K>

@@ -4,6 +4,7 @@
 // checkpoints (model.safetensors.index.json) load and give the same logits.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 
@@ -110,6 +111,93 @@ TEST(Fp8Checkpoint, QuantizeReloadAndCompare) {
   auto want = io::read_f32(ref.get("prefill.logits"));
   std::printf("fp8 checkpoint vs reference (bf16 weights): max|d| = %.3g\n",
               max_abs_diff(l8, want));
+  fs::remove_all(fp8_dir);
+  fs::remove_all(f32_dir);
+}
+
+// Decode steps (one token at a time from position 0: every product a GEMV, MLA's absorbed path
+// on kv_b_proj's FP8 rows) on the FP8 checkpoint against the FP32 checkpoint of the same
+// effective weights. Compute::F32 runs the exact FP8 GEMV: the QuantizeReloadAndCompare bound.
+// Compute::BF16 runs gemv_fp8_bf16, which rounds x·scale to BF16 (relative 2⁻⁹ per product) and
+// reads subnormal codes as zero: bound 2⁻⁷ of the largest |logit| of the step, checked on the
+// steps up to the first one where a MoE layer picks other experts than the reference (a routing
+// choice is discontinuous: from there the KV caches differ and the logits with them; on this
+// data that happens at step 3, and at least the first step must be compared).
+TEST(Fp8Checkpoint, DecodeStepsBothComputes) {
+  const std::string src = std::string(DSV3_TEST_DATA) + "/tiny-v3";
+  ModelConfig c = load_config(src);
+  auto store = io::TensorStore::open_dir(src);
+  auto original = [&](const ParamSpec& s, float* dst) {
+    auto v = io::read_f32(store.get(s.name, s.shape));
+    std::copy(v.begin(), v.end(), dst);
+  };
+  const std::string fp8_dir = tmp_dir("fp8_decode"), f32_dir = tmp_dir("fp8_decode_f32");
+  ExportOptions o8;
+  o8.dtype = DType::F8_E4M3;
+  save_hf_checkpoint(fp8_dir, c, original, o8);
+  auto q = io::TensorStore::open_dir(fp8_dir);
+  auto dequantized = [&](const ParamSpec& s, float* dst) {
+    const auto& t = q.get(s.name);
+    if (t.dtype != DType::F8_E4M3) {
+      auto v = io::read_f32(t);
+      std::copy(v.begin(), v.end(), dst);
+      return;
+    }
+    auto scale = io::read_f32(q.get(s.name + "_scale_inv"));
+    fp8_block_dequantize(dst, reinterpret_cast<const uint8_t*>(t.data), scale.data(), s.shape[0],
+                         s.shape[1]);
+  };
+  ExportOptions o32;
+  o32.dtype = DType::F32;
+  save_hf_checkpoint(f32_dir, c, dequantized, o32);
+  auto tokens =
+      io::read_i32(io::TensorStore::open_file(src + "/reference.safetensors").get("tokens"));
+  const int64_t steps = 12, V = c.vocab_size;
+  // Logits of every step and, per step, the experts chosen in every MoE layer.
+  auto decode = [&](const std::string& dir, cpu::Compute compute,
+                    std::vector<std::vector<int32_t>>& experts) {
+    LoadOptions lo;
+    lo.compute = compute;
+    auto m = Model::load(dir, lo);
+    KVCache cache(m->config(), 1, steps, false);
+    std::vector<float> logits(size_t(steps * V));
+    std::vector<Routing> routes;
+    ForwardOptions fo;
+    fo.routes = &routes;
+    for (int64_t p = 0; p < steps; ++p) {
+      m->forward(&tokens[size_t(p)], 1, 1, p, cache, logits.data() + p * V, fo);
+      experts.emplace_back();
+      for (const Routing& r : routes) {
+        std::vector<int32_t> e = r.indices;
+        std::sort(e.begin(), e.end());
+        experts.back().insert(experts.back().end(), e.begin(), e.end());
+      }
+    }
+    return logits;
+  };
+  std::vector<std::vector<int32_t>> er, ee, eb;
+  const auto ref = decode(f32_dir, cpu::Compute::F32, er);
+  const auto exact = decode(fp8_dir, cpu::Compute::F32, ee);
+  const auto bf16 = decode(fp8_dir, cpu::Compute::BF16, eb);
+  EXPECT_LE(max_abs_diff(exact, ref), 1e-4f);
+  EXPECT_EQ(ee, er);
+  int64_t same = 0;  // steps whose routing (and all before) equals the reference's
+  while (same < steps && eb[size_t(same)] == er[size_t(same)]) ++same;
+  std::printf("fp8 decode, BF16 route: routing equals the reference's for the first %lld steps\n",
+              (long long)same);
+  ASSERT_GE(same, 1);
+  for (int64_t p = 0; p < same; ++p) {
+    float top = 0, d = 0;
+    for (int64_t v = 0; v < V; ++v) {
+      const size_t i = size_t(p * V + v);
+      top = std::max(top, std::fabs(ref[i]));
+      d = std::max(d, std::fabs(bf16[i] - ref[i]));
+    }
+    std::printf("step %lld: max|logit| %.3g, fp8 BF16-route max|d| %.3g\n", (long long)p, top, d);
+    EXPECT_LE(d, std::ldexp(top, -7)) << "step " << p;
+  }
+  std::printf("fp8 decode, exact route vs f32 of the same weights: max|d| = %.3g\n",
+              max_abs_diff(exact, ref));
   fs::remove_all(fp8_dir);
   fs::remove_all(f32_dir);
 }

@@ -63,7 +63,7 @@ struct RunFlags {
     add_int_option(sub, "--threads", threads, 0, 1 << 20, "worker threads (default: all cores)");
     sub->add_option("--precision", precision,
                     "f32: FP32 arithmetic on the stored weights (exact); bf16: BF16 GEMMs for "
-                    "prefill (faster)")
+                    "prefill and BF16 products for FP8 decode (faster)")
         ->capture_default_str();
   }
   cpu::Compute compute() const {

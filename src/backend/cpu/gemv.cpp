@@ -16,6 +16,7 @@
 #include <algorithm>
 #include <vector>
 
+#include "backend/cpu/gemv_fp8.hpp"
 #include "backend/cpu/vmath.hpp"
 #include "core/error.hpp"
 #include "core/parallel.hpp"
@@ -180,6 +181,9 @@ void gemv_rows(float* y, const float* x, const WeightView& w, int64_t n0, int64_
       rows<DecBF16>(y, 0, x, K, 1, static_cast<const uint16_t*>(w.data) + n0 * K, K, 0, n1 - n0,
                     false);
       break;
+    case DType::F8_E4M3:
+      gemv_fp8_rows(y, x, w, n0, n1);
+      break;
     default:
       DSV3_ASSERT(false, "gemv_rows: unsupported weight dtype {}", dtype_name(w.dtype));
   }
@@ -195,6 +199,9 @@ void gemv_t_rows(float* y, const float* x, const WeightView& w, int64_t r0, int6
       break;
     case DType::BF16:
       rows_t<DecBF16>(y, x, static_cast<const uint16_t*>(w.data) + r0 * C, n, C);
+      break;
+    case DType::F8_E4M3:
+      gemv_fp8_t_rows(y, x, w, r0, n);
       break;
     default:
       DSV3_ASSERT(false, "gemv_t_rows: unsupported weight dtype {}", dtype_name(w.dtype));

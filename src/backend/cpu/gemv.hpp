@@ -13,11 +13,11 @@ namespace dsv3::cpu {
 void gemv_forward(float* y, const float* x, int64_t M, const WeightView& w, bool accumulate);
 
 // One activation row against weight rows [n0, n1) on the calling thread:
-// y[n - n0] = Σ_k x[k] · W[n, k]. F32 or BF16 weights.
+// y[n - n0] = Σ_k x[k] · W[n, k]. F32, BF16 or FP8 e4m3 weights.
 void gemv_rows(float* y, const float* x, const WeightView& w, int64_t n0, int64_t n1);
 
 // The transposed product over n consecutive rows from r0, on the calling thread:
-// y[c] = Σ_{r<n} x[r] · W[r0 + r, c] for every column c < cols. F32 or BF16 weights.
+// y[c] = Σ_{r<n} x[r] · W[r0 + r, c] for every column c < cols. F32, BF16 or FP8 e4m3 weights.
 void gemv_t_rows(float* y, const float* x, const WeightView& w, int64_t r0, int64_t n);
 
 }  // namespace dsv3::cpu

@@ -16,6 +16,21 @@ namespace dsv3::cpu {
 void gemv_fp8(float* y, const float* x, int64_t M, const WeightView& w, bool has_nan,
               bool accumulate);
 
+// The same product on BF16 arithmetic (linear_forward's decode for Compute::BF16): x·scale_inv is
+// rounded to BF16 once per call, the codes are widened to BF16 by integer shifts (every e4m3 value
+// is a BF16 value) and vdpbf16ps sums the products in FP32. Differs from gemv_fp8 by the rounding
+// of x (relative 2⁻⁹ per product) and by subnormal codes (|code| < 2⁻⁶, weights under
+// 2⁻⁶·scale_inv), which vdpbf16ps reads as zero. NaN codes give NaN as in gemv_fp8.
+void gemv_fp8_bf16(float* y, const float* x, int64_t M, const WeightView& w, bool has_nan,
+                   bool accumulate);
+
+// FP8 twins of gemv_rows / gemv_t_rows (gemv.hpp), which dispatch to them: one activation row
+// against weight rows [n0, n1) (y[n - n0] = Σ_k x[k]·W_eff[n, k]), and the transposed product
+// over n rows from r0 (y[c] = Σ_{r<n} x[r]·W_eff[r0 + r, c]). FP32 products of x·scale_inv and
+// the exact code, NaN codes decoded as NaN. Calling thread only.
+void gemv_fp8_rows(float* y, const float* x, const WeightView& w, int64_t n0, int64_t n1);
+void gemv_fp8_t_rows(float* y, const float* x, const WeightView& w, int64_t r0, int64_t n);
+
 // True when an FP8 e4m3 buffer of n bytes holds a NaN code.
 bool fp8_has_nan_code(const uint8_t* p, int64_t n);
 

@@ -1,7 +1,8 @@
 // linear.hpp on the CPU, on one copy of the weight: the stored one (the checkpoint's bytes, in
 // huge-page memory or mmapped). Nothing is packed or dequantized at construction.
 //   small M (decode): the AVX-512 GEMV kernels read the stored weight (gemv.cpp; FP8 codes are
-//                     widened in registers by gemv_fp8.cpp).
+//                     widened in registers by gemv_fp8.cpp: to FP32 for Compute::F32, to BF16
+//                     for Compute::BF16 at 1-2 rows).
 //   M up to a few dozen (batched decode), Compute::BF16: the skinny BF16 GEMM (gemm_skinny.cpp)
 //                     reads each stored BF16 weight row once for all rows (FP8: on the tiles the
 //                     tiled path below converts).
@@ -293,7 +294,12 @@ void linear_forward_path(float* y, const float* x, int64_t M, const LinearWeight
     return;
   }
   if (path == LinearPath::Gemv) {
-    if (v.dtype == DType::F8_E4M3)
+    // FP8 under Compute::BF16: BF16 arithmetic for the 1-2 rows of a decode step (measured
+    // against the exact route there), the exact FP32 route for the 3..8 rows batched decode
+    // hands the GEMV (the crossover against the skinny GEMM was measured with it).
+    if (v.dtype == DType::F8_E4M3 && w.compute() == Compute::BF16 && M <= kGemvMaxM_BF16)
+      gemv_fp8_bf16(y, x, M, v, im->fp8_has_nan, accumulate);
+    else if (v.dtype == DType::F8_E4M3)
       gemv_fp8(y, x, M, v, im->fp8_has_nan, accumulate);
     else
       gemv_forward(y, x, M, v, accumulate);

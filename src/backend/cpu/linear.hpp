@@ -4,8 +4,11 @@
 // Compute::F32  every product is FP32 arithmetic on the effective weight (bf16 widened, fp8
 //               dequantized): matches a float32 reference to rounding.
 // Compute::BF16 products of more than 2 rows round the activations to BF16 and run a BF16 GEMM
-//               (FP32 accumulation), as production inference does; 1-2 rows (decode) are
-//               memory-bound and stay FP32 arithmetic on the stored weight.
+//               (FP32 accumulation), as production inference does (up to a few dozen rows: the
+//               skinny GEMM that reads the weight once); 1-2 rows (decode) are memory-bound and
+//               stay FP32 arithmetic on the stored weight, except on FP8 weights: there x·scale
+//               is rounded to BF16 once and the exact BF16 widening of the codes is summed by
+//               vdpbf16ps (gemv_fp8_bf16: 1.4× the FP32 route's streaming rate on one core).
 #pragma once
 #include <cstdint>
 #include <memory>
