@@ -97,7 +97,8 @@ class MpiRequest : public Request {
  public:
   MpiRequest(const char* what, int rank) : what_(what), rank_(rank) {}
   MPI_Request* handle() { return &req_; }
-  // Keeps arrays MPI reads until completion (all-to-all-v counts and displacements).
+  // Keeps arrays MPI reads until completion (all-to-all-v counts and displacements,
+  // reduce-scatter-v counts).
   std::vector<int> ints;
 
   bool test() override {
@@ -160,10 +161,10 @@ class MpiComm : public Comm {
   int size() const override { return size_; }
   std::string backend() const override { return "mpi"; }
 
-  void barrier() override {
+  RequestPtr ibarrier() override {
     auto r = start("barrier");
     check(MPI_Ibarrier(comm_, r->handle()), "barrier");
-    r->wait();
+    return r;
   }
   std::unique_ptr<Comm> split(int color, int key) override {
     DSV3_CHECK(color >= 0, "split: color {} must be >= 0", color);
@@ -185,6 +186,21 @@ class MpiComm : public Comm {
     check(MPI_Ireduce_scatter_block(send, recv, count(n, "reduce_scatter"), mpi_type(t),
                                     mpi_op(op, t, "reduce_scatter"), comm_, r->handle()),
           "reduce_scatter");
+    return r;
+  }
+  RequestPtr ireduce_scatter_v(const void* send, void* recv, const int64_t* counts, DType t,
+                               ReduceOp op) override {
+    auto r = start("reduce_scatter_v");
+    r->ints.resize(size_t(size_));
+    int64_t total = 0;
+    for (int i = 0; i < size_; ++i) {
+      r->ints[size_t(i)] = count(counts[i], "reduce_scatter_v");
+      total += counts[i];
+    }
+    count(total, "reduce_scatter_v");
+    check(MPI_Ireduce_scatter(send, recv, r->ints.data(), mpi_type(t),
+                              mpi_op(op, t, "reduce_scatter_v"), comm_, r->handle()),
+          "reduce_scatter_v");
     return r;
   }
   RequestPtr iall_gather(const void* send, void* recv, int64_t n, DType t) override {
