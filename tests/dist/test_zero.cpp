@@ -2,9 +2,9 @@
 // reduce-scattered into the shards during the backward, global-norm clipping from the shards,
 // AdamW with BF16 moments on each rank's shard, shards all-gathered) give the losses and parameters
 // of the same steps in one process that runs the global batch as the same micro-batches and
-// sums their gradients in rank order, as the reduce-scatter does. (Against one undivided batch, FP32 rounding of the differently
-// split sums is amplified by AdamW and by discrete expert choices over steps: 5e-5 relative in the
-// loss after 5 steps.) Seeds are fixed and printed.
+// sums their gradients in rank order, as the reduce-scatter does. (Against one undivided batch,
+// FP32 rounding of the differently split sums is amplified by AdamW and by discrete expert choices
+// over steps: 5e-5 relative in the loss after 5 steps.) Seeds are fixed and printed.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -52,6 +52,7 @@ TEST(DataParallel, ZeroOneStepsEqualOneProcess) {
   dist::GradSync sync(comm, dp.grads(), n);
   Rng r(seed);
   const int64_t Bl = B / P;
+  std::vector<float> parts(size_t(n) * size_t(P));  // once: a fresh one per step cost page faults
   for (int64_t s = 0; s < steps; ++s) {
     std::vector<int32_t> tokens(size_t(B * T));
     for (auto& t : tokens) t = int32_t(r.below(uint64_t(c.vocab_size)));
@@ -65,7 +66,6 @@ TEST(DataParallel, ZeroOneStepsEqualOneProcess) {
     double want = mref.forward_backward(tokens.data() + me * Bl * T, Bl, T, o);
     comm.all_reduce(&want, 1, DType::F64, dist::ReduceOp::Sum);
     want /= P;
-    std::vector<float> parts(size_t(n) * size_t(P));
     comm.all_gather(ref.grads(), parts.data(), n, DType::F32);
     for (int64_t i = 0; i < n; ++i) {
       float g = parts[size_t(i)];

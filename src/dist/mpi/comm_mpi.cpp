@@ -5,8 +5,8 @@
 // hanging it. Counts go to MPI as int: larger messages are refused with a clear error.
 #include <mpi.h>
 
-#include <chrono>
 #include <algorithm>
+#include <chrono>
 #include <climits>
 #include <cstdio>
 #include <cstdlib>
@@ -317,8 +317,8 @@ class MpiComm : public Comm {
       const size_t q = (me + k) % P;
       if (counts[q] == 0) continue;
       r->reqs_.push_back(MPI_REQUEST_NULL);
-      check(MPI_Isend(in + size_t(displ[q]) * esz, int(counts[q]), mpi_type(t), int(q), tag,
-                      comm_, &r->reqs_.back()),
+      check(MPI_Isend(in + size_t(displ[q]) * esz, int(counts[q]), mpi_type(t), int(q), tag, comm_,
+                      &r->reqs_.back()),
             what);
     }
     const uint8_t* own = in + size_t(displ[me]) * esz;
