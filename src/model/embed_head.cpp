@@ -5,6 +5,7 @@
 #include <cmath>
 #include <optional>
 
+#include "backend/cpu/linear_lowp.hpp"
 #include "backend/cpu/vmath.hpp"
 #include "core/error.hpp"
 #include "core/parallel.hpp"
@@ -87,8 +88,15 @@ double head_cross_entropy(S* dxn, S* dW, const S* xn, const typename W<S>::Lin& 
     scored += cnt;
     if (dxn) {
       cpu::linear_backward_input(dxn + r0 * D, logits, rows, head);
-      // FP32 whatever the training precision (the report keeps the output head in FP32).
-      cpu::gemm(true, false, V, D, rows, S(1), logits, V, xn + r0 * D, D, S(1), dW, D);
+      // Like Fprop and Dgrad (through the head's low-precision copy when one is attached): BF16
+      // inputs in a low-precision step, the report's original precision of the output head.
+      bool done = false;
+      if constexpr (std::is_same_v<S, float>)
+        if (cpu::wgrad_precision() != cpu::Precision::F32) {
+          cpu::lowp_backward_weight(dW, logits, xn + r0 * D, rows, D, V, cpu::Precision::BF16);
+          done = true;
+        }
+      if (!done) cpu::gemm(true, false, V, D, rows, S(1), logits, V, xn + r0 * D, D, S(1), dW, D);
     }
   }
   if (count) *count = scored;

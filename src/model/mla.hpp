@@ -20,6 +20,7 @@
 #include <span>
 #include <vector>
 
+#include "core/zeroed_array.hpp"
 #include "model/config.hpp"
 #include "model/weights.hpp"
 
@@ -44,8 +45,8 @@ MlaDims mla_dims(const ModelConfig& c, int64_t B, int64_t T);
 // gives sequence b the one block b; the serving engine's paged cache gives every sequence a
 // table of small blocks from a shared pool.
 struct MlaCache {
-  std::vector<float> latent;  // [slots, max_seq, R]
-  std::vector<float> pe;      // [slots, max_seq, Dr]
+  ZeroedArray<float> latent;  // [slots, max_seq, R]; pages resident once written
+  ZeroedArray<float> pe;      // [slots, max_seq, Dr]
   int64_t slots = 0, max_seq = 0;
 };
 

@@ -10,6 +10,7 @@
 #include "backend/cpu/ops.hpp"
 #include "core/clock.hpp"
 #include "core/error.hpp"
+#include "core/memory.hpp"
 #include "core/parallel.hpp"
 #include "core/scratch.hpp"
 #include "model/rope.hpp"
@@ -19,12 +20,17 @@ namespace dsv3::model {
 KVCache::KVCache(const ModelConfig& c, int64_t slots, int64_t max_seq, bool with_mtp)
     : slots_(slots), max_seq_(max_seq) {
   int64_t n = c.num_hidden_layers + (with_mtp ? c.num_nextn_predict_layers : 0);
+  // The pages are touched only as sequences fill them, so a cache larger than the machine would
+  // fail late, in the middle of serving: refuse it here.
+  check_fits_in_memory(double(n) * double(slots) * double(max_seq) *
+                           double(c.kv_lora_rank + c.qk_rope_head_dim) * sizeof(float),
+                       "the latent KV cache");
   layers_.resize(size_t(n));
   for (auto& l : layers_) {
     l.slots = slots;
     l.max_seq = max_seq;
-    l.latent.assign(size_t(slots * max_seq * c.kv_lora_rank), 0.0f);
-    l.pe.assign(size_t(slots * max_seq * c.qk_rope_head_dim), 0.0f);
+    l.latent = ZeroedArray<float>(size_t(slots * max_seq * c.kv_lora_rank));
+    l.pe = ZeroedArray<float>(size_t(slots * max_seq * c.qk_rope_head_dim));
   }
 }
 
@@ -301,8 +307,12 @@ void for_each_linear(ModelW<W<float>>& w, F&& f) {
 template <typename S>
 void TrainModelT<S>::attach_lowp(cpu::Precision p) {
   if constexpr (std::is_same_v<S, float>) {
+    std::vector<cpu::LinearWeight*> heads{&w_.head};
+    for (auto& m : w_.mtp)
+      if (m.head.out() > 0) heads.push_back(&m.head);
     if (p == cpu::Precision::F32) {
       for_each_linear(w_, [](cpu::LinearWeight& lw) { lw.set_lowp(nullptr); });
+      for (cpu::LinearWeight* h : heads) h->set_lowp(nullptr);
       return;
     }
     size_t n = 0;
@@ -314,6 +324,20 @@ void TrainModelT<S>::attach_lowp(cpu::Precision p) {
       q.refresh(static_cast<const float*>(lw.view().data), lw.out(), lw.in(), p);
       lw.set_lowp(&q);
     });
+    // The output heads keep the precision of the report's BF16 baseline in both modes (§3.3.1:
+    // the output head stays in its "original precision"): BF16 inputs, FP32 accumulation. A tied
+    // MTP head shares the main head's copy.
+    head_lowp_.resize(heads.size());
+    for (size_t h = 0; h < heads.size(); ++h) {
+      cpu::LinearWeight& lw = *heads[h];
+      size_t same = h;
+      for (size_t j = 0; j < h; ++j)
+        if (heads[j]->view().data == lw.view().data) same = j;
+      if (same == h)
+        head_lowp_[h].refresh(static_cast<const float*>(lw.view().data), lw.out(), lw.in(),
+                              cpu::Precision::BF16);
+      lw.set_lowp(&head_lowp_[same]);
+    }
   } else {
     DSV3_CHECK(p == cpu::Precision::F32, "training precision {} needs a float model",
                cpu::precision_name(p));

@@ -209,8 +209,8 @@ class TrainModelT {
              StepStats* stats);
   double balance(MoeActs<S>& a, int64_t B, int64_t T, const TrainOptions& o);
   void bind(bool tie);
-  // Points every linear layer but the heads at its low-precision copy, refreshed from the
-  // current parameters (precision BF16/FP8), or back at the FP32 weight (F32).
+  // Points every linear layer at its low-precision copy, refreshed from the current parameters
+  // (precision BF16/FP8; the output heads BF16 in both), or back at the FP32 weight (F32).
   void attach_lowp(cpu::Precision p);
 
   ModelConfig c_;
@@ -231,7 +231,8 @@ class TrainModelT {
   std::vector<S> h_, hf_, final_rstd_, dhf_, dh_;
   std::vector<int32_t> targets_;
   std::vector<std::pair<int64_t, int64_t>> layer_range_;  // arena range of each layer (MTP after)
-  std::vector<cpu::LowpWeight> lowp_;  // one per linear layer, in for_each_linear order
+  std::vector<cpu::LowpWeight> lowp_;       // one per linear layer, in for_each_linear order
+  std::vector<cpu::LowpWeight> head_lowp_;  // main head, then each untied MTP head (BF16)
 };
 
 using TrainModel = TrainModelT<float>;

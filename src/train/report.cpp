@@ -109,31 +109,59 @@ std::string mfu_note(const NamedLog& r) {
   return "<p class=\"note\">MFU of " + xml_escape(r.label) + ": " + xml_escape(what) + ".</p>\n";
 }
 
+// The final losses of a run: training (mean of the last 10% of steps), validation (last eval).
+struct FinalLoss {
+  double train = kNoValue, val = kNoValue;
+};
+FinalLoss final_loss(const MetricsLog& log) {
+  std::vector<double> loss;
+  for (const auto& st : log.steps) loss.push_back(st.loss);
+  return {mean_tail(loss, 0.1), log.evals.empty() ? kNoValue : log.evals.back().val_loss};
+}
+
+// (b − a) / a in percent with its sign, or a dash.
+std::string rel_diff(double b, double a) {
+  if (!std::isfinite(a) || !std::isfinite(b) || a == 0) return "&ndash;";
+  return fmt::format("{:+.2f}%", 100 * (b - a) / a);
+}
+
+// One row per run; with several runs, the first run's final losses relative to each other run
+// ("first vs this": an ablation's question, e.g. FP8's loss against BF16's).
 std::string summary_table(const std::vector<NamedLog>& runs) {
+  const bool cmp = runs.size() > 1;
   std::string s =
       "<table>\n<tr><th>run</th><th>steps</th><th>train loss (last 10%)</th>"
       "<th>val loss (last)</th><th>MTP loss (last 10%)</th>"
-      "<th>MaxVio (last 10%, mean over layers)</th><th>tokens/s</th><th>MFU</th></tr>\n";
+      "<th>MaxVio (last 10%, mean over layers)</th><th>tokens/s</th><th>MFU</th>";
+  if (cmp)
+    s += "<th>" + xml_escape(runs[0].label) + " vs this: train loss</th><th>" +
+         xml_escape(runs[0].label) + " vs this: val loss</th>";
+  s += "</tr>\n";
+  const FinalLoss first = final_loss(*runs[0].log);
   for (const auto& r : runs) {
     const MetricsLog& log = *r.log;
-    std::vector<double> loss, mtp, vio, tps, mfu;
+    std::vector<double> mtp, vio, tps, mfu;
     for (const auto& st : log.steps) {
-      loss.push_back(st.loss);
       mtp.push_back(st.mtp_loss);
       vio.push_back(st.max_vio.empty() ? kNoValue : mean(st.max_vio));
       tps.push_back(st.tokens_per_s);
       mfu.push_back(st.mfu);
     }
-    double val = log.evals.empty() ? kNoValue : log.evals.back().val_loss;
+    const FinalLoss f = final_loss(log);
     int64_t steps = log.steps.empty() ? 0 : log.steps.back().step;
     double m = mean(mfu);
     s += fmt::format(
         "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>"
-        "<td>{}</td></tr>\n",
-        xml_escape(r.label), steps, fmt_or_dash(mean_tail(loss, 0.1)), fmt_or_dash(val),
+        "<td>{}</td>",
+        xml_escape(r.label), steps, fmt_or_dash(f.train), fmt_or_dash(f.val),
         fmt_or_dash(mean_tail(mtp, 0.1)), fmt_or_dash(mean_tail(vio, 0.1)),
         fmt_or_dash(mean(tps), "{:.0f}"),
         std::isfinite(m) ? fmt::format("{:.1f}%", 100 * m) : "&ndash;");
+    if (cmp)
+      s += &r == &runs[0] ? "<td>&ndash;</td><td>&ndash;</td>"
+                          : fmt::format("<td>{}</td><td>{}</td>", rel_diff(first.train, f.train),
+                                        rel_diff(first.val, f.val));
+    s += "</tr>\n";
   }
   s += "</table>\n";
   for (const auto& r : runs) s += mfu_note(r);
@@ -189,25 +217,29 @@ const char* kCss =
 
 }  // namespace
 
-std::string render_loss_svg(const NamedLog& run, const NamedLog* other) {
+std::string render_loss_svg(const NamedLog& run, const std::vector<NamedLog>& others) {
   std::vector<Series> s;
   add_loss_series(&s, run, false, 0);
-  if (other) add_loss_series(&s, *other, true, 4);
+  for (size_t i = 0; i < others.size(); ++i) add_loss_series(&s, others[i], true, 4 * (i + 1));
   return svg_line_chart({"loss", "step", "cross-entropy (nats/token)", 720, 360}, s);
 }
 
-std::string render_report_html(const NamedLog& run, const NamedLog* other) {
+std::string render_report_html(const NamedLog& run, const std::vector<NamedLog>& others) {
   std::vector<NamedLog> runs{run};
-  if (other) runs.push_back(*other);
+  runs.insert(runs.end(), others.begin(), others.end());
   std::string h = "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n";
   h += "<title>dsv3 training report: " + xml_escape(run.label) + "</title>\n";
   h += std::string("<style>") + kCss + "</style>\n</head>\n<body>\n";
   h += "<h1>dsv3 training report: " + xml_escape(run.label) + "</h1>\n";
-  if (other)
-    h += "<p class=\"note\">Compared with <b>" + xml_escape(other->label) +
-         "</b> (dashed lines, right-hand heatmaps).</p>\n";
+  if (!others.empty()) {
+    std::string names;
+    for (size_t i = 0; i < others.size(); ++i)
+      names += (i ? ", <b>" : "<b>") + xml_escape(others[i].label) + "</b>";
+    h += "<p class=\"note\">Compared with " + names +
+         " (dashed lines; their heatmaps to the right, in this order).</p>\n";
+  }
   h += section("Summary", summary_table(runs));
-  h += section("Loss", render_loss_svg(run, other));
+  h += section("Loss", render_loss_svg(run, others));
 
   std::vector<Series> lr, tps;
   for (size_t i = 0; i < runs.size(); ++i) {
@@ -256,7 +288,7 @@ std::string render_report_html(const NamedLog& run, const NamedLog* other) {
   return h + "</body>\n</html>\n";
 }
 
-ReportPaths write_report(const std::string& run_dir, const std::string& compare_dir) {
+ReportPaths write_report(const std::string& run_dir, const std::vector<std::string>& compare_dirs) {
   fs::path dir(run_dir);
   std::string mpath = (dir / "metrics.jsonl").string();
   DSV3_CHECK(fs::is_regular_file(mpath), "{} has no metrics.jsonl (is it a training run dir?)",
@@ -270,27 +302,38 @@ ReportPaths write_report(const std::string& run_dir, const std::string& compare_
   NamedLog run{label_of(log, dir), &log};
 
   ReportPaths out;
-  MetricsLog other_log;
-  NamedLog other;
-  if (!compare_dir.empty()) {
-    out.compared_with = (fs::path(compare_dir) / "metrics.jsonl").string();
-    DSV3_CHECK(fs::is_regular_file(out.compared_with), "--compare {}: it has no metrics.jsonl",
-               compare_dir);
-  } else if (fs::is_regular_file(dir / "baseline" / "metrics.jsonl")) {
-    out.compared_with = (dir / "baseline" / "metrics.jsonl").string();
+  for (const auto& c : compare_dirs) {
+    out.compared_with.push_back((fs::path(c) / "metrics.jsonl").string());
+    DSV3_CHECK(fs::is_regular_file(out.compared_with.back()),
+               "--compare {}: it has no metrics.jsonl", c);
   }
-  if (!out.compared_with.empty()) {
-    other_log = read_metrics(out.compared_with);
-    fs::path od = fs::path(out.compared_with).parent_path();
-    other = {label_of(other_log, od), &other_log};
-    if (other.label == run.label) other.label += " (compared)";
+  if (compare_dirs.empty() && fs::is_regular_file(dir / "baseline" / "metrics.jsonl"))
+    out.compared_with.push_back((dir / "baseline" / "metrics.jsonl").string());
+  // Read all first: NamedLog points into other_logs, which must not grow afterwards.
+  std::vector<MetricsLog> other_logs;
+  for (const auto& m : out.compared_with) other_logs.push_back(read_metrics(m));
+  std::vector<NamedLog> others;
+  for (size_t i = 0; i < other_logs.size(); ++i) {
+    NamedLog o{label_of(other_logs[i], fs::path(out.compared_with[i]).parent_path()),
+               &other_logs[i]};
+    auto taken = [&](const std::string& l) {
+      if (l == run.label) return true;
+      for (const auto& p : others)
+        if (p.label == l) return true;
+      return false;
+    };
+    if (taken(o.label)) {
+      std::string base = o.label + " (compared";
+      o.label = base + ")";
+      for (int k = 2; taken(o.label); ++k) o.label = fmt::format("{} {})", base, k);
+    }
+    others.push_back(std::move(o));
   }
-  const NamedLog* op = out.compared_with.empty() ? nullptr : &other;
   out.html = (dir / "report.html").string();
   out.loss_svg = (dir / "loss.svg").string();
-  io::atomic_write(out.html, render_report_html(run, op));
+  io::atomic_write(out.html, render_report_html(run, others));
   io::atomic_write(out.loss_svg,
-                   "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n" + render_loss_svg(run, op));
+                   "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n" + render_loss_svg(run, others));
   return out;
 }
 

@@ -14,13 +14,14 @@ namespace dsv3::train {
 
 struct ReportPaths {
   std::string html, loss_svg;
-  std::string compared_with;  // metrics file of the second run, empty when none
+  std::vector<std::string> compared_with;  // metrics files of the runs shown beside it
 };
 
 // Reads RUN_DIR/metrics.jsonl and writes RUN_DIR/report.html and RUN_DIR/loss.svg (atomically).
-// The second run is compare_dir when given (its metrics.jsonl must exist), else
+// The runs shown beside it are compare_dirs when given (each must hold a metrics.jsonl), else
 // RUN_DIR/baseline/ when it has a metrics.jsonl.
-ReportPaths write_report(const std::string& run_dir, const std::string& compare_dir = "");
+ReportPaths write_report(const std::string& run_dir,
+                         const std::vector<std::string>& compare_dirs = {});
 
 // A run's metrics with the name it is shown under.
 struct NamedLog {
@@ -28,7 +29,7 @@ struct NamedLog {
   const MetricsLog* log = nullptr;
 };
 
-std::string render_report_html(const NamedLog& run, const NamedLog* other = nullptr);
-std::string render_loss_svg(const NamedLog& run, const NamedLog* other = nullptr);
+std::string render_report_html(const NamedLog& run, const std::vector<NamedLog>& others = {});
+std::string render_loss_svg(const NamedLog& run, const std::vector<NamedLog>& others = {});
 
 }  // namespace dsv3::train

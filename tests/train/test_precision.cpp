@@ -28,10 +28,7 @@ std::vector<double> step_losses(const std::string& run_dir) {
 }
 
 std::vector<double> run(const TrainConfig& cfg, const std::string& dir, int64_t stop_after = -1) {
-  RunOptions o;
-  o.run_dir = dir;
-  o.quiet = true;
-  o.stop_after = stop_after;
+  RunOptions o = quiet_run(dir, stop_after);
   Trainer(cfg, o).run();
   return step_losses(dir);
 }
@@ -82,9 +79,7 @@ TEST(Precision, ExactResumeInBf16AndFp8) {
     cfg.precision = p;
     const auto full = run(cfg, root + "/a");
     run(cfg, root + "/b", 6);  // stops after step 6; the newest checkpoint is step 4
-    RunOptions o;
-    o.run_dir = root + "/b";
-    o.quiet = true;
+    RunOptions o = quiet_run(root + "/b");
     Trainer::resume(o).run();
     const auto resumed = step_losses(root + "/b");
     ASSERT_EQ(full.size(), 8u) << p;

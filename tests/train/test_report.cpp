@@ -133,7 +133,8 @@ TEST(Report, HtmlReportWithBaseline) {
   write_fake_run(run / "baseline", "no balancing", false, seed + 1);
   ReportPaths out = write_report(run.string());
   EXPECT_EQ(out.html, (run / "report.html").string());
-  EXPECT_EQ(out.compared_with, (run / "baseline" / "metrics.jsonl").string());
+  EXPECT_EQ(out.compared_with,
+            std::vector<std::string>{(run / "baseline" / "metrics.jsonl").string()});
   std::string html = io::read_file(out.html);
   EXPECT_EQ(html.rfind("<!DOCTYPE html>", 0), 0u);
   EXPECT_NE(html.find("</html>"), std::string::npos);
@@ -159,10 +160,55 @@ TEST(Report, HtmlReportWithBaseline) {
   EXPECT_NE(svg.find("no balancing: train"), std::string::npos);
 
   // --compare names a second run explicitly; a dir without metrics is an error.
-  ReportPaths cmp = write_report((run / "baseline").string(), run.string());
-  EXPECT_EQ(cmp.compared_with, (run / "metrics.jsonl").string());
+  ReportPaths cmp = write_report((run / "baseline").string(), {run.string()});
+  EXPECT_EQ(cmp.compared_with, std::vector<std::string>{(run / "metrics.jsonl").string()});
   EXPECT_THROW(write_report(t.path.string()), Error);
-  EXPECT_THROW(write_report(run.string(), t.path.string()), Error);
+  EXPECT_THROW(write_report(run.string(), {t.path.string()}), Error);
+  EXPECT_THROW(write_report(run.string(), {(run / "baseline").string(), t.path.string()}), Error);
+}
+
+namespace {
+// A run whose training loss is `train` at every step and whose one evaluation gives `val`.
+void write_flat_run(const fs::path& dir, const std::string& name, double train, double val) {
+  fs::create_directories(dir);
+  MetricsWriter w((dir / "metrics.jsonl").string());
+  RunRecord run;
+  run.name = name;
+  run.total_steps = 20;
+  w.write(run);
+  for (int64_t s = 1; s <= 20; ++s) {
+    StepRecord r;
+    r.step = s;
+    r.loss = train;
+    r.lr = 1e-3;
+    r.tokens_per_s = 1000;
+    w.write(r);
+  }
+  w.write(EvalRecord{20, val, kNoValue, std::exp(val)});
+}
+}  // namespace
+
+// An ablation's report: one run beside two others, its final losses relative to each of them
+// (values chosen by hand: 2.0 vs 2.5 is -20%, 2.0 vs 1.6 and 3.0 vs 2.4 are +25%).
+TEST(Report, SeveralComparedRunsWithRelativeLoss) {
+  TempDir t;
+  write_flat_run(t.path / "fp8", "fp8", 2.0, 3.0);
+  write_flat_run(t.path / "bf16", "bf16", 2.5, 3.0);
+  write_flat_run(t.path / "fp32", "fp32", 1.6, 2.4);
+  write_flat_run(t.path / "copy", "bf16", 2.5, 3.0);  // a label already taken
+  ReportPaths out = write_report(
+      (t.path / "fp8").string(),
+      {(t.path / "bf16").string(), (t.path / "fp32").string(), (t.path / "copy").string()});
+  ASSERT_EQ(out.compared_with.size(), 3u);
+  std::string html = io::read_file(out.html);
+  EXPECT_NE(html.find("fp8 vs this: train loss"), std::string::npos);
+  EXPECT_NE(html.find("<td>bf16</td><td>20</td><td>2.500</td><td>3.000</td>"), std::string::npos);
+  EXPECT_NE(html.find("<td>-20.00%</td><td>+0.00%</td>"), std::string::npos);
+  EXPECT_NE(html.find("<td>+25.00%</td><td>+25.00%</td>"), std::string::npos);
+  EXPECT_NE(html.find("bf16 (compared)"), std::string::npos);
+  std::string svg = io::read_file(out.loss_svg);
+  for (const char* l : {"fp8: train", "bf16: train", "fp32: train", "bf16 (compared): train"})
+    EXPECT_NE(svg.find(l), std::string::npos) << l;
 }
 
 TEST(Report, CommandWritesFiles) {

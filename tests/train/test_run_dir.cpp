@@ -56,13 +56,8 @@ void edit_checkpoint(const std::string& run_dir, int64_t step, F&& edit) {
 // step 0 with its recorded options and repeats the uninterrupted run's losses bit for bit.
 TEST(RunDir, StoppedBeforeFirstCheckpointResumesFromStart) {
   const std::string root = test_dir("rundir-early");
-  TrainConfig cfg = tiny_config(root);
-  cfg.steps = 6;
-  cfg.checkpoint_every = 4;
-  cfg.sample_tokens = 0;
-  RunOptions a;
-  a.run_dir = root + "/a";
-  a.quiet = true;
+  TrainConfig cfg = short_run_config(root, 6, 4);
+  RunOptions a = quiet_run(root + "/a");
   ASSERT_TRUE(Trainer(cfg, a).run().finished);
 
   RunOptions b = a;
@@ -73,9 +68,7 @@ TEST(RunDir, StoppedBeforeFirstCheckpointResumesFromStart) {
   // Starting the same run again is refused, pointing at --resume ...
   expect_error([&] { Trainer(cfg, b); }, "--resume");
   // ... and --resume continues it, from the start.
-  RunOptions rb;
-  rb.run_dir = b.run_dir;
-  rb.quiet = true;
+  RunOptions rb = quiet_run(b.run_dir);
   Trainer t = Trainer::resume(rb);
   bool warned = false;
   for (const auto& w : t.warnings()) warned = warned || w.find("step 0") != std::string::npos;
@@ -101,14 +94,8 @@ TEST(RunDir, StoppedBeforeFirstCheckpointResumesFromStart) {
 // refused with a message saying the directory is in use.
 TEST(RunDir, SecondWriterIsRefused) {
   const std::string root = test_dir("rundir-lock");
-  TrainConfig cfg = tiny_config(root);
-  cfg.steps = 4;
-  cfg.checkpoint_every = 2;
-  cfg.sample_tokens = 0;
-  RunOptions r;
-  r.run_dir = root + "/run";
-  r.quiet = true;
-  r.stop_after = 2;
+  TrainConfig cfg = short_run_config(root, 4, 2);
+  RunOptions r = quiet_run(root + "/run", 2);
   Trainer(cfg, r).run();
   {
     RunDirLock held(r.run_dir);  // another writer
@@ -116,15 +103,11 @@ TEST(RunDir, SecondWriterIsRefused) {
     o.overwrite = true;
     o.stop_after = -1;
     expect_error([&] { Trainer(cfg, o).run(); }, "in use by another dsv3 train");
-    RunOptions rr;
-    rr.run_dir = r.run_dir;
-    rr.quiet = true;
+    RunOptions rr = quiet_run(r.run_dir);
     expect_error([&] { Trainer::resume(rr); }, "in use by another dsv3 train");
   }
   // The lock goes with its holder: now the run continues.
-  RunOptions rr;
-  rr.run_dir = r.run_dir;
-  rr.quiet = true;
+  RunOptions rr = quiet_run(r.run_dir);
   EXPECT_TRUE(Trainer::resume(rr).run().finished);
 }
 
@@ -133,23 +116,15 @@ TEST(RunDir, SecondWriterIsRefused) {
 // rebuild the model from train_config and ignore it).
 TEST(RunDir, MetaModelConfigIsCheckedOnResumeAndExport) {
   const std::string root = test_dir("rundir-meta");
-  TrainConfig cfg = tiny_config(root);
-  cfg.steps = 4;
-  cfg.checkpoint_every = 2;
-  cfg.sample_tokens = 0;
-  RunOptions r;
-  r.run_dir = root + "/run";
-  r.quiet = true;
-  r.stop_after = 2;
+  TrainConfig cfg = short_run_config(root, 4, 2);
+  RunOptions r = quiet_run(root + "/run", 2);
   Trainer(cfg, r).run();
   // Both copies agree: export works.
   EXPECT_EQ(export_checkpoint(r.run_dir, 2, root + "/ok", DType::F32), 2);
   edit_checkpoint(r.run_dir, 2,
                   [](CheckpointData& ck) { ck.meta["model_config"]["rms_norm_eps"] = 1e-2; });
   expect_error([&] { export_checkpoint(r.run_dir, 2, root + "/bad", DType::F32); }, "rms_norm_eps");
-  RunOptions rr;
-  rr.run_dir = r.run_dir;
-  rr.quiet = true;
+  RunOptions rr = quiet_run(r.run_dir);
   expect_error([&] { Trainer::resume(rr).run(); }, "model_config differs");
 }
 
@@ -158,14 +133,8 @@ TEST(RunDir, MetaModelConfigIsCheckedOnResumeAndExport) {
 // the last checkpoint is byte for byte what it was.
 TEST(RunDir, NonFiniteLossStopsTheStep) {
   const std::string root = test_dir("rundir-nan");
-  TrainConfig cfg = tiny_config(root);
-  cfg.steps = 4;
-  cfg.checkpoint_every = 2;
-  cfg.sample_tokens = 0;
-  RunOptions r;
-  r.run_dir = root + "/run";
-  r.quiet = true;
-  r.stop_after = 2;
+  TrainConfig cfg = short_run_config(root, 4, 2);
+  RunOptions r = quiet_run(root + "/run", 2);
   Trainer(cfg, r).run();
   edit_checkpoint(r.run_dir, 2, [](CheckpointData& ck) {
     Blob& b = ck.tensors.at("param.model.norm.weight");
@@ -175,9 +144,7 @@ TEST(RunDir, NonFiniteLossStopsTheStep) {
   const std::string ck2 = checkpoint_path(r.run_dir, 2);
   const std::string tensors = io::read_file(ck2 + "/tensors.safetensors");
   const std::string manifest = io::read_file(ck2 + "/manifest.json");
-  RunOptions rr;
-  rr.run_dir = r.run_dir;
-  rr.quiet = true;
+  RunOptions rr = quiet_run(r.run_dir);
   expect_error([&] { Trainer::resume(rr).run(); }, "step 3: the loss is not finite");
   EXPECT_EQ(list_checkpoints(r.run_dir), (std::vector<int64_t>{2}));
   EXPECT_EQ(io::read_file(ck2 + "/tensors.safetensors"), tensors);

@@ -57,9 +57,7 @@ TEST(Trainer, ExactResumeAfterTornCheckpoint) {
   cfg.keep_last = 2;
   cfg.eval_every = 6;
 
-  RunOptions a;
-  a.run_dir = root + "/a";
-  a.quiet = true;
+  RunOptions a = quiet_run(root + "/a");
   TrainResult ra = Trainer(cfg, a).run();
   ASSERT_TRUE(ra.finished);
   const auto la = step_losses(a.run_dir);
@@ -76,9 +74,7 @@ TEST(Trainer, ExactResumeAfterTornCheckpoint) {
   const std::string torn = checkpoint_path(b.run_dir, 8) + "/tensors.safetensors";
   fs::resize_file(torn, fs::file_size(torn) / 2);
 
-  RunOptions rb2;
-  rb2.run_dir = b.run_dir;
-  rb2.quiet = true;
+  RunOptions rb2 = quiet_run(b.run_dir);
   Trainer t = Trainer::resume(rb2);
   bool warned = false;
   for (const auto& w : t.warnings()) warned = warned || w.find("step-8") != std::string::npos;
@@ -101,9 +97,7 @@ TEST(Trainer, ResumeWithoutValidCheckpointFails) {
   TrainConfig cfg = tiny_config(root);
   cfg.steps = 3;
   cfg.checkpoint_every = 0;
-  RunOptions r;
-  r.run_dir = root + "/run";
-  r.quiet = true;
+  RunOptions r = quiet_run(root + "/run");
   Trainer(cfg, r).run();
   const std::string meta = checkpoint_path(r.run_dir, 3) + "/meta.json";
   std::string m = io::read_file(meta);
@@ -124,9 +118,7 @@ TEST(Trainer, ExportedModelMatchesTrainingModel) {
   TrainConfig cfg = tiny_config(root);
   cfg.steps = 6;
   cfg.export_dtype = "f32";
-  RunOptions r;
-  r.run_dir = root + "/run";
-  r.quiet = true;
+  RunOptions r = quiet_run(root + "/run");
   ASSERT_TRUE(Trainer(cfg, r).run().finished);
   for (const char* f :
        {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"})
@@ -178,9 +170,7 @@ TEST(Trainer, LossAndMaxVioFallOver200Steps) {
   cfg.checkpoint_every = 0;
   cfg.eval_every = 100;
   cfg.gamma = 0.01;  // a short run: a faster bias moves loads within the run
-  RunOptions r;
-  r.run_dir = root + "/run";
-  r.quiet = true;
+  RunOptions r = quiet_run(root + "/run");
   TrainResult res = Trainer(cfg, r).run();
   ASSERT_TRUE(res.finished);
   const MetricsLog log = read_metrics(r.run_dir + "/metrics.jsonl");

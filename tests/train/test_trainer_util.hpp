@@ -10,6 +10,7 @@
 
 #include "core/rng.hpp"
 #include "train/train_config.hpp"
+#include "train/trainer.hpp"
 
 namespace dsv3::train::testing {
 
@@ -69,6 +70,25 @@ inline TrainConfig tiny_config(const std::string& root) {
              {"q_lora_rank", 32},      {"kv_lora_rank", 32},       {"qk_nope_head_dim", 16},
              {"qk_rope_head_dim", 8},  {"v_head_dim", 16},         {"max_position_embeddings", 64}};
   return c;
+}
+
+// tiny_config for a run of `steps` steps with a checkpoint every `checkpoint_every` and no samples.
+inline TrainConfig short_run_config(const std::string& root, int64_t steps,
+                                    int64_t checkpoint_every) {
+  TrainConfig c = tiny_config(root);
+  c.steps = steps;
+  c.checkpoint_every = checkpoint_every;
+  c.sample_tokens = 0;
+  return c;
+}
+
+// The options of a quiet run in run_dir; stop_after >= 0 stops it after that step.
+inline RunOptions quiet_run(const std::string& run_dir, int64_t stop_after = -1) {
+  RunOptions o;
+  o.run_dir = run_dir;
+  o.quiet = true;
+  o.stop_after = stop_after;
+  return o;
 }
 
 }  // namespace dsv3::train::testing

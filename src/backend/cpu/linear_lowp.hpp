@@ -10,16 +10,17 @@
 //         tile's max-abs; FP32 accumulation with promotion every 128 along K.
 //
 // Which layers: every linear layer of the decoder and the MTP modules (attention projections,
-// dense and expert MLPs, eh_proj). Kept in FP32, as in the report: embedding, output heads,
-// MoE router (gating), norms, attention's core (scores, softmax, P·V), the optimizer.
+// dense and expert MLPs, eh_proj). The output heads take BF16 inputs in both modes (the report
+// keeps them in the "original precision" of its BF16 baseline). Kept in FP32: embedding, MoE
+// router (gating), norms, attention's core (scores, softmax, P·V), the optimizer.
 //
 // A LowpWeight holds one weight's low-precision copies (W as rows for Fprop, as K pairs for Dgrad,
 // with their scales in FP8), refreshed from the FP32 master weight before each step; a LinearWeight
 // points at it (LinearWeight::set_lowp) and linear_forward / linear_backward_input then run through
 // it. The Wgrad GEMM (linear_backward_weight) has no weight argument: it takes the precision of the
 // WgradPrecision scope that the training step holds (process-wide; the expert GEMMs run on
-// OpenMP worker threads), F32 outside any scope. The head and the router compute their weight
-// gradients with cpu::gemm, so they stay FP32.
+// OpenMP worker threads), F32 outside any scope. The router computes its weight gradient with
+// cpu::gemm, so it stays FP32; the heads call lowp_backward_weight in BF16 themselves.
 #pragma once
 #include <cstdint>
 #include <string>
