@@ -135,9 +135,8 @@ class MpiRequest : public Request {
         MPI_Abort(MPI_COMM_WORLD, 3);
       }
       // Poll hot for short operations, then back off so waiting does not burn a core: naps
-      // doubling from 20 us to 1 ms. (A fixed 50 us nap woke the waiting rank ~10^4 times a
-      // second; with more ranks than cores each wake-up preempted a computing rank, and a
-      // 4-rank job on 2 cores spent more time in the kernel than in its own code.)
+      // doubling from 20 us to 1 ms (with more ranks than cores, fewer wake-ups of a waiting
+      // rank preempt fewer computing ones).
       if (++spins > 1000) {
         std::this_thread::sleep_for(nap);
         nap = std::min(nap * 2, std::chrono::microseconds(1000));
