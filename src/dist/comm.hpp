@@ -38,7 +38,8 @@ class Comm {
   virtual int size() const = 0;
   virtual std::string backend() const = 0;  // "single" or "mpi"
 
-  virtual void barrier() = 0;
+  // Every rank has arrived (blocking: barrier()).
+  virtual RequestPtr ibarrier() = 0;
 
   // A communicator of the ranks that pass the same color, ranked by key (ties by rank); every
   // rank calls it, in the same order as the other collectives. The data-parallel and
@@ -50,6 +51,12 @@ class Comm {
   // recv[n] = op over ranks of block `rank()` of send[size() * n].
   virtual RequestPtr ireduce_scatter(const void* send, void* recv, int64_t n, DType t,
                                      ReduceOp op) = 0;
+  // Reduce-scatter with uneven blocks: send holds sum(counts) elements on every rank, block r
+  // being the counts[r] elements after the first r blocks; rank r receives the op over ranks of
+  // its block in recv[counts[r]] (counts: size() entries, zeros allowed; recv may not overlap
+  // send). ZeRO-1 reduces a bucket that straddles shard boundaries this way.
+  virtual RequestPtr ireduce_scatter_v(const void* send, void* recv, const int64_t* counts, DType t,
+                                       ReduceOp op) = 0;
   // recv[size() * n] = the send[n] of every rank, in rank order. send may be this rank's own
   // block of recv (recv + rank() * n): an in-place gather.
   virtual RequestPtr iall_gather(const void* send, void* recv, int64_t n, DType t) = 0;
@@ -63,11 +70,15 @@ class Comm {
   virtual RequestPtr irecv(void* buf, int64_t n, DType t, int src, int tag) = 0;
 
   // Blocking forms: the non-blocking call, then wait().
+  void barrier() { ibarrier()->wait(); }
   void all_reduce(void* buf, int64_t n, DType t, ReduceOp op) {
     iall_reduce(buf, n, t, op)->wait();
   }
   void reduce_scatter(const void* send, void* recv, int64_t n, DType t, ReduceOp op) {
     ireduce_scatter(send, recv, n, t, op)->wait();
+  }
+  void reduce_scatter_v(const void* send, void* recv, const int64_t* counts, DType t, ReduceOp op) {
+    ireduce_scatter_v(send, recv, counts, t, op)->wait();
   }
   void all_gather(const void* send, void* recv, int64_t n, DType t) {
     iall_gather(send, recv, n, t)->wait();

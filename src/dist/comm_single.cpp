@@ -51,7 +51,7 @@ class SingleComm : public Comm {
   int rank() const override { return 0; }
   int size() const override { return 1; }
   std::string backend() const override { return "single"; }
-  void barrier() override {}
+  RequestPtr ibarrier() override { return std::make_unique<Done>(); }
   std::unique_ptr<Comm> split(int, int) override { return std::make_unique<SingleComm>(); }
 
   RequestPtr iall_reduce(void*, int64_t, DType t, ReduceOp) override {
@@ -61,6 +61,13 @@ class SingleComm : public Comm {
   RequestPtr ireduce_scatter(const void* send, void* recv, int64_t n, DType t, ReduceOp) override {
     check_reduce_dtype(t, "reduce_scatter");
     copy(recv, send, n, t);
+    return std::make_unique<Done>();
+  }
+  RequestPtr ireduce_scatter_v(const void* send, void* recv, const int64_t* counts, DType t,
+                               ReduceOp) override {
+    check_reduce_dtype(t, "reduce_scatter_v");
+    DSV3_CHECK(counts[0] >= 0, "reduce_scatter_v: negative count {}", counts[0]);
+    copy(recv, send, counts[0], t);
     return std::make_unique<Done>();
   }
   RequestPtr iall_gather(const void* send, void* recv, int64_t n, DType t) override {

@@ -57,6 +57,7 @@ void visit_fields(C& c, F&& f) {
   f("ranks_per_node", c.ranks_per_node);
   f("max_nodes", c.max_nodes);
   f("grad_overlap", c.grad_overlap);
+  f("grad_bucket_mb", c.grad_bucket_mb);
 }
 
 // Assigns a JSON value to a field, naming the key and source on a type mismatch.
@@ -235,6 +236,8 @@ void TrainConfig::validate() const {
              "{}: 'lr_schedule' must be deepseek-v3, cosine or constant, got '{}'", w, lr_schedule);
   DSV3_CHECK(weight_decay >= 0, "{}: 'weight_decay' must be >= 0", w);
   DSV3_CHECK(grad_clip > 0, "{}: 'grad_clip' must be positive", w);
+  DSV3_CHECK(grad_bucket_mb >= 0 && grad_bucket_mb <= 1 << 20,
+             "{}: 'grad_bucket_mb' must be in [0, 2^20] MiB, got {}", w, grad_bucket_mb);
   DSV3_CHECK(moments == "bf16" || moments == "f32", "{}: 'moments' must be bf16 or f32, got '{}'",
              w, moments);
   DSV3_CHECK(precision == "fp32" || precision == "bf16" || precision == "fp8",

@@ -75,6 +75,9 @@ struct TrainConfig {
   int64_t dp = 0, ep = 1, ranks_per_node = 0, max_nodes = 4;
   // Gradients reduced layer by layer during the backward (false: all after it; benchmarks).
   bool grad_overlap = true;
+  // Reported gradient ranges are merged into buckets of at least this many MiB before their
+  // reduce-scatter starts (0: one bucket per layer).
+  double grad_bucket_mb = 0;
 
   // The model: HF config.json keys; vocab_size is set from the tokenizer.
   nlohmann::json model;

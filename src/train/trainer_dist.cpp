@@ -51,36 +51,21 @@ void setup_parallel_model(TrainerState& s, const TrainConfig& cfg) {
   s.store->pad_arenas(ShardedAdamW::padded_size(n, s.dp));
   s.zopt = std::make_unique<ShardedAdamW>(*s.dp_comm, n, cfg.adamw_config(),
                                           adamw_ranges(s.store->layout(), true));
-  s.sync = std::make_unique<dist::GradSync>(*s.world, s.store->grads(), n);
-  // Experts: reduced over the ranks that hold the same ones (with EP only, nobody else does).
-  if (s.ep > 1)
-    for (const auto& [b, e] : s.expert_ranges) s.sync->add_group(b, e, *s.dp_comm);
+  // Reduce-scattered over the DP group into the ZeRO-1 shards; everything but the routed experts
+  // is summed over the EP group too (its ranks share a DP index and hold the same replicated
+  // parameters); the experts are held by their DP group only.
+  s.sync = std::make_unique<dist::GradSync>(*s.dp_comm, s.store->grads(), n);
+  if (s.ep > 1) s.sync->set_outer(*s.ep_comm, s.expert_ranges);
+  s.sync->set_bucket_elems(int64_t(cfg.grad_bucket_mb * double(1 << 20)) / 4);
+  DSV3_CHECK(
+      s.sync->shard_begin() == s.zopt->shard_begin() && s.sync->shard_end() == s.zopt->shard_end(),
+      "rank {}: gradient shard [{}, {}) differs from the optimizer's [{}, {})", s.rank,
+      s.sync->shard_begin(), s.sync->shard_end(), s.zopt->shard_begin(), s.zopt->shard_end());
 }
 
 std::pair<int64_t, int64_t> local_rows(const TrainerState& s, int64_t batch) {
   const int64_t per = batch / s.ranks;
   return {s.rank * per, (s.rank + 1) * per};
-}
-
-float clip_global(TrainerState& s, float max_norm) {
-  float* g = s.store->grads();
-  const int64_t n = s.store->size();
-  double rep = 0, exp = 0;
-  int64_t at = 0;
-  for (const auto& [b, e] : s.expert_ranges) {
-    rep += grad_sq_sum(g + at, size_t(b - at));
-    exp += grad_sq_sum(g + b, size_t(e - b));
-    at = e;
-  }
-  rep += grad_sq_sum(g + at, size_t(n - at));
-  // Every expert once: the EP group holds each exactly once (its DP replicas hold the same).
-  if (s.distributed() && s.ep > 1) s.ep_comm->all_reduce(&exp, 1, DType::F64, dist::ReduceOp::Sum);
-  const double norm = std::sqrt(rep + exp);
-  if (std::isfinite(norm) && norm > double(max_norm)) {
-    const float scale = float(double(max_norm) / norm);
-    for (int64_t i = 0; i < n; ++i) g[i] *= scale;
-  }
-  return float(norm);
 }
 
 void reduce_step_stats(TrainerState& s, StepStats& st) {

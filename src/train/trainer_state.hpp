@@ -79,8 +79,6 @@ void setup_parallel(TrainerState& s, const TrainConfig& cfg, dist::Comm* world);
 void setup_parallel_model(TrainerState& s, const TrainConfig& cfg);
 // Rows [b, e) of the global batch this rank trains on.
 std::pair<int64_t, int64_t> local_rows(const TrainerState& s, int64_t batch);
-// The global gradient norm (replicated parts once, every expert once) and clipping.
-float clip_global(TrainerState& s, float max_norm);
 // Global mean losses and summed expert loads into st (collective).
 void reduce_step_stats(TrainerState& s, StepStats& st);
 // Rank 0 receives every parameter into a full store (the others send their experts and get

@@ -80,7 +80,8 @@ StepRecord train_step(TrainerState& s, const TrainConfig& cfg, std::vector<int32
     comm_wait = s.sync->finish();
     reduce_step_stats(s, st);
   }
-  const float norm = s.distributed() ? clip_global(s, float(cfg.grad_clip))
+  // Distributed: the global norm from the ZeRO-1 shards of the gradient (each element once).
+  const float norm = s.distributed() ? s.sync->clip(float(cfg.grad_clip))
                                      : clip_grad_norm(s.store->grads(), size_t(s.store->size()),
                                                       float(cfg.grad_clip));
   // A non-finite loss or gradient stops the run before anything of the step is applied or
@@ -95,7 +96,7 @@ StepRecord train_step(TrainerState& s, const TrainConfig& cfg, std::vector<int32
              st.main_loss, st.mtp_loss.empty() ? kNoValue : st.mtp_loss[0], norm);
   const double lr = s.lr->lr(s.step);
   if (s.zopt)
-    s.zopt->step(s.store->params(), s.store->grads(), float(lr));
+    s.zopt->step(s.store->params(), s.sync->shard(), float(lr));
   else
     s.opt->step(s.store->params(), s.store->grads(), float(lr));
   const double gamma = cfg.balance ? BiasSpeedSchedule{cfg.gamma}.at(s.step, s.total) : 0.0;
@@ -121,9 +122,13 @@ StepRecord train_step(TrainerState& s, const TrainConfig& cfg, std::vector<int32
   if (s.distributed()) {
     s.world->all_reduce(&mem, 1, DType::F64, dist::ReduceOp::Max);
     rec.comm_wait_s = comm_wait;
-    rec.dist = {
-        {"layout", layout_json(s)},
-        {"grad_sync", {{"bytes", s.sync->bytes_per_step()}, {"exposed_wait_s", comm_wait}}}};
+    rec.dist = {{"layout", layout_json(s)},
+                {"grad_sync",
+                 {{"bytes", s.sync->bytes_per_step()},
+                  {"requests", s.sync->requests_last_step()},
+                  {"overlap", cfg.grad_overlap},
+                  {"in_backward_s", s.sync->in_backward_s()},
+                  {"exposed_wait_s", comm_wait}}}};
     if (o.ep) {
       const dist::DispatchStats& d = s.dispatch;
       std::vector<int64_t> v = d.rows_to;

@@ -37,8 +37,8 @@ int64_t ShardedAdamW::state_bytes() const {
   return 2 * per * (end_ - begin_);
 }
 
-void ShardedAdamW::step(float* params, const float* grads, float lr) {
-  opt_.step(params + begin_, grads + begin_, lr);
+void ShardedAdamW::step(float* params, const float* shard_grads, float lr) {
+  opt_.step(params + begin_, shard_grads, lr);
   // In place: this rank's block is already where the gather puts it.
   comm_.all_gather(params + block_ * comm_.rank(), params, block_, DType::F32);
 }

@@ -1,8 +1,9 @@
 // ZeRO-1 (the optimizer state sharded across data-parallel ranks, DeepSeek-V3 report §3.2):
-// every rank keeps the full FP32 parameters and gradients, but the AdamW moments only of its own
-// contiguous shard of the flat arena, updates that shard, and the shards are all-gathered so
-// every rank holds the new parameters. With the gradients all-reduced first (dist::GradSync),
-// each rank computes the same clipping norm, so the result equals one AdamW over the whole arena.
+// every rank keeps the full FP32 parameters, but the AdamW moments only of its own contiguous
+// shard of the flat arena, updates that shard from the shard's reduced gradient (dist::GradSync
+// reduce-scatters the gradients into exactly these shards and clips them by the global norm), and
+// the shards are all-gathered so every rank holds the new parameters: the result equals one AdamW
+// over the whole arena.
 //
 // Shards: the arena's n elements split into P blocks of ceil(n / P) (the last ones shorter or
 // empty); the all-gather runs on that padded size, so the caller's arenas hold P·ceil(n/P).
@@ -29,9 +30,10 @@ class ShardedAdamW {
   // Bytes of optimizer state this rank holds (its shard's two moments).
   int64_t state_bytes() const;
 
-  // AdamW on this rank's shard of params (grads already reduced and clipped), then every rank
-  // receives every shard. params and grads have padded_size(n, ranks) elements.
-  void step(float* params, const float* grads, float lr);
+  // AdamW on this rank's shard of params from shard_grads (the reduced, clipped gradient of
+  // elements [shard_begin(), shard_end()) only), then every rank receives every shard. params
+  // has padded_size(n, ranks) elements.
+  void step(float* params, const float* shard_grads, float lr);
 
   const AdamW& shard() const { return opt_; }
   AdamW& shard() { return opt_; }  // its state tensors (checkpoints)

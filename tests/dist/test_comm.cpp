@@ -70,6 +70,75 @@ TEST(Comm, ReduceScatterAndAllGather) {
     for (int64_t i = 0; i < n; ++i) ASSERT_EQ(all[size_t(r * n + i)], val(r, i));
 }
 
+// Uneven reduce-scatter blocks, zeros included (as a ZeRO-1 bucket that straddles shards).
+TEST(Comm, ReduceScatterV) {
+  Comm& c = *g_comm;
+  const int P = c.size(), me = c.rank();
+  std::vector<int64_t> counts(static_cast<size_t>(P));
+  int64_t total = 0, mine_at = 0;
+  for (int r = 0; r < P; ++r) {
+    counts[size_t(r)] = r % 2 == 1 ? 0 : 17 * (r + 1);
+    if (r < me) mine_at += counts[size_t(r)];
+    total += counts[size_t(r)];
+  }
+  std::vector<float> send(static_cast<size_t>(total));
+  for (int64_t i = 0; i < total; ++i) send[size_t(i)] = val(me, i);
+  std::vector<float> recv(static_cast<size_t>(counts[size_t(me)] + 1), -1.0f);
+  c.reduce_scatter_v(send.data(), recv.data(), counts.data(), DType::F32, ReduceOp::Sum);
+  for (int64_t i = 0; i < counts[size_t(me)]; ++i) {
+    float want = 0;
+    for (int r = 0; r < P; ++r) want += val(r, mine_at + i);
+    ASSERT_EQ(recv[size_t(i)], want) << i;
+  }
+  EXPECT_EQ(recv.back(), -1.0f);  // nothing written past the block
+  std::vector<uint8_t> u(4);
+  std::vector<int64_t> ones(static_cast<size_t>(P), 1);
+  EXPECT_THROW(c.reduce_scatter_v(u.data(), u.data(), ones.data(), DType::U8, ReduceOp::Sum),
+               Error);
+}
+
+// Every collective's non-blocking form, several in flight at once (each on its own buffers),
+// completed in an order other than the one they started in.
+TEST(Comm, NonBlockingCollectivesInFlightTogether) {
+  Comm& c = *g_comm;
+  const int P = c.size(), me = c.rank();
+  const int64_t n = 257;
+  std::vector<float> ar(static_cast<size_t>(n), float(me + 1));
+  std::vector<float> rs_send(size_t(n * P)), rs(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n * P; ++i) rs_send[size_t(i)] = val(me, i);
+  std::vector<int32_t> ag(size_t(n * P), -1);
+  for (int64_t i = 0; i < n; ++i) ag[size_t(me * n + i)] = int32_t(me * 100000 + i);
+  const size_t np = static_cast<size_t>(P);
+  std::vector<int64_t> cnt(np, 3), displ(np);
+  for (int r = 0; r < P; ++r) displ[size_t(r)] = 3 * r;
+  std::vector<int64_t> a2a_send(np * 3), a2a_recv(np * 3, -1);
+  for (int r = 0; r < P; ++r)
+    for (int k = 0; k < 3; ++k) a2a_send[size_t(3 * r + k)] = me * 100 + r * 10 + k;
+  auto r1 = c.iall_reduce(ar.data(), n, DType::F32, ReduceOp::Sum);
+  auto r2 = c.ireduce_scatter(rs_send.data(), rs.data(), n, DType::F32, ReduceOp::Sum);
+  auto r3 = c.iall_gather(ag.data() + me * n, ag.data(), n, DType::I32);  // in place
+  auto r4 = c.iall_to_all_v(a2a_send.data(), cnt.data(), displ.data(), a2a_recv.data(), cnt.data(),
+                            displ.data(), DType::I64);
+  auto r5 = c.ibarrier();
+  r5->test();
+  r5->wait();
+  EXPECT_TRUE(r5->test());
+  r4->wait();
+  r3->wait();
+  r2->wait();
+  r1->wait();
+  EXPECT_EQ(ar[0], float(P * (P + 1) / 2));
+  for (int64_t i = 0; i < n; ++i) {
+    float want = 0;
+    for (int r = 0; r < P; ++r) want += val(r, me * n + i);
+    ASSERT_EQ(rs[size_t(i)], want) << i;
+  }
+  for (int r = 0; r < P; ++r)
+    for (int64_t i = 0; i < n; ++i) ASSERT_EQ(ag[size_t(r * n + i)], int32_t(r * 100000 + i));
+  for (int r = 0; r < P; ++r)
+    for (int k = 0; k < 3; ++k) ASSERT_EQ(a2a_recv[size_t(3 * r + k)], r * 100 + me * 10 + k);
+}
+
 // Uneven counts, zeros included: rank s sends (s + 2d) % 3 * 5 elements to rank d.
 TEST(Comm, AllToAllV) {
   Comm& c = *g_comm;

@@ -1,7 +1,8 @@
 // Data parallelism against one process: each rank runs the training step on its share of the
-// global batch, GradSync reduces the gradients in buckets while the backward runs, and every
-// rank ends with the gradients and loss of the whole batch run in one process (MLA, MoE with the
-// balance loss, MTP depth 1). Seeds are fixed and printed.
+// global batch, GradSync reduce-scatters the gradients in buckets while the backward runs, and
+// every rank ends with its ZeRO-1 shard of the gradient of the whole batch run in one process
+// (MLA, MoE with the balance loss, MTP depth 1), the shards covering the arena. Seeds are fixed
+// and printed.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -57,16 +58,23 @@ TEST(DataParallel, GradientsAndLossEqualOneProcessOfTheGlobalBatch) {
   // FP32 sums over a different split of the batch differ by rounding: the whole gradient within
   // 2e-6 relative (norm; 7.7e-7 and 8.0e-7 measured on 2 and 4 ranks), each element within 1e-5
   // of the largest.
+  // The shards tile [0, n) in rank order.
+  int64_t cover[2] = {sync.shard_end() - sync.shard_begin(), sync.shard_begin()};
+  comm.all_reduce(cover, 2, DType::I64, dist::ReduceOp::Sum);
+  EXPECT_EQ(cover[0], n);
+  EXPECT_EQ(sync.shard_begin(), std::min(n, (n + P - 1) / P * me));
   float gmax = 0;
   double dd = 0, ww = 0;
   for (float g : full) gmax = std::max(gmax, std::fabs(g));
-  for (int64_t i = 0; i < n; ++i) {
-    const double g = store.grads()[i], want = full[size_t(i)];
+  for (int64_t i = sync.shard_begin(); i < sync.shard_end(); ++i) {
+    const double g = sync.shard()[i - sync.shard_begin()], want = full[size_t(i)];
     dd += (g - want) * (g - want);
     ww += want * want;
     EXPECT_NEAR(g, want, 1e-5 * gmax) << "gradient element " << i;
   }
-  const double rel = std::sqrt(dd / ww);
+  double sums[2] = {dd, ww};
+  comm.all_reduce(sums, 2, DType::F64, dist::ReduceOp::Sum);
+  const double rel = std::sqrt(sums[0] / sums[1]);
   if (me == 0)
     std::printf("[dp] loss %.9f (one process %.9f), gradient difference %.2e relative (norm)\n",
                 loss, full_loss, rel);

@@ -1,10 +1,10 @@
 // Data parallelism with ZeRO-1 against one process: training steps (forward, backward, gradients
-// reduced during the backward, global-norm clipping, AdamW with BF16 moments on each rank's
-// shard, shards all-gathered) give the losses and parameters of the same steps in one process
-// that runs the global batch as the same micro-batches, accumulating their gradients. (Against
-// one undivided batch, FP32 rounding of the differently split sums is amplified by AdamW and by
-// discrete expert choices over steps: 5e-5 relative in the loss after 5 steps.) Seeds are fixed
-// and printed.
+// reduce-scattered into the shards during the backward, global-norm clipping from the shards,
+// AdamW with BF16 moments on each rank's shard, shards all-gathered) give the losses and parameters
+// of the same steps in one process that runs the global batch as the same micro-batches and
+// sums their gradients in rank order, as the reduce-scatter does. (Against one undivided batch,
+// FP32 rounding of the differently split sums is amplified by AdamW and by discrete expert choices
+// over steps: 5e-5 relative in the loss after 5 steps.) Seeds are fixed and printed.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -52,27 +52,27 @@ TEST(DataParallel, ZeroOneStepsEqualOneProcess) {
   dist::GradSync sync(comm, dp.grads(), n);
   Rng r(seed);
   const int64_t Bl = B / P;
+  std::vector<float> parts(size_t(n) * size_t(P));  // once: a fresh one per step cost page faults
   for (int64_t s = 0; s < steps; ++s) {
     std::vector<int32_t> tokens(size_t(B * T));
     for (auto& t : tokens) t = int32_t(r.below(uint64_t(c.vocab_size)));
     const float lr = 1e-2f;
-    // The micro-batches' gradients each in an arena of their own, summed pairwise as the
-    // all-reduce does (recursive doubling, fixed for this test by its environment).
+    // The one-process reference: the micro-batches' gradients (each rank computes one, on the
+    // reference's own parameters, and they are all-gathered: the work is shared, the values
+    // are those of one process running them in turn), summed in rank order as the
+    // reduce-scatter does, averaged.
     o.grads_ready = nullptr;
-    double want = 0;
-    std::vector<std::vector<float>> parts(static_cast<size_t>(P));
-    for (int q = 0; q < P; ++q) {
-      ref.zero_grad();
-      want += mref.forward_backward(tokens.data() + q * Bl * T, Bl, T, o);
-      parts[size_t(q)].assign(ref.grads(), ref.grads() + n);
-    }
+    ref.zero_grad();
+    double want = mref.forward_backward(tokens.data() + me * Bl * T, Bl, T, o);
+    comm.all_reduce(&want, 1, DType::F64, dist::ReduceOp::Sum);
     want /= P;
-    for (int w = 1; w < P; w *= 2)
-      for (int q = 0; q + w < P; q += 2 * w)
-        for (int64_t i = 0; i < n; ++i)
-          parts[size_t(q)][size_t(i)] += parts[size_t(q + w)][size_t(i)];
-    for (int64_t i = 0; i < n; ++i) ref.grads()[i] = parts[0][size_t(i)] * (1.0f / float(P));
-    train::clip_grad_norm(ref.grads(), size_t(n), 1.0f);
+    comm.all_gather(ref.grads(), parts.data(), n, DType::F32);
+    for (int64_t i = 0; i < n; ++i) {
+      float g = parts[size_t(i)];
+      for (int q = 1; q < P; ++q) g += parts[size_t(q * n + i)];
+      ref.grads()[i] = g * (1.0f / float(P));
+    }
+    const float ref_norm = train::clip_grad_norm(ref.grads(), size_t(n), 1.0f);
     full_opt.step(ref.params(), ref.grads(), lr);
 
     dp.zero_grad();
@@ -82,8 +82,12 @@ TEST(DataParallel, ZeroOneStepsEqualOneProcess) {
     sync.finish();
     comm.all_reduce(&loss, 1, DType::F64, dist::ReduceOp::Sum);
     loss /= P;
-    train::clip_grad_norm(dp.grads(), size_t(n), 1.0f);
-    shard_opt.step(dp.params(), dp.grads(), lr);
+    const float norm = sync.clip(1.0f);
+    shard_opt.step(dp.params(), sync.shard(), lr);
+    // The global norm from the shards: the first step's (before rounding compounds over steps).
+    if (s == 0) {
+      EXPECT_NEAR(norm, ref_norm, 1e-6 * ref_norm);
+    }
     if (me == 0)
       std::printf("[zero] step %lld loss %.9f (one process %.9f)\n", (long long)s, loss, want);
     EXPECT_NEAR(loss, want, 1e-5 * want) << "step " << s;
