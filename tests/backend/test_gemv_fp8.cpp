@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "backend/cpu/gemv_fp8.hpp"
+#include "backend/fp8_weight_util.hpp"
 #include "core/dtype.hpp"
 #include "core/parallel.hpp"
 #include "core/rng.hpp"
@@ -21,31 +22,8 @@
 namespace dsv3::cpu {
 namespace {
 
-struct Fp8Weight {
-  std::vector<uint8_t> codes;
-  std::vector<float> scale;
-  WeightView view;
-  double at(int64_t r, int64_t c) const {
-    const int64_t sc = (view.cols + 127) / 128;
-    return double(fp8_e4m3_to_f32(codes[size_t(r * view.cols + c)])) *
-           double(scale[size_t((r / 128) * sc + c / 128)]);
-  }
-};
-
-// Random codes (every byte value equally likely unless nan is false: then 0x7f/0xff are avoided).
-Fp8Weight make(int64_t rows, int64_t cols, uint64_t seed, bool nan) {
-  Fp8Weight w;
-  Rng rng(seed);
-  w.codes.resize(size_t(rows * cols));
-  for (auto& c : w.codes) {
-    c = uint8_t(rng.below(256));
-    if (!nan && (c & 0x7f) == 0x7f) c = uint8_t(c - 1);
-  }
-  w.scale.resize(size_t((rows + 127) / 128 * ((cols + 127) / 128)));
-  for (auto& s : w.scale) s = float(1e-3 + 0.05 * rng.uniform());
-  w.view = {DType::F8_E4M3, rows, cols, w.codes.data(), w.scale.data()};
-  return w;
-}
+using fp8_test::Fp8Weight;
+using fp8_test::make_fp8_weight;
 
 int check(const Fp8Weight& w, const std::vector<float>& x, const std::vector<float>& y0,
           const std::vector<float>& y, int64_t M, bool acc) {
@@ -80,7 +58,7 @@ TEST(GemvFp8, OddShapesAllCodes) {
                                           << " threads=" << threads << " seed=" << seed);
           std::printf("gemv_fp8 N=%lld K=%lld M=%lld seed=%llu\n", (long long)N, (long long)K,
                       (long long)M, (unsigned long long)seed);
-          const Fp8Weight w = make(N, K, seed, false);
+          const Fp8Weight w = make_fp8_weight(N, K, seed, false);
           Rng rng(seed + 1);
           std::vector<float> x(size_t(M * K)), y0(size_t(M * N));
           for (auto& v : x) v = float(rng.normal());
@@ -96,7 +74,7 @@ TEST(GemvFp8, OddShapesAllCodes) {
 // NaN codes (0x7f, 0xff) make exactly their output rows NaN; every other row stays finite.
 TEST(GemvFp8, NanCodes) {
   const int64_t N = 200, K = 259;
-  Fp8Weight w = make(N, K, 4242, false);
+  Fp8Weight w = make_fp8_weight(N, K, 4242, false);
   w.codes[size_t(3 * K + 0)] = 0x7f;
   w.codes[size_t(150 * K + 258)] = 0xff;  // in the masked tail of the last 64-group
   w.codes[size_t(199 * K + 200)] = 0x7f;
@@ -116,7 +94,7 @@ TEST(GemvFp8, NanCodes) {
 // single weights out, and y must equal code·scale as FP32 products.
 TEST(GemvFp8, EveryCodeExact) {
   const int64_t N = 256, K = 130;
-  Fp8Weight w = make(N, K, 7, false);
+  Fp8Weight w = make_fp8_weight(N, K, 7, false);
   for (int64_t n = 0; n < N; ++n) w.codes[size_t(n * K + 129)] = uint8_t(n);
   std::vector<float> x(static_cast<size_t>(K), 0.0f), y(static_cast<size_t>(N));
   x[129] = 1.0f;
@@ -136,7 +114,7 @@ TEST(GemvFp8, TileConverters) {
     const uint64_t seed = uint64_t(N + K);
     std::printf("fp8 tiles N=%lld K=%lld seed=%llu\n", (long long)N, (long long)K,
                 (unsigned long long)seed);
-    const Fp8Weight w = make(N, K, seed, true);
+    const Fp8Weight w = make_fp8_weight(N, K, seed, true);
     const int64_t n0 = 100, n1 = N;  // a range that starts inside a row block
     std::vector<uint16_t> b(size_t((n1 - n0) * K));
     std::vector<float> f(size_t((n1 - n0) * K));

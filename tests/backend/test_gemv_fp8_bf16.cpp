@@ -15,6 +15,7 @@
 
 #include "backend/cpu/gemv.hpp"
 #include "backend/cpu/gemv_fp8.hpp"
+#include "backend/fp8_weight_util.hpp"
 #include "core/dtype.hpp"
 #include "core/parallel.hpp"
 #include "core/rng.hpp"
@@ -22,35 +23,11 @@
 namespace dsv3::cpu {
 namespace {
 
-struct Fp8Weight {
-  std::vector<uint8_t> codes;
-  std::vector<float> scale;
-  WeightView view;
-  float s(int64_t r, int64_t c) const {
-    return scale[size_t((r / 128) * ((view.cols + 127) / 128) + c / 128)];
-  }
-  double code(int64_t r, int64_t c) const {
-    return fp8_e4m3_to_f32(codes[size_t(r * view.cols + c)]);
-  }
-};
+using fp8_test::Fp8Weight;
+using fp8_test::make_fp8_weight;
 
 bool subnormal(uint8_t c) {
   return (c & 0x78) == 0;  // exponent bits zero (both zeros included: value 0 either way)
-}
-
-// Random codes over all 256 values (0x7f/0xff replaced unless nan), scales varying per block.
-Fp8Weight make(int64_t rows, int64_t cols, uint64_t seed, bool nan) {
-  Fp8Weight w;
-  Rng rng(seed);
-  w.codes.resize(size_t(rows * cols));
-  for (auto& c : w.codes) {
-    c = uint8_t(rng.below(256));
-    if (!nan && (c & 0x7f) == 0x7f) c = uint8_t(c - 1);
-  }
-  w.scale.resize(size_t((rows + 127) / 128 * ((cols + 127) / 128)));
-  for (auto& s : w.scale) s = float(1e-3 + 0.05 * rng.uniform());
-  w.view = {DType::F8_E4M3, rows, cols, w.codes.data(), w.scale.data()};
-  return w;
 }
 
 double bf16r(float v) {
@@ -98,7 +75,7 @@ TEST(GemvFp8Bf16, OddShapesAllCodes) {
           const uint64_t seed = 19000 + uint64_t(N * 31 + K * 7 + M);
           SCOPED_TRACE(testing::Message() << "N=" << N << " K=" << K << " M=" << M << " acc=" << acc
                                           << " threads=" << threads << " seed=" << seed);
-          const Fp8Weight w = make(N, K, seed, false);
+          const Fp8Weight w = make_fp8_weight(N, K, seed, false);
           Rng rng(seed + 1);
           std::vector<float> x(size_t(M * K)), y0(size_t(M * N));
           for (auto& v : x) v = float(rng.normal());
@@ -116,7 +93,7 @@ TEST(GemvFp8Bf16, OddShapesAllCodes) {
 // (x·scale up to ~1e30) and tiny x (~1e-30) give the same relative agreement.
 TEST(GemvFp8Bf16, ExtremeActivations) {
   const int64_t N = 70, K = 200;
-  const Fp8Weight w = make(N, K, 31337, false);
+  const Fp8Weight w = make_fp8_weight(N, K, 31337, false);
   std::printf("gemv_fp8_bf16 extreme x seed=31337\n");
   for (float mag : {1e-30f, 1e-10f, 1e10f, 1e30f}) {
     SCOPED_TRACE(testing::Message() << "|x| ~ " << mag);
@@ -133,7 +110,7 @@ TEST(GemvFp8Bf16, ExtremeActivations) {
 // NaN codes (0x7f, 0xff) make exactly their output rows NaN, on either activation row.
 TEST(GemvFp8Bf16, NanCodes) {
   const int64_t N = 200, K = 259;
-  Fp8Weight w = make(N, K, 4243, false);
+  Fp8Weight w = make_fp8_weight(N, K, 4243, false);
   w.codes[size_t(3 * K + 0)] = 0x7f;
   w.codes[size_t(150 * K + 258)] = 0xff;  // in the masked tail of the last 64-group
   w.codes[size_t(199 * K + 200)] = 0x7f;
@@ -154,7 +131,7 @@ TEST(GemvFp8Bf16, NanCodes) {
 // subnormal ones. (A NaN code anywhere makes its row NaN, 0·NaN: they are NanCodes' part.)
 TEST(GemvFp8Bf16, EveryCodeEveryColumn) {
   const int64_t N = 256, K = 197;  // three 64-groups and a masked tail
-  Fp8Weight w = make(N, K, 8, false);
+  Fp8Weight w = make_fp8_weight(N, K, 8, false);
   for (int64_t n = 0; n < N; ++n)
     for (int64_t k = 0; k < K; ++k) {
       const uint8_t c = uint8_t((n + 37 * k) & 255);
@@ -182,7 +159,7 @@ TEST(GemvFp8Rows, MatchPlainLoops) {
     const uint64_t seed = uint64_t(5 * N + K);
     std::printf("gemv_fp8_rows N=%lld K=%lld seed=%llu\n", (long long)N, (long long)K,
                 (unsigned long long)seed);
-    Fp8Weight w = make(N, K, seed, false);
+    Fp8Weight w = make_fp8_weight(N, K, seed, false);
     w.codes[size_t(131 * K + K - 1)] = 0xff;  // row 131 (inside both ranges below), last column
     Rng rng(seed + 1);
     std::vector<float> x(size_t(std::max(N, K)));

@@ -1,0 +1,43 @@
+// Test fixture shared by the FP8 kernel tests: a random E4M3 weight in the DeepSeek-V3 release
+// layout (codes [rows, cols], one scale_inv per 128×128 block) and its exact values in double.
+#pragma once
+#include <cstdint>
+#include <vector>
+
+#include "backend/cpu/linear.hpp"
+#include "core/dtype.hpp"
+#include "core/rng.hpp"
+
+namespace dsv3::cpu::fp8_test {
+
+struct Fp8Weight {
+  std::vector<uint8_t> codes;
+  std::vector<float> scale;
+  WeightView view;
+  // The block scale of element (r, c), its code's value, and the dequantized weight.
+  float s(int64_t r, int64_t c) const {
+    return scale[size_t((r / 128) * ((view.cols + 127) / 128) + c / 128)];
+  }
+  double code(int64_t r, int64_t c) const {
+    return fp8_e4m3_to_f32(codes[size_t(r * view.cols + c)]);
+  }
+  double at(int64_t r, int64_t c) const { return code(r, c) * double(s(r, c)); }
+};
+
+// Random codes over all 256 values (0x7f/0xff, the NaN codes, replaced unless nan), scales
+// varying per block.
+inline Fp8Weight make_fp8_weight(int64_t rows, int64_t cols, uint64_t seed, bool nan) {
+  Fp8Weight w;
+  Rng rng(seed);
+  w.codes.resize(size_t(rows * cols));
+  for (auto& c : w.codes) {
+    c = uint8_t(rng.below(256));
+    if (!nan && (c & 0x7f) == 0x7f) c = uint8_t(c - 1);
+  }
+  w.scale.resize(size_t((rows + 127) / 128 * ((cols + 127) / 128)));
+  for (auto& s : w.scale) s = float(1e-3 + 0.05 * rng.uniform());
+  w.view = {DType::F8_E4M3, rows, cols, w.codes.data(), w.scale.data()};
+  return w;
+}
+
+}  // namespace dsv3::cpu::fp8_test
