@@ -34,6 +34,33 @@ std::vector<float> run_logits(const std::string& dir, const std::vector<int32_t>
   return logits;
 }
 
+// The checkpoint's tensors as FP32, for save_hf_checkpoint.
+auto params_of(const io::TensorStore& store) {
+  return [&store](const ParamSpec& s, float* dst) {
+    auto v = io::read_f32(store.get(s.name, s.shape));
+    std::copy(v.begin(), v.end(), dst);
+  };
+}
+
+// Writes to dir the FP32 checkpoint of the FP8 checkpoint q's effective weights (codes ·
+// scale_inv; the tensors it keeps in higher precision as they are).
+void save_dequantized(const std::string& dir, const ModelConfig& c, const io::TensorStore& q) {
+  auto dequantized = [&](const ParamSpec& s, float* dst) {
+    const auto& t = q.get(s.name);
+    if (t.dtype != DType::F8_E4M3) {
+      auto v = io::read_f32(t);
+      std::copy(v.begin(), v.end(), dst);
+      return;
+    }
+    auto scale = io::read_f32(q.get(s.name + "_scale_inv"));
+    fp8_block_dequantize(dst, reinterpret_cast<const uint8_t*>(t.data), scale.data(), s.shape[0],
+                         s.shape[1]);
+  };
+  ExportOptions o32;
+  o32.dtype = DType::F32;
+  save_hf_checkpoint(dir, c, dequantized, o32);
+}
+
 float max_abs_diff(const std::vector<float>& a, const std::vector<float>& b) {
   float m = 0;
   for (size_t i = 0; i < a.size(); ++i) m = std::max(m, std::fabs(a[i] - b[i]));
@@ -44,10 +71,7 @@ TEST(Fp8Checkpoint, QuantizeReloadAndCompare) {
   const std::string src = std::string(DSV3_TEST_DATA) + "/tiny-v3";
   ModelConfig c = load_config(src);
   auto store = io::TensorStore::open_dir(src);
-  auto original = [&](const ParamSpec& s, float* dst) {
-    auto v = io::read_f32(store.get(s.name, s.shape));
-    std::copy(v.begin(), v.end(), dst);
-  };
+  auto original = params_of(store);
   const std::string fp8_dir = tmp_dir("fp8");
   ExportOptions o8;
   o8.dtype = DType::F8_E4M3;
@@ -84,21 +108,8 @@ TEST(Fp8Checkpoint, QuantizeReloadAndCompare) {
   EXPECT_GT(n_fp8, 100);
 
   // The same effective weights as FP32: logits must agree (only summation order differs).
-  auto dequantized = [&](const ParamSpec& s, float* dst) {
-    const auto& t = q.get(s.name);
-    if (t.dtype != DType::F8_E4M3) {
-      auto v = io::read_f32(t);
-      std::copy(v.begin(), v.end(), dst);
-      return;
-    }
-    auto scale = io::read_f32(q.get(s.name + "_scale_inv"));
-    fp8_block_dequantize(dst, reinterpret_cast<const uint8_t*>(t.data), scale.data(), s.shape[0],
-                         s.shape[1]);
-  };
   const std::string f32_dir = tmp_dir("fp8_as_f32");
-  ExportOptions o32;
-  o32.dtype = DType::F32;
-  save_hf_checkpoint(f32_dir, c, dequantized, o32);
+  save_dequantized(f32_dir, c, q);
 
   auto ref = io::TensorStore::open_file(src + "/reference.safetensors");
   auto tokens = io::read_i32(ref.get("tokens"));
@@ -127,29 +138,13 @@ TEST(Fp8Checkpoint, DecodeStepsBothComputes) {
   const std::string src = std::string(DSV3_TEST_DATA) + "/tiny-v3";
   ModelConfig c = load_config(src);
   auto store = io::TensorStore::open_dir(src);
-  auto original = [&](const ParamSpec& s, float* dst) {
-    auto v = io::read_f32(store.get(s.name, s.shape));
-    std::copy(v.begin(), v.end(), dst);
-  };
+  auto original = params_of(store);
   const std::string fp8_dir = tmp_dir("fp8_decode"), f32_dir = tmp_dir("fp8_decode_f32");
   ExportOptions o8;
   o8.dtype = DType::F8_E4M3;
   save_hf_checkpoint(fp8_dir, c, original, o8);
   auto q = io::TensorStore::open_dir(fp8_dir);
-  auto dequantized = [&](const ParamSpec& s, float* dst) {
-    const auto& t = q.get(s.name);
-    if (t.dtype != DType::F8_E4M3) {
-      auto v = io::read_f32(t);
-      std::copy(v.begin(), v.end(), dst);
-      return;
-    }
-    auto scale = io::read_f32(q.get(s.name + "_scale_inv"));
-    fp8_block_dequantize(dst, reinterpret_cast<const uint8_t*>(t.data), scale.data(), s.shape[0],
-                         s.shape[1]);
-  };
-  ExportOptions o32;
-  o32.dtype = DType::F32;
-  save_hf_checkpoint(f32_dir, c, dequantized, o32);
+  save_dequantized(f32_dir, c, q);
   auto tokens =
       io::read_i32(io::TensorStore::open_file(src + "/reference.safetensors").get("tokens"));
   const int64_t steps = 12, V = c.vocab_size;
@@ -206,10 +201,7 @@ TEST(Fp8Checkpoint, ShardedExportLoads) {
   const std::string src = std::string(DSV3_TEST_DATA) + "/tiny-v2lite";
   ModelConfig c = load_config(src);
   auto store = io::TensorStore::open_dir(src);
-  auto original = [&](const ParamSpec& s, float* dst) {
-    auto v = io::read_f32(store.get(s.name, s.shape));
-    std::copy(v.begin(), v.end(), dst);
-  };
+  auto original = params_of(store);
   const std::string dir = tmp_dir("sharded");
   ExportOptions o;
   o.dtype = DType::F32;
