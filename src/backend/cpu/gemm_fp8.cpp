@@ -202,6 +202,18 @@ void block_rows(float* y, int64_t ldy, const uint16_t* xb, int64_t ldx, int64_t 
   }
 }
 
+// The largest |x[i]| over the finite values (an Inf or NaN must not scale the rest).
+float finite_absmax(const float* x, int64_t n) {
+  const __m512 big = _mm512_set1_ps(std::numeric_limits<float>::max());
+  __m512 mx = _mm512_setzero_ps();
+  for (int64_t i = 0; i < n; i += 16) {
+    const __mmask16 in = n - i >= 16 ? __mmask16(0xffff) : __mmask16((1u << (n - i)) - 1);
+    const __m512 a = _mm512_abs_ps(_mm512_maskz_loadu_ps(in, x + i));
+    mx = _mm512_mask_max_ps(mx, _mm512_cmp_ps_mask(a, big, _CMP_LE_OQ), mx, a);
+  }
+  return _mm512_reduce_max_ps(mx);
+}
+
 }  // namespace
 
 void gemm_fp8_bf16(float* y, int64_t ldy, const float* x, int64_t M, const WeightView& w,
@@ -218,11 +230,7 @@ void gemm_fp8_bf16(float* y, int64_t ldy, const float* x, int64_t M, const Weigh
   // x·2^e rounded to BF16 in rows of ldx (a multiple of 32) zero past K. The weights are BF16
   // values 2⁻¹²⁰ too small; e ≤ 120 keeps every x·2^e below 2¹²⁶ (BF16's range), and the sums
   // are multiplied back by 2^(120−e) (1 unless |x| reaches 2⁶).
-  float xmax = 0.0f;
-  for (int64_t i = 0; i < M * K; ++i) {  // finite values only: an Inf must not scale the rest
-    const float a = std::fabs(x[i]);
-    if (a > xmax && a <= std::numeric_limits<float>::max()) xmax = a;
-  }
+  const float xmax = finite_absmax(x, M * K);
   int ex = 0;
   if (std::isfinite(xmax)) std::frexp(xmax, &ex);  // xmax < 2^ex
   const int e = std::clamp(126 - ex, -2, 120);

@@ -60,9 +60,8 @@ constexpr int64_t kGemvMaxM_F32 = 2;
 // entries (cold weights, 2 threads, the three bench shapes; docs/benchmarks.md):
 //   BF16 weights: the skinny BF16 GEMM (gemm_skinny.hpp) beats oneDNN at every M from 2 to 32
 //     (1.2-2.7x) and the GEMV from 3 (M = 2 is a tie, so the GEMV keeps it and its FP32 math);
-//   FP8 weights: the skinny GEMM runs on 128-row tiles converted to BF16 (the conversion costs
-//     more than the GEMV's in-register widening), so the FP8 GEMV keeps M ≤ 8 and the skinny
-//     GEMM takes 9..32, where it beats both.
+//   FP8 weights: the FP8 GEMV keeps M ≤ 8; from 9 rows gemm_fp8.cpp's GEMM, 1.3-1.4x faster
+//     than the skinny GEMM on converted 128-row tiles at M = 16 and 32 (1 thread, 2026-12-07).
 // Beyond 32 rows oneDNN (not measured further: prefill chunks are hundreds of rows).
 constexpr int64_t kGemvMaxM_FP8 = 8;
 constexpr int64_t kSkinnyMaxM = 32;
@@ -270,7 +269,8 @@ LinearPath linear_path(int64_t M, const LinearWeight& w) {
   const DType dt = w.view().dtype;
   if (M <= linear_gemv_max_m(w.compute())) return LinearPath::Gemv;
   if (w.compute() != Compute::BF16 || dt == DType::F32 || M > kSkinnyMaxM) return LinearPath::Gemm;
-  return dt == DType::F8_E4M3 && M <= kGemvMaxM_FP8 ? LinearPath::Gemv : LinearPath::Skinny;
+  if (dt == DType::F8_E4M3) return M <= kGemvMaxM_FP8 ? LinearPath::Gemv : LinearPath::Gemm;
+  return LinearPath::Skinny;
 }
 
 void linear_forward(float* y, const float* x, int64_t M, const LinearWeight& w, bool accumulate) {
