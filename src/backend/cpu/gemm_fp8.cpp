@@ -131,6 +131,7 @@ void kernel(float* y, int64_t ldy, const uint16_t* xp, int64_t ldx, const uint16
     for (int m = 0; m < MR; ++m)
       for (int j = 0; j < 4; ++j) a[m][j] = _mm512_setzero_ps();
     const int64_t pe = std::min<int64_t>(pc, p0 + 64);
+#pragma GCC unroll 4  // +2-5% on one thread (2026-12-07)
     for (int64_t p = p0; p < pe; ++p, b += 128) {
       __m512bh bv[4];
       for (int j = 0; j < 4; ++j) bv[j] = (__m512bh)_mm512_loadu_si512(b + 32 * j);
