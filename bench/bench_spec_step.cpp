@@ -55,11 +55,16 @@ int main(int argc, char** argv) {
     const std::string v = argv[++i];
     if (f == "--model")
       dir = v;
-    else if (f == "--context")
-      context = std::stoll(v);
-    else if (f == "--reps")
-      reps = std::stoll(v);
-    else if (f == "--compute")
+    else if (f == "--context" || f == "--reps") {
+      char* end = nullptr;
+      const long long x = std::strtoll(v.c_str(), &end, 10);
+      if (v.empty() || *end != '\0') {
+        std::fprintf(stderr, "bench_spec_step: %s needs an integer, got '%s'\n", f.c_str(),
+                     v.c_str());
+        return 2;
+      }
+      (f == "--context" ? context : reps) = x;
+    } else if (f == "--compute")
       compute = v;
     else {
       std::fprintf(stderr, "bench_spec_step: unknown flag %s\n", f.c_str());
