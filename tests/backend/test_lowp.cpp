@@ -357,7 +357,8 @@ TEST(Lowp, LinearFpropDgradWgrad) {
     for (auto shape : {std::tuple<int64_t, int64_t, int64_t>{67, 45, 200},
                        {130, 129, 33},
                        {3, 8, 5},
-                       {301, 200, 259}}) {
+                       {301, 200, 259},
+                       {700, 40, 70}}) {
       // Plain names, not a structured binding: lambdas below capture them (clang 14 refuses
       // captured bindings).
       const int64_t M = std::get<0>(shape), out = std::get<1>(shape), in = std::get<2>(shape);

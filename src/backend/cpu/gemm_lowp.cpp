@@ -8,6 +8,7 @@
 #include "backend/cpu/gemm_lowp.hpp"
 
 #include <immintrin.h>
+#include <omp.h>
 
 #include <algorithm>
 #include <cmath>
@@ -151,7 +152,8 @@ void run_rows(float* C, int64_t ldc, const Pairs& A0, const uint32_t* panel, int
       DSV3_PLAIN(1)
       DSV3_PLAIN(2)
       DSV3_PLAIN(3)
-      DSV3_PLAIN(4) DSV3_PLAIN(5) DSV3_PLAIN(6) DSV3_PLAIN(7)
+      DSV3_PLAIN(4)
+      DSV3_PLAIN(5) DSV3_PLAIN(6) DSV3_PLAIN(7)
 #undef DSV3_PLAIN
           default : break;
     }
@@ -170,7 +172,8 @@ void run_rows(float* C, int64_t ldc, const Pairs& A0, const uint32_t* panel, int
     DSV3_SCALED(1)
     DSV3_SCALED(2)
     DSV3_SCALED(3)
-    DSV3_SCALED(4) DSV3_SCALED(5)
+    DSV3_SCALED(4)
+    DSV3_SCALED(5)
 #undef DSV3_SCALED
         default : break;
   }
@@ -207,23 +210,32 @@ void run_packed(float* C, int64_t ldc, int64_t M, const LowpPackedB& B, bool acc
   }
   const int64_t kpairs = lowp_pad_k(K) / 2, Kc = quant_tiles(K);
   const int64_t panels = (N + kNR - 1) / kNR, rblocks = (M + kRowBlock - 1) / kRowBlock;
-  const int64_t want = 4 * int64_t(region_threads());
+  const int64_t want = 8 * int64_t(region_threads());
   const int64_t groups = std::clamp<int64_t>((want + rblocks - 1) / rblocks, 1,
                                              (panels + kPanelsPerTask - 1) / kPanelsPerTask);
   const int64_t per = (panels + groups - 1) / groups;
   const uint32_t* pk = B.panels();
   const float* sp = B.scaled ? B.scales.data() : nullptr;
-  parallel_for(rblocks * groups, [&](int64_t t0, int64_t t1) {
-    for (int64_t t = t0; t < t1; ++t) {
-      const int64_t rb = t / groups, g = t % groups;
-      const int64_t m0 = rb * kRowBlock, m = std::min(kRowBlock, M - m0);
-      const float* sa = nullptr;
-      const Pairs am = a_block(m0, m, &sa);
-      for (int64_t p = g * per; p < std::min(panels, (g + 1) * per); ++p)
-        run_rows(C + m0 * ldc + p * kNR, ldc, am, pk + p * kpairs * kNR, kpairs, sp ? sa : nullptr,
-                 Kc, sp ? sp + p * Kc * kNR : nullptr, m, std::min(kNR, N - p * kNR), accumulate);
-    }
-  });
+  auto task = [&](int64_t t) {
+    const int64_t rb = t / groups, g = t % groups;
+    const int64_t m0 = rb * kRowBlock, m = std::min(kRowBlock, M - m0);
+    const float* sa = nullptr;
+    const Pairs am = a_block(m0, m, &sa);
+    for (int64_t p = g * per; p < std::min(panels, (g + 1) * per); ++p)
+      run_rows(C + m0 * ldc + p * kNR, ldc, am, pk + p * kpairs * kNR, kpairs, sp ? sa : nullptr,
+               Kc, sp ? sp + p * Kc * kNR : nullptr, m, std::min(kNR, N - p * kNR), accumulate);
+  };
+  // Tasks differ in cost (a last short row block, a last narrow panel) and the two threads'
+  // speeds vary: claimed one at a time rather than split in fixed halves.
+  const int64_t tasks = rblocks * groups;
+  const int nt = region_threads();
+  if (nt <= 1 || tasks <= 1) {
+    for (int64_t t = 0; t < tasks; ++t) task(t);
+    return;
+  }
+
+#pragma omp parallel for num_threads(int(std::min <int64_t>(nt, tasks))) schedule(dynamic, 1)
+  for (int64_t t = 0; t < tasks; ++t) task(t);
 }
 
 }  // namespace

@@ -3,6 +3,7 @@
 // uses it (the Wgrad activation x is converted while it is packed).
 #include "backend/cpu/linear_lowp.hpp"
 
+#include <algorithm>
 #include <atomic>
 
 #include <omp.h>
@@ -10,6 +11,7 @@
 #include "backend/cpu/gemm_lowp.hpp"
 #include "backend/cpu/quant_train.hpp"
 #include "core/error.hpp"
+#include "core/parallel.hpp"
 #include "core/profile.hpp"
 #include "core/scratch.hpp"
 
@@ -105,16 +107,43 @@ void lowp_backward_input(float* dx, const float* dy, int64_t M, const LowpWeight
 }
 
 // dW[out, in] += Σ_t dy[t, out]·x[t, in]: K = tokens; x is packed from its natural [tokens, in]
-// storage and dy read as its transpose, both converted on the way (no transpose pass).
+// storage and dy read as its transpose, both converted on the way (no transpose pass). The
+// tokens are split between the threads (at multiples of 128, so FP8's chunks stay whole): each
+// converts only its own tokens of both operands, and the partial products are summed after.
 void lowp_backward_weight(float* dW, const float* dy, const float* x, int64_t M, int64_t in,
                           int64_t out, Precision p) {
   check_lowp(p, "lowp_backward_weight");
   if (M <= 0) return;
   GemmTimer timer;
   const bool fp8 = p == Precision::FP8;
-  thread_local LowpPackedB xb;
-  lowp_pack_b_f32(xb, x, in, in, M, fp8);
-  gemm_lowp_a32(dW, in, out, dy, out, true, fp8, xb, true);
+  const int64_t tiles = quant_tiles(M);
+  const int parts = int(std::min<int64_t>(region_threads(), tiles / 2));  // ≥ 256 tokens each
+  if (parts <= 1) {
+    thread_local LowpPackedB xb;
+    lowp_pack_b_f32(xb, x, in, in, M, fp8);
+    gemm_lowp_a32(dW, in, out, dy, out, true, fp8, xb, true);
+    return;
+  }
+  thread_local std::vector<float> partial;  // [parts - 1][out, in]
+  float* part = grow(partial, size_t((parts - 1) * out * in));
+#pragma omp parallel num_threads(parts)
+  {
+    const int t = omp_get_thread_num();
+    const int64_t k0 = tiles * t / parts * kQuantTile;
+    const int64_t k1 = std::min(M, tiles * (t + 1) / parts * kQuantTile);
+    thread_local LowpPackedB xb;
+    lowp_pack_b_f32(xb, x + k0 * in, in, in, k1 - k0, fp8);
+    gemm_lowp_a32(t == 0 ? dW : part + (t - 1) * out * in, in, out, dy + k0 * out, out, true, fp8,
+                  xb, t == 0);
+  }
+  parallel_for(out, [&](int64_t r0, int64_t r1) {
+    for (int t = 1; t < parts; ++t)
+      for (int64_t r = r0; r < r1; ++r) {
+        const float* src = part + (t - 1) * out * in + r * in;
+        float* dst = dW + r * in;
+        for (int64_t i = 0; i < in; ++i) dst[i] += src[i];
+      }
+  });
 }
 
 Precision wgrad_precision() {
