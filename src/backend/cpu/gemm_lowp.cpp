@@ -153,7 +153,8 @@ void run_rows(float* C, int64_t ldc, const Pairs& A0, const uint32_t* panel, int
       DSV3_PLAIN(2)
       DSV3_PLAIN(3)
       DSV3_PLAIN(4)
-      DSV3_PLAIN(5) DSV3_PLAIN(6) DSV3_PLAIN(7)
+      DSV3_PLAIN(5)
+      DSV3_PLAIN(6) DSV3_PLAIN(7)
 #undef DSV3_PLAIN
           default : break;
     }
@@ -175,7 +176,8 @@ void run_rows(float* C, int64_t ldc, const Pairs& A0, const uint32_t* panel, int
     DSV3_SCALED(4)
     DSV3_SCALED(5)
 #undef DSV3_SCALED
-        default : break;
+    default:
+      break;
   }
 }
 
@@ -210,7 +212,9 @@ void run_packed(float* C, int64_t ldc, int64_t M, const LowpPackedB& B, bool acc
   }
   const int64_t kpairs = lowp_pad_k(K) / 2, Kc = quant_tiles(K);
   const int64_t panels = (N + kNR - 1) / kNR, rblocks = (M + kRowBlock - 1) / kRowBlock;
-  const int64_t want = 8 * int64_t(region_threads());
+  // Panel groups only where the row blocks alone leave a thread idle: every group converts its
+  // row block of A again (for FP8 a quantization with a division per element).
+  const int64_t want = 2 * int64_t(region_threads());
   const int64_t groups = std::clamp<int64_t>((want + rblocks - 1) / rblocks, 1,
                                              (panels + kPanelsPerTask - 1) / kPanelsPerTask);
   const int64_t per = (panels + groups - 1) / groups;
