@@ -201,6 +201,7 @@ std::shared_ptr<Generation> HttpServer::Impl::start(CompletionRequest r) {
       std::min<int64_t>(opt.limits.max_tokens, engine.max_context() - int64_t(prompt.size())));
   if (!r.ignore_eos)
     if (auto eos = tk.eos_id()) p.stop_tokens.push_back(*eos);
+  p.logprobs = r.logprobs;  // else no V-way softmax per token
   p.top_logprobs = r.logprobs ? r.top_logprobs : 0;
   p.prompt = std::move(prompt);
   auto g = std::make_shared<Generation>(engine, tk, std::move(r), std::move(h));
