@@ -131,6 +131,7 @@ Level run_level(model::Model& m, const Args& a, int64_t C, bool spec, Rng& rng) 
     for (auto& t : p.prompt) t = int32_t(2 + rng.below(uint64_t(c.vocab_size - 2)));
     p.sampling.temperature = 0;
     p.max_tokens = a.output;
+    p.logprobs = false;  // as a client that asks for none
     e.submit(
         p,
         [&, i](const serve::TokenEvent& ev) {

@@ -2,6 +2,7 @@
 // one binding of weights.hpp. Every shape and dtype is validated against the parameter table;
 // BF16 / F32 / FP8 (with its 128×128 `weight_scale_inv` blocks) linear weights are used as
 // stored, F16 ones converted once to F32; norms and the router are read into FP32.
+#include <cstring>
 #include <filesystem>
 
 #include "core/error.hpp"
@@ -50,9 +51,17 @@ class StoreBinder {
   }
 
  private:
-  // The MTP module's copies of the shared embedding and head may be missing from a checkpoint.
+  // The MTP module's copies of the shared embedding and head may be missing from a checkpoint;
+  // a copy equal to the shared tensor (a tied model's export: `dsv3 train`) binds the shared
+  // one, so that a speculative step's MTP head reads the main head's weights, still in cache.
   std::string resolve(const std::string& n, const std::string& fallback) const {
-    return fallback.empty() || store_.find(n) ? n : fallback;
+    if (fallback.empty()) return n;
+    const io::TensorInfo* t = store_.find(n);
+    if (!t) return fallback;
+    const io::TensorInfo* f = store_.find(fallback);
+    const bool same = f && f->dtype == t->dtype && f->shape == t->shape && f->nbytes == t->nbytes &&
+                      std::memcmp(f->data, t->data, t->nbytes) == 0;
+    return same ? fallback : n;
   }
 
   static void check_float(const io::TensorInfo& t) {

@@ -485,15 +485,10 @@ void mla_backward_weight(const MlaW<G<S>>& dw, const MlaDims& d, const MlaGrads<
 
 // ---- Inference on the latent cache ----
 
-void mla_forward_cached(float* out, const float* x, std::span<const SeqSpan> seqs,
-                        const MlaW<W<float>>& w, const ModelConfig& c, const float* cos_sin,
-                        MlaCache& cache, AttnImpl impl, MlaScratch<float>& s) {
-  int64_t N = 0;
-  for (const SeqSpan& q : seqs) N += q.len;
-  const MlaDims d = mla_dims(c, 1, N);
-  const int64_t H = d.H, Dq = d.Dq(), Dr = d.Dr, Dv = d.Dv, R = d.R, Dkv = d.Dkv();
-  const int64_t bt = cache.max_seq;
-  int64_t* pos = grow(s.pos, size_t(N));
+namespace {
+
+// The positions of a ragged batch's N tokens into pos[N], each span checked against its blocks.
+void span_positions(int64_t* pos, std::span<const SeqSpan> seqs, int64_t bt) {
   for (int64_t i = 0; const SeqSpan& q : seqs) {
     DSV3_CHECK(q.len > 0 && q.start >= 0, "empty sequence in a batch (start {}, len {})", q.start,
                q.len);
@@ -503,15 +498,13 @@ void mla_forward_cached(float* out, const float* x, std::span<const SeqSpan> seq
                q.start + q.len, q.nblocks, bt);
     for (int64_t t = 0; t < q.len; ++t) pos[i++] = q.start + t;
   }
+}
 
-  float* qa_n = nullptr;
-  if (d.Qr) {
-    qa_n = grow(s.qa_n, size_t(N * d.Qr));
-    q_latent(grow(s.qa, size_t(N * d.Qr)), qa_n, static_cast<float*>(nullptr), x, w, d);
-  }
-  float* q = grow(s.q, size_t(N * H * Dq));
-  queries(q, x, qa_n, w, d, cos_sin, pos);
-  // Latent kv: c_kv normalized straight into the cache, k_pe copied beside it.
+// The latent kv of the N tokens at pos: c_kv normalized, k_pe beside it, into their cache rows.
+void write_latents(const float* x, std::span<const SeqSpan> seqs, const int64_t* pos,
+                   const MlaW<W<float>>& w, const ModelConfig& c, const MlaDims& d,
+                   const float* cos_sin, MlaCache& cache, MlaScratch<float>& s) {
+  const int64_t N = d.N(), R = d.R, Dr = d.Dr, bt = cache.max_seq;
   float* kv = grow(s.kv, size_t(N * (R + Dr)));
   kv_latent(kv, x, w, d, cos_sin, pos);
   float* ckv = grow(s.ckv, size_t(N * R));
@@ -527,6 +520,38 @@ void mla_forward_cached(float* out, const float* x, std::span<const SeqSpan> seq
       std::copy_n(kv + i * (R + Dr) + R, Dr, cache.pe.data() + row * Dr);
     }
   }
+}
+
+}  // namespace
+
+void mla_write_latents(const float* x, std::span<const SeqSpan> seqs, const MlaW<W<float>>& w,
+                       const ModelConfig& c, const float* cos_sin, MlaCache& cache,
+                       MlaScratch<float>& s) {
+  int64_t N = 0;
+  for (const SeqSpan& q : seqs) N += q.len;
+  int64_t* pos = grow(s.pos, size_t(N));
+  span_positions(pos, seqs, cache.max_seq);
+  write_latents(x, seqs, pos, w, c, mla_dims(c, 1, N), cos_sin, cache, s);
+}
+
+void mla_forward_cached(float* out, const float* x, std::span<const SeqSpan> seqs,
+                        const MlaW<W<float>>& w, const ModelConfig& c, const float* cos_sin,
+                        MlaCache& cache, AttnImpl impl, MlaScratch<float>& s) {
+  int64_t N = 0;
+  for (const SeqSpan& q : seqs) N += q.len;
+  const MlaDims d = mla_dims(c, 1, N);
+  const int64_t H = d.H, Dq = d.Dq(), Dr = d.Dr, Dv = d.Dv, R = d.R, Dkv = d.Dkv();
+  const int64_t bt = cache.max_seq;
+  int64_t* pos = grow(s.pos, size_t(N));
+  span_positions(pos, seqs, bt);
+  float* qa_n = nullptr;
+  if (d.Qr) {
+    qa_n = grow(s.qa_n, size_t(N * d.Qr));
+    q_latent(grow(s.qa, size_t(N * d.Qr)), qa_n, static_cast<float*>(nullptr), x, w, d);
+  }
+  float* q = grow(s.q, size_t(N * H * Dq));
+  queries(q, x, qa_n, w, d, cos_sin, pos);
+  write_latents(x, seqs, pos, w, c, d, cos_sin, cache, s);
 
   float* attn = grow(s.attn, size_t(N * H * Dv));
   bool decode_batch = seqs.size() > 1 && impl != AttnImpl::Naive;

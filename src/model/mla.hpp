@@ -130,4 +130,10 @@ void mla_forward_cached(float* out, const float* x, std::span<const SeqSpan> seq
                         const MlaW<W<float>>& w, const ModelConfig& c, const float* cos_sin,
                         MlaCache& cache, AttnImpl impl, MlaScratch<float>& s);
 
+// Only the cache entries of mla_forward_cached: the latent kv of the tokens of `seqs` (x their
+// normalized inputs), written to their cache rows; no attention, no output.
+void mla_write_latents(const float* x, std::span<const SeqSpan> seqs, const MlaW<W<float>>& w,
+                       const ModelConfig& c, const float* cos_sin, MlaCache& cache,
+                       MlaScratch<float>& s);
+
 }  // namespace dsv3::model

@@ -97,6 +97,71 @@ void mtp_backward(S* dprev, const MtpW<G<S>>& g, const MtpW<W<S>>& w, int64_t B,
   });
 }
 
+namespace {
+
+// mtp_forward_cached's path for rows that are all last tokens of their sequences (see mtp.hpp),
+// from x[N, D] (the eh_proj output); false (nothing done) when a row is not such a token.
+bool last_tokens_only(const float* x, std::span<const SeqSpan> seqs, int64_t N, const int64_t* rows,
+                      int64_t nrows, float* logits, const MtpW<W<float>>& w, const ModelConfig& c,
+                      const float* cos_sin, MlaCache& cache, AttnImpl impl, MtpScratch<float>& s,
+                      DecoderScratch<float>& ds, ForwardTimes* times) {
+  const int64_t D = c.hidden_size, ns = int64_t(seqs.size());
+  const float eps = float(c.rms_norm_eps);
+  // Which sequences have their last token asked for: out_row[i] its index among those, or -1.
+  std::vector<int64_t>& out = s.out_row;
+  out.assign(size_t(ns), -1);
+  for (int64_t r = 0; r < nrows; ++r) {
+    int64_t end = 0, i = 0;
+    for (; i < ns; ++i) {
+      end += seqs[size_t(i)].len;
+      if (end - 1 >= rows[r]) break;
+    }
+    if (i == ns || end - 1 != rows[r]) return false;
+    out[size_t(i)] = 0;
+  }
+  // The latent-only tokens (all but the asked-for last ones), gathered with their spans.
+  s.spans.clear();
+  s.last.clear();
+  float* xa = grow(s.e, size_t(N * D));
+  float* xl = grow(s.cat, size_t(N * D));
+  int64_t na = 0, nl = 0;
+  for (int64_t i = 0, first = 0; i < ns; ++i) {
+    const SeqSpan& q = seqs[size_t(i)];
+    const int64_t keep = q.len - (out[size_t(i)] >= 0 ? 1 : 0);
+    if (keep > 0) {
+      s.spans.push_back({q.start, keep, q.blocks, q.nblocks});
+      std::copy_n(x + first * D, keep * D, xa + na * D);
+      na += keep;
+    }
+    if (out[size_t(i)] >= 0) {
+      s.last.push_back({q.start + q.len - 1, 1, q.blocks, q.nblocks});
+      std::copy_n(x + (first + q.len - 1) * D, D, xl + nl * D);
+      out[size_t(i)] = nl++;
+    }
+    first += q.len;
+  }
+  if (na > 0) {
+    float* xn = grow(s.yn, size_t(na * D));
+    cpu::rmsnorm_forward(xn, static_cast<float*>(nullptr), xa, w.layer.attn_norm, na, D, eps);
+    mla_write_latents(xn, s.spans, w.layer.attn, c, cos_sin, cache, ds.mla);
+  }
+  if (nl == 0) return true;
+  decoder_layer_cached(xl, s.last, nl, w.layer, c, cos_sin, cache, impl, ds, times, nullptr);
+  // The rows in their order (a sequence's last token may be asked for more than once).
+  float* sel = grow(s.e, size_t(nrows * D));
+  for (int64_t r = 0; r < nrows; ++r) {
+    int64_t end = 0, i = 0;
+    for (; end + seqs[size_t(i)].len - 1 < rows[r]; ++i) end += seqs[size_t(i)].len;
+    std::copy_n(xl + out[size_t(i)] * D, D, sel + r * D);
+  }
+  float* xn = grow(s.yn, size_t(nrows * D));
+  cpu::rmsnorm_forward(xn, static_cast<float*>(nullptr), sel, w.head_norm, nrows, D, eps);
+  cpu::linear_forward(logits, xn, nrows, w.head);
+  return true;
+}
+
+}  // namespace
+
 void mtp_forward_cached(float* logits, float* out_hidden, const float* hidden, const int32_t* next,
                         std::span<const SeqSpan> seqs, int64_t N, const int64_t* rows,
                         int64_t nrows, const MtpW<W<float>>& w, const ModelConfig& c,
@@ -112,6 +177,9 @@ void mtp_forward_cached(float* logits, float* out_hidden, const float* hidden, c
                 eps);
   float* x = grow(s.x, size_t(N * D));
   cpu::linear_forward(x, cat, N, w.eh_proj);
+  if (rows && !out_hidden && !routes &&
+      last_tokens_only(x, seqs, N, rows, nrows, logits, w, c, cos_sin, cache, impl, s, ds, times))
+    return;
   decoder_layer_cached(x, seqs, N, w.layer, c, cos_sin, cache, impl, ds, times, routes);
   if (out_hidden) std::copy_n(x, N * D, out_hidden);
   float* xn = grow(s.yn, size_t(N * D));

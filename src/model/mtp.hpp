@@ -38,6 +38,8 @@ template <typename S>
 struct MtpScratch {
   std::vector<S> cat, dcat, yn, dyn, de, dh;  // [N, 2D], [N, 2D], [N, D] x4
   std::vector<S> e, x;                        // inference: [N, D] embeddings, h^k
+  std::vector<SeqSpan> spans, last;           // inference: the latent-only and the output spans
+  std::vector<int64_t> out_row;               // inference: each logits row's output token
   HeadScratch<S> head;
 };
 
@@ -63,7 +65,10 @@ void mtp_backward(S* dprev, const MtpW<G<S>>& g, const MtpW<W<S>>& w, int64_t B,
 // model.norm) and the tokens next[N] that follow them, the logits of the token after those:
 // logits[nrows, V] of the tokens rows[0..nrows) (rows null: all N). The module's own latent cache
 // is `cache`. out_hidden[N, D] (h^k, before shared_head.norm) when non-null; the routing of its
-// MoE layer appended to *routes when non-null.
+// MoE layer appended to *routes when non-null. When neither is asked for and every row is the
+// last token of its sequence (a draft step; nrows 0: the cache entries only), the other tokens go
+// only as far as their cache entries (the latents of the layer's normalized input): the layer,
+// the norm and the head run on the rows' tokens alone.
 void mtp_forward_cached(float* logits, float* out_hidden, const float* hidden, const int32_t* next,
                         std::span<const SeqSpan> seqs, int64_t N, const int64_t* rows,
                         int64_t nrows, const MtpW<W<float>>& w, const ModelConfig& c,

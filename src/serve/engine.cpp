@@ -25,6 +25,7 @@
 
 #include "core/error.hpp"
 #include "core/log.hpp"
+#include "core/parallel.hpp"
 #include "serve/distribution.hpp"
 #include "serve/kv_blocks.hpp"
 
@@ -49,6 +50,9 @@ const char* finish_reason_name(FinishReason r) {
 namespace {
 
 using Clock = std::chrono::steady_clock;
+
+// Steps of at most this many tokens run on one spin team (the model's decode forwards do).
+constexpr int64_t kStepTeamTokens = 2;
 
 double secs(Clock::time_point a, Clock::time_point b) {
   return std::chrono::duration<double>(b - a).count();
@@ -117,6 +121,8 @@ struct Engine::Impl {
   std::vector<int64_t> rows, mrows;
   std::vector<float> logits, hidden, mhidden_in, mlogits, probs;
   std::vector<model::Routing> routes;
+  std::vector<Seq*> drafting;
+  std::vector<char> hit;
   std::thread thread;
 
   Impl(model::Model& model, const EngineOptions& o) : m(model), opt(o), c(model.config()) {}
@@ -125,6 +131,7 @@ struct Engine::Impl {
   void step();
   void admit();
   bool plan();
+  void run_step(const model::ForwardOptions& fo, bool decode_only);
   void run_mtp();
   void cache_full_blocks(Seq& s);
   void emit(Seq& s, int32_t token, const float* row_logits);
@@ -465,7 +472,8 @@ int32_t Engine::Impl::pick(Seq& s, const float* row_logits) {
 void Engine::Impl::emit(Seq& s, int32_t token, const float* row_logits) {
   TokenEvent ev;
   ev.token = token;
-  ev.logprob = token_logprob(row_logits, V, token, s.p.top_logprobs, &ev.top);
+  if (s.p.logprobs || s.p.top_logprobs > 0)
+    ev.logprob = token_logprob(row_logits, V, token, s.p.top_logprobs, &ev.top);
   s.tokens.push_back(token);
   s.st.completion_tokens += 1;
   mtr.generation_tokens_total += 1;
@@ -523,15 +531,26 @@ void Engine::Impl::step() {
   for (const Plan& p : plans) decode_only = decode_only && (p.n == 1 || p.verify);
   routes.clear();
   if (opt.count_experts && decode_only) fo.routes = &routes;
+  // A speculative decode step is two short forwards (the verification, then the MTP module)
+  // with the sampling between them: one spin team for all of it instead of one per forward
+  // (core/parallel.hpp; the forwards of at most kSpinTeamTokens tokens run on one anyway).
+  if (mtp && N <= kStepTeamTokens)
+    spin_team([&] { run_step(fo, decode_only); });
+  else
+    run_step(fo, decode_only);
+}
+
+void Engine::Impl::run_step(const model::ForwardOptions& fo, bool decode_only) {
+  const int64_t N = int64_t(tok.size());
   m.forward_batch(tok.data(), spans, *cache, logits.data(), rows.data(), int64_t(rows.size()), fo);
   mtr.steps += 1;
   if (decode_only) {
     mtr.decode_steps += 1;
     mtr.decode_step_tokens += N;
     for (const model::Routing& r : routes) {
-      std::vector<bool> hit(size_t(c.n_routed_experts), false);
-      for (int32_t e : r.indices) hit[size_t(e)] = true;
-      mtr.decode_step_experts += std::count(hit.begin(), hit.end(), true);
+      hit.assign(size_t(c.n_routed_experts), 0);
+      for (int32_t e : r.indices) hit[size_t(e)] = 1;
+      mtr.decode_step_experts += std::count(hit.begin(), hit.end(), 1);
     }
   }
 
@@ -551,9 +570,15 @@ void Engine::Impl::step() {
     } else {
       const float* L0 = logits.data() + p.row * V;
       const float* L1 = L0 + V;
-      sampling_probs(probs, L0, V, s.p.sampling);
       bool accepted = false;
-      const int32_t t0 = speculative_accept(probs, s.q, s.draft, s.greedy(), s.rng, &accepted);
+      int32_t t0;
+      if (s.greedy()) {  // the rule's greedy case without the dense one-hot vectors
+        t0 = pick(s, L0);
+        accepted = t0 == s.draft;
+      } else {
+        sampling_probs(probs, L0, V, s.p.sampling);
+        t0 = speculative_accept(probs, s.q, s.draft, false, s.rng, &accepted);
+      }
       s.st.drafted += 1;
       mtr.spec_drafted += 1;
       if (accepted) {
@@ -593,7 +618,7 @@ void Engine::Impl::run_mtp() {
   for (const Plan& p : plans) n += p.s->finish == FinishReason::None ? p.mtp_n : 0;
   if (n == 0) return;
   if (mhidden_in.size() < size_t(n * D)) mhidden_in.resize(size_t(n * D));
-  std::vector<Seq*> drafting;
+  drafting.clear();
   int64_t at = 0;
   for (const Plan& p : plans) {
     Seq& s = *p.s;

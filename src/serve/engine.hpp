@@ -32,6 +32,7 @@ struct RequestParams {
   SamplingParams sampling;           // temperature (0 greedy), top_k, top_p, seed
   int64_t max_tokens = 256;          // new tokens at most
   std::vector<int32_t> stop_tokens;  // e.g. eos; generation ends after emitting one of them
+  bool logprobs = true;              // false: TokenEvent::logprob is 0 (no V-way softmax)
   int64_t top_logprobs = 0;          // >0: also report this many alternatives per token
   bool speculative = true;           // use the engine's speculation if it has one
 };
@@ -39,6 +40,7 @@ struct RequestParams {
 struct TokenEvent {
   int32_t token = -1;  // -1 on a final event without a token
   float logprob = 0;   // log p of `token` under the (temperature-free) model distribution
+                       // (0 when the request asked for no logprobs)
   std::vector<std::pair<int32_t, float>> top;  // top_logprobs alternatives
   FinishReason finish = FinishReason::None;    // != None: the request's last event
   std::string error;                           // with FinishReason::Error

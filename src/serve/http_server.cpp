@@ -14,6 +14,7 @@
 
 #include "core/error.hpp"
 #include "core/log.hpp"
+#include "serve/client_socket.hpp"
 #include "serve/text_stream.hpp"
 
 namespace dsv3::serve {
@@ -146,7 +147,8 @@ struct HttpServer::Impl {
   std::shared_ptr<Generation> start(CompletionRequest r);
   void finish(const std::shared_ptr<Generation>& g);
   void complete(const httplib::Request& req, httplib::Response& res, bool chat);
-  void respond_whole(const std::shared_ptr<Generation>& g, httplib::Response& res);
+  void respond_whole(const std::shared_ptr<Generation>& g, const httplib::Request& req,
+                     httplib::Response& res);
   void respond_stream(const std::shared_ptr<Generation>& g, httplib::Response& res);
 };
 
@@ -199,6 +201,7 @@ std::shared_ptr<Generation> HttpServer::Impl::start(CompletionRequest r) {
       std::min<int64_t>(opt.limits.max_tokens, engine.max_context() - int64_t(prompt.size())));
   if (!r.ignore_eos)
     if (auto eos = tk.eos_id()) p.stop_tokens.push_back(*eos);
+  p.logprobs = r.logprobs;  // else no V-way softmax per token
   p.top_logprobs = r.logprobs ? r.top_logprobs : 0;
   p.prompt = std::move(prompt);
   auto g = std::make_shared<Generation>(engine, tk, std::move(r), std::move(h));
@@ -230,15 +233,30 @@ void HttpServer::Impl::finish(const std::shared_ptr<Generation>& g) {
   if (active.erase(g)) --counters.in_flight;
 }
 
-void HttpServer::Impl::respond_whole(const std::shared_ptr<Generation>& g, httplib::Response& res) {
+void HttpServer::Impl::respond_whole(const std::shared_ptr<Generation>& g,
+                                     const httplib::Request& req, httplib::Response& res) {
+  // The connection is watched while the answer is generated: a client that left cancels it.
+  const int fd = find_client_socket(req.remote_addr, req.remote_port, req.local_port);
+  bool abandoned = false;
   std::string text;
   std::vector<TokenLogprob> lps;
   while (!g->done) {
-    auto s = g->next(std::chrono::milliseconds(500));
+    if (!abandoned && client_gone(fd)) {
+      abandoned = true;
+      engine.cancel(g->id);
+      std::lock_guard lk(mu);
+      ++counters.requests_abandoned;
+    }
+    auto s = g->next(std::chrono::milliseconds(100));
     text += s.text;
     for (auto& t : s.logprobs) lps.push_back(std::move(t));
   }
   finish(g);
+  if (abandoned) {
+    // Nobody reads it; 499 as nginx logs a client that closed the connection.
+    send_error(res, ApiError(499, "the client closed the connection", "", "client_closed"));
+    return;
+  }
   if (!g->error.empty()) throw ApiError(500, g->error, "", "generation_error");
   if (g->finish_reason == "cancelled")
     throw ApiError(503, "the request was cancelled: the server is shutting down", "",
@@ -334,7 +352,7 @@ void HttpServer::Impl::complete(const httplib::Request& req, httplib::Response& 
   if (stream)
     respond_stream(g, res);
   else
-    respond_whole(g, res);
+    respond_whole(g, req, res);
 }
 
 void HttpServer::Impl::setup_routes() {
@@ -509,6 +527,9 @@ std::string prometheus_metrics(const EngineMetrics& m, int64_t blocks_referenced
   metric("http_streams_cancelled_total", "counter",
          "Streams whose client disconnected before the end (request cancelled).",
          double(h.streams_cancelled));
+  metric("http_requests_abandoned_total", "counter",
+         "Non-streamed requests whose client disconnected before the answer (request cancelled).",
+         double(h.requests_abandoned));
   return out;
 }
 

@@ -33,7 +33,8 @@ struct ServerOptions {
 // Counters of the HTTP layer, for /metrics.
 struct HttpCounters {
   int64_t requests_ok = 0, requests_client_error = 0, requests_server_error = 0;
-  int64_t streams_cancelled = 0;  // clients that disconnected mid-stream
+  int64_t streams_cancelled = 0;   // clients that disconnected mid-stream
+  int64_t requests_abandoned = 0;  // clients that disconnected before a whole response
   int64_t in_flight = 0;
 };
 

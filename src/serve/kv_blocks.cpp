@@ -2,25 +2,14 @@
 #include "serve/kv_blocks.hpp"
 
 #include "core/error.hpp"
+#include "core/hash.hpp"
 
 namespace dsv3::serve {
 
 BlockKey block_key(uint64_t parent, const int32_t* tokens, int64_t n) {
-  // FNV-1a over the parent hash and the token ids, then a final mix (splitmix64).
-  uint64_t h = 1469598103934665603ull ^ parent;
-  auto mix = [&](uint64_t v) {
-    for (int i = 0; i < 8; ++i) {
-      h ^= (v >> (8 * i)) & 0xff;
-      h *= 1099511628211ull;
-    }
-  };
-  mix(parent);
-  for (int64_t i = 0; i < n; ++i) mix(uint64_t(uint32_t(tokens[i])));
-  h ^= h >> 30;
-  h *= 0xbf58476d1ce4e5b9ull;
-  h ^= h >> 27;
-  h *= 0x94d049bb133111ebull;
-  h ^= h >> 31;
+  Hasher64 hs(parent);
+  hs.update(tokens, size_t(n) * sizeof(int32_t));
+  const uint64_t h = hs.digest();
   BlockKey k;
   k.hash = h ? h : 1;
   k.parent = parent;

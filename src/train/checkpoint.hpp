@@ -14,32 +14,13 @@
 
 #include "core/dtype.hpp"
 #include "core/error.hpp"
+#include "core/hash.hpp"
 #include "dist/comm.hpp"
 
 namespace dsv3::train {
 
-// A fast non-cryptographic 64-bit hash (8 bytes per multiply-rotate step, murmur-style final
-// mix). Streaming: any split of the input into update() calls gives the same digest.
-class Hasher64 {
- public:
-  explicit Hasher64(uint64_t seed = 0);
-  void update(const void* data, size_t n);
-  void update_u64(uint64_t v) { update(&v, sizeof v); }
-  void update_str(std::string_view s) {
-    update_u64(s.size());
-    update(s.data(), s.size());
-  }
-  uint64_t digest() const;
-
- private:
-  void mix(uint64_t w);
-  uint64_t h_;
-  uint64_t len_ = 0;
-  uint8_t buf_[8] = {};
-  size_t nbuf_ = 0;
-};
-
-uint64_t hash64(const void* data, size_t n, uint64_t seed = 0);
+using dsv3::hash64;
+using dsv3::Hasher64;
 // Hash of a whole file's bytes; throws naming the file when it cannot be read.
 uint64_t hash_file(const std::string& path);
 std::string hex64(uint64_t v);

@@ -5,6 +5,7 @@
 #include <cmath>
 
 #include "core/error.hpp"
+#include "core/hash.hpp"
 #include "core/quant.hpp"
 #include "core/rng.hpp"
 #include "io/finite.hpp"
@@ -54,14 +55,6 @@ ParamStore ParamStore::load(const std::string& dir) {
   }
   return p;
 }
-
-namespace {
-uint64_t fnv1a(const std::string& s) {
-  uint64_t h = 1469598103934665603ull;
-  for (unsigned char ch : s) h = (h ^ ch) * 1099511628211ull;
-  return h;
-}
-}  // namespace
 
 void ParamStore::init_random(uint64_t seed, InitScheme scheme) {
   for (const auto& e : layout_.entries()) {

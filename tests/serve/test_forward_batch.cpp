@@ -119,6 +119,60 @@ TEST(ForwardBatch, MtpRaggedEqualsMtpForward) {
   EXPECT_LT(worst, 1e-4f);
 }
 
+// The MTP module asked for the last tokens' logits only (a draft step) runs the layer on those
+// tokens alone and writes only the cache entries of the others: the same logits as the call
+// asking for every row, and the same cache (a next step over it gives the same logits). Three
+// sequences over scattered blocks; the middle one asks for nothing (cache entries only).
+TEST(ForwardBatch, MtpLastRowsEqualAllRows) {
+  auto m = model::Model::load(std::string(DSV3_TEST_DATA) + "/tiny-v3");
+  ASSERT_TRUE(m->has_mtp());
+  const auto& c = m->config();
+  const int64_t V = c.vocab_size, D = c.hidden_size, bt = 4;
+  const uint64_t seed = 23;
+  std::printf("seed %llu\n", (unsigned long long)seed);
+  Rng rng(seed);
+  const std::array<int64_t, 3> lens = {6, 4, 2};
+  const std::array<std::vector<int32_t>, 3> tables = {
+      std::vector<int32_t>{3, 9}, std::vector<int32_t>{0, 6}, std::vector<int32_t>{10}};
+  std::vector<model::SeqSpan> spans, next_spans;
+  for (size_t i = 0; i < 3; ++i) {
+    spans.push_back({0, lens[i], tables[i].data(), int64_t(tables[i].size())});
+    next_spans.push_back({lens[i], 1, tables[i].data(), int64_t(tables[i].size())});
+  }
+  const int64_t N = 12;
+  std::vector<float> hidden(size_t((N + 3) * D));
+  for (auto& h : hidden) h = float(rng.normal());
+  std::vector<int32_t> next(size_t(N + 3));
+  for (auto& t : next) t = int32_t(rng.below(uint64_t(V)));
+  model::KVCache all_cache(c, 12, bt, true), last_cache(c, 12, bt, true);
+  std::vector<float> all(size_t(N * V)), last(size_t(2 * V));
+  m->mtp_forward_batch(hidden.data(), next.data(), spans, all_cache, all.data(), nullptr, N);
+  const int64_t rows[2] = {5, 11};  // the last tokens of sequences 0 and 2
+  m->mtp_forward_batch(hidden.data(), next.data(), spans, last_cache, last.data(), rows, 2);
+  float worst = 0;
+  for (int64_t r = 0; r < 2; ++r)
+    for (int64_t v = 0; v < V; ++v)
+      worst = std::max(worst, std::abs(all[size_t(rows[r] * V + v)] - last[size_t(r * V + v)]));
+  EXPECT_LT(worst, 1e-4f);
+  // The next token of every sequence over each cache.
+  std::vector<float> a(size_t(3 * V)), b(size_t(3 * V));
+  m->mtp_forward_batch(hidden.data() + N * D, next.data() + N, next_spans, all_cache, a.data(),
+                       nullptr, 3);
+  m->mtp_forward_batch(hidden.data() + N * D, next.data() + N, next_spans, last_cache, b.data(),
+                       nullptr, 3);
+  worst = 0;
+  for (size_t i = 0; i < a.size(); ++i) worst = std::max(worst, std::abs(a[i] - b[i]));
+  EXPECT_LT(worst, 1e-4f);
+  // A row that is not a last token takes the general path.
+  const int64_t mid = 2;
+  std::vector<float> one(static_cast<size_t>(V));
+  m->mtp_forward_batch(hidden.data(), next.data(), spans, last_cache, one.data(), &mid, 1);
+  worst = 0;
+  for (int64_t v = 0; v < V; ++v)
+    worst = std::max(worst, std::abs(all[size_t(mid * V + v)] - one[size_t(v)]));
+  EXPECT_LT(worst, 1e-4f);
+}
+
 // A decode step of several sequences under Compute::BF16 (the batched-decode path: spin team,
 // skinny BF16 products where the weight is BF16, whole experts per thread, all sequences' heads
 // in one region) against each sequence's decode step alone (one token: the GEMV path, FP32

@@ -1,9 +1,15 @@
 // The HTTP server of `dsv3 serve` in process (issue 16), over the real engine on the tiny test
 // model (tests/serve/make_tiny_model.sh): error mapping on the wire (status + OpenAI error
-// object), the server-sent-event stream format, a client that disconnects mid-stream has its
-// request cancelled and its KV blocks freed, and stop() ends a running stream.
+// object), the server-sent-event stream format, a client that disconnects mid-stream (or before
+// a whole response) has its request cancelled and its KV blocks freed, and stop() ends a running
+// stream.
 #include <gtest/gtest.h>
 #include <httplib.h>
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <chrono>
 #include <cstdlib>
@@ -216,5 +222,45 @@ TEST_F(HttpServerTest, DisconnectMidStreamFreesTheSequence) {
   auto m = client().Get("/metrics");
   ASSERT_TRUE(m);
   EXPECT_NE(m->body.find("dsv3_http_streams_cancelled_total 3"), std::string::npos) << m->body;
+  EXPECT_NE(m->body.find("dsv3_kv_blocks_referenced 0"), std::string::npos);
+}
+
+// A client that sends a non-streamed request and closes the connection without reading: the
+// server notices while generating and cancels (the answer would otherwise run to max_tokens).
+TEST_F(HttpServerTest, DisconnectBeforeAWholeResponseCancelsIt) {
+  const auto before = fx->engine->metrics();
+  const int64_t max_tokens = 240, rounds = 3;
+  const std::string body =
+      json{{"prompt", "Tell me"}, {"max_tokens", max_tokens}, {"ignore_eos", true}}.dump();
+  const std::string request =
+      "POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+      "Content-Type: application/json\r\nContent-Length: " +
+      std::to_string(body.size()) + "\r\n\r\n" + body;
+  for (int round = 0; round < rounds; ++round) {
+    const int s = socket(AF_INET, SOCK_STREAM, 0);
+    ASSERT_GE(s, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_port = htons(uint16_t(fx->port));
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    ASSERT_EQ(connect(s, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+    ASSERT_EQ(send(s, request.data(), request.size(), 0), ssize_t(request.size()));
+    close(s);
+  }
+  // The server reads each request after its client left: wait for it to see all three.
+  std::string metrics;
+  for (int i = 0; i < 200; ++i) {
+    auto m = client().Get("/metrics");
+    ASSERT_TRUE(m);
+    metrics = m->body;
+    if (metrics.find("dsv3_http_requests_abandoned_total 3") != std::string::npos) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  EXPECT_NE(metrics.find("dsv3_http_requests_abandoned_total 3"), std::string::npos) << metrics;
+  EXPECT_TRUE(wait_idle()) << "blocks referenced: " << fx->engine->blocks_referenced();
+  const auto after = fx->engine->metrics();
+  EXPECT_LT(after.generation_tokens_total - before.generation_tokens_total, rounds * max_tokens);
+  auto m = client().Get("/metrics");
+  ASSERT_TRUE(m);
   EXPECT_NE(m->body.find("dsv3_kv_blocks_referenced 0"), std::string::npos);
 }

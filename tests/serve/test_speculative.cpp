@@ -59,6 +59,42 @@ TEST(Speculative, GreedyEqualsPlainGreedy) {
   EXPECT_EQ(es.blocks_referenced(), 0);
 }
 
+// One request alone (each speculative step is one spin team over the verification and the MTP
+// module) without log-probabilities: the plain greedy tokens, every logprob 0 and no
+// alternatives, and the step count of speculation.
+TEST(Speculative, AloneWithoutLogprobsEqualsPlainGreedy) {
+  auto m = test::load_tiny("tiny-v3");
+  const int64_t V = m->config().vocab_size;
+  const uint64_t seed = 77;
+  std::printf("seed %llu\n", (unsigned long long)seed);
+  Rng rng(seed);
+  for (int r = 0; r < 3; ++r) {
+    serve::RequestParams q;
+    q.prompt.resize(size_t(1 + rng.below(12)));
+    for (auto& t : q.prompt) t = int32_t(rng.below(uint64_t(V)));
+    q.sampling.temperature = 0;
+    q.max_tokens = 24;
+    serve::RequestParams quiet = q;
+    quiet.logprobs = false;
+    serve::EngineOptions plain, spec;
+    plain.block_tokens = spec.block_tokens = 4;
+    plain.kv_cache_mb = spec.kv_cache_mb = 4;
+    spec.speculative = serve::Speculative::Mtp;
+    serve::Engine ep(*m, plain), es(*m, spec);
+    const auto want = run_requests(ep, {q})[0];
+    const auto got = run_requests(es, {quiet})[0];
+    ASSERT_EQ(got.tokens, want.tokens) << "request " << r;
+    for (size_t t = 0; t < got.tokens.size(); ++t) {
+      EXPECT_EQ(got.logprobs[t], 0.0f);
+      EXPECT_TRUE(got.top[t].empty());
+      EXPECT_NE(want.logprobs[t], 0.0f);
+    }
+    EXPECT_GT(got.stats.drafted, 0);
+    EXPECT_EQ(got.stats.steps + got.stats.accepted, got.stats.completion_tokens);
+    EXPECT_EQ(es.blocks_referenced(), 0);
+  }
+}
+
 // Pearson's statistic of observed counts against expected probabilities.
 double chi_square(const std::vector<int64_t>& counts, const std::vector<float>& p, int64_t n) {
   double x = 0;

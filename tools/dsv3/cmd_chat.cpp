@@ -70,6 +70,7 @@ void run_chat(const ChatArgs& a) {
     serve::RequestParams p;
     p.prompt = tk.encode(tk.apply_chat_template(history, true), false);
     p.sampling = {a.temperature, a.top_k, a.top_p, a.seed + turn};
+    p.logprobs = false;  // the chat shows text only
     p.max_tokens = std::min<int64_t>(a.max_tokens, engine.max_context() - int64_t(p.prompt.size()));
     if (p.max_tokens < 1) {
       std::fprintf(stderr, "dsv3 chat: the history fills the context (%lld tokens); /reset\n",
