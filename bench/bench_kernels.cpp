@@ -5,7 +5,8 @@
 //       (a 256 MiB stream in between), as in decode where every weight is read once per token,
 //   (d) batched decode (M = 2..32, Compute::BF16, BF16 / FP8 weights): each path linear_forward
 //       can take (GEMV, skinny BF16 GEMM, oneDNN GEMM), cold weights as in (c),
-//   (e) prefill GEMM (M = 512, Compute::BF16): GFLOP/s and % of the BF16 peak.
+//   (e) prefill GEMM (M = 512, and M = 48 on expert shapes; Compute::BF16): GFLOP/s and % of the
+//       BF16 peak; FP8 also against oneDNN on a packed BF16 copy (the route before 2026-12-07).
 // Prints JSON.
 //
 //   bench_kernels [--threads 2 | --threads 1,2] [--reps 15] [--only decode_batch]
@@ -18,6 +19,7 @@
 #include "backend/cpu/linear.hpp"
 #include "bench_util.hpp"
 #include "core/dtype.hpp"
+#include "core/fma_peak.hpp"
 #include "core/parallel.hpp"
 #include "core/rng.hpp"
 
@@ -71,6 +73,36 @@ class CacheFlusher {
   volatile uint64_t sink_ = 0;
 };
 
+// The old prefill route, for comparison: oneDNN's BF16 matmul on a copy of the weight
+// dequantized to BF16 and packed at setup (weights descriptor "any"), x rounded to BF16 per call
+// as linear_forward does. Returns the best seconds of `reps` calls (setup not timed).
+double packed_bf16_seconds(const cpu::WeightView& v, const std::vector<float>& x, int64_t M,
+                           std::vector<float>& y, int reps) {
+  using dt = dnnl::memory::data_type;
+  using tag = dnnl::memory::format_tag;
+  const int64_t N = v.rows, K = v.cols;
+  dnnl::engine eng(dnnl::engine::kind::cpu, 0);
+  dnnl::stream st(eng);
+  const std::vector<float> wf = cpu::dequantize(v);
+  std::vector<uint16_t> wb(wf.size()), xb(x.size());
+  from_f32(wb.data(), wf.data(), DType::BF16, wf.size());
+  dnnl::memory::desc a({M, K}, dt::bf16, tag::ab), b({K, N}, dt::bf16, tag::any),
+      c({M, N}, dt::f32, tag::ab);
+  dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(a, b, c), eng);
+  dnnl::matmul mm(pd);
+  dnnl::memory plain({{K, N}, dt::bf16, tag::ba}, eng, wb.data()), packed(pd.weights_desc(), eng);
+  dnnl::reorder(plain, packed).execute(st, plain, packed);
+  st.wait();
+  dnnl::memory am(a, eng, xb.data()), cm(c, eng, y.data());
+  auto run = [&] {
+    from_f32(xb.data(), x.data(), DType::BF16, x.size());
+    mm.execute(st, {{DNNL_ARG_SRC, am}, {DNNL_ARG_WEIGHTS, packed}, {DNNL_ARG_DST, cm}});
+    st.wait();
+  };
+  run();
+  return bench::best_seconds(reps, run);
+}
+
 const char* dtype_label(DType d) {
   return d == DType::F32 ? "F32" : d == DType::BF16 ? "BF16" : "F8_E4M3";
 }
@@ -105,11 +137,16 @@ int main(int argc, char** argv) {
       const double peak_f32 = all ? bench::measure_gemm_peak_gflops(false, nt) : 0.0;
       const double peak_bf16 =
           all || only == "prefill" ? bench::measure_gemm_peak_gflops(true, nt) : 0.0;
+      // The limit of the prefill GEMMs: a register-only vdpbf16ps loop (oneDNN's own 2048² GEMM
+      // rate above is a peer, which a packed GEMM may beat).
+      const double dot_bf16 =
+          all || only == "prefill" ? measure_bf16_dot_peak(nt).flops / 1e9 : 0.0;
       j.begin_object()
           .field("threads", nt)
           .field("memory_bandwidth_gbs", bw, 1)
           .field("f32_gemm_peak_gflops", peak_f32, 1)
-          .field("bf16_gemm_peak_gflops", peak_bf16, 1);
+          .field("bf16_gemm_peak_gflops", peak_bf16, 1)
+          .field("bf16_dot_peak_gflops", dot_bf16, 1);
       j.begin_array("gemv_m1");
       // FP8 twice: Compute::BF16 takes the BF16-arithmetic GEMV (gemv_fp8_bf16), Compute::F32
       // the exact FP32 one (gemv_fp8); BF16 and F32 weights run the same kernel under either.
@@ -182,26 +219,44 @@ int main(int argc, char** argv) {
             }
           }
       j.end_array();
-      j.begin_array("prefill_m512_bf16");
+      // Prefill GEMMs (Compute::BF16): the bench shapes at M = 512 and an expert's at M = 48
+      // (a 512-token prompt routes 48 tokens to each of 64 experts on average); FP8 also beside
+      // the packed BF16 copy it was multiplied from until 2026-12-07 (packed_bf16_seconds).
+      j.begin_array("prefill_bf16");
+      const std::pair<Shape, int64_t> prefill_cases[] = {{kShapes[0], 512},
+                                                         {kShapes[1], 512},
+                                                         {kShapes[2], 512},
+                                                         {{512, 1024}, 48},
+                                                         {{1024, 512}, 48}};
       if (all || only == "prefill")
         for (DType dt : {DType::BF16, DType::F8_E4M3})
-          for (const Shape& s : kShapes) {
-            const int64_t M = 512;
+          for (const auto& [s, M] : prefill_cases) {
             const Stored w = make_weight(dt, s, 8);
             const cpu::LinearWeight lw(w.view, cpu::Compute::BF16);
-            std::vector<float> x(size_t(M * s.in), 0.01f), y(size_t(M * s.out));
+            // Random activations: constant ones ran both routes ~15% faster (less switching
+            // power, a higher clock), which real prefill does not see.
+            std::vector<float> x(size_t(M * s.in)), y(size_t(M * s.out));
+            Rng xr(11);
+            for (auto& v : x) v = float(xr.normal());
             cpu::linear_forward(y.data(), x.data(), M, lw);  // primitive creation, first touch
             const double t = bench::best_seconds(
                 std::max(3, reps / 3), [&] { cpu::linear_forward(y.data(), x.data(), M, lw); });
-            const double gf = 2.0 * double(M) * double(s.out) * double(s.in) / t / 1e9;
+            const double flop = 2.0 * double(M) * double(s.out) * double(s.in);
             j.begin_object()
                 .field("dtype", dtype_label(dt))
+                .field("m", M)
                 .field("out", s.out)
                 .field("in", s.in)
                 .field("ms", t * 1e3, 3)
-                .field("gflops", gf, 1)
-                .field("pct_of_bf16_peak", 100.0 * gf / peak_bf16, 1)
-                .end_object();
+                .field("gflops", flop / t / 1e9, 1)
+                .field("pct_of_bf16_dot_peak", 100.0 * flop / t / 1e9 / dot_bf16, 1);
+            if (dt == DType::F8_E4M3) {
+              const double tp = packed_bf16_seconds(w.view, x, M, y, std::max(3, reps / 3));
+              j.field("packed_bf16_copy_ms", tp * 1e3, 3)
+                  .field("packed_bf16_copy_gflops", flop / tp / 1e9, 1)
+                  .field("speed_vs_packed_copy", tp / t, 3);
+            }
+            j.end_object();
           }
       j.end_array();
       j.end_object();

@@ -27,4 +27,12 @@ FmaPeak measure_fp32_fma_peak(int threads, int64_t iters = 20'000'000, int reps 
 // units). name "bf16_dot_avx512"; flops 0 where the build has no AVX512-BF16.
 FmaPeak measure_bf16_dot_peak(int threads, int64_t iters = 20'000'000, int reps = 8);
 
+// The same two loops run by `threads` threads at once (one OpenMP region, best of `reps`): what
+// the threads can do together. Where two hardware threads share one core's vector units (SMT
+// siblings: on this machine in December 2026 two threads together did what one did alone, for
+// both loops), this is the limit a 2-thread run meets, and the per-core figures above times the
+// thread count overstate it. names "fp32_fma_concurrent" / "bf16_dot_concurrent".
+FmaPeak measure_fp32_fma_peak_concurrent(int threads, int64_t iters = 20'000'000, int reps = 8);
+FmaPeak measure_bf16_dot_peak_concurrent(int threads, int64_t iters = 20'000'000, int reps = 8);
+
 }  // namespace dsv3

@@ -19,6 +19,7 @@
 #include "backend/cpu/linear_lowp.hpp"
 #include "backend/cpu/quant_train.hpp"
 #include "core/dtype.hpp"
+#include "core/error.hpp"
 #include "core/quant.hpp"
 #include "core/rng.hpp"
 
@@ -264,6 +265,61 @@ TEST(Lowp, GemmMatchesReferenceOddShapes) {
       }
 }
 
+// gemm_lowp_a32 converts A per block of rows and lowp_pack_b_f32 converts B while packing: the
+// same operands and sums as quantizing first (quant_train.hpp) and calling gemm_lowp, so the
+// results must agree bit for bit, in both A layouts, both precisions, and with several row
+// blocks, panel groups and 128-tiles.
+TEST(Lowp, GemmA32MatchesQuantizedOperands) {
+  const uint64_t seed = 21;
+  std::printf("seed %llu\n", (unsigned long long)seed);
+  Rng rng(seed);
+  for (bool fp8 : {false, true})
+    for (bool trans : {false, true})
+      for (auto [M, N, K] : {std::tuple<int64_t, int64_t, int64_t>{1, 1, 1},
+                             {250, 70, 301},
+                             {97, 200, 130},
+                             {5, 33, 2}}) {
+        const int64_t ld = lowp_pad_k(K), Kc = quant_tiles(K), kp = ld / 2;
+        // A as an FP32 [M, K] (trans: [K, M]) and B as an FP32 [K, N] (the Wgrad activation).
+        std::vector<float> a(size_t(M * K)), b(size_t(K * N));
+        for (auto& v : a) v = float(rng.normal() * std::ldexp(1.0, int(rng.below(8)) - 4));
+        for (auto& v : b) v = float(rng.normal());
+        std::vector<uint16_t> qa(size_t(M * ld));
+        std::vector<uint32_t> pa(size_t(kp * M)), pb(size_t(kp * N));
+        std::vector<float> sa(size_t(M * Kc)), sb(size_t(N * Kc));
+        LowpOperand A{qa.data(), ld, false};
+        if (!trans && fp8) fp8_rows(qa.data(), ld, sa.data(), a.data(), K, M, K);
+        if (!trans && !fp8) bf16_rows(qa.data(), ld, a.data(), K, M, K);
+        if (trans) {
+          A = {pa.data(), M, true};
+          if (fp8)
+            fp8_pairs(pa.data(), M, sa.data(), a.data(), M, K, M);
+          else
+            bf16_pairs(pa.data(), M, a.data(), M, K, M);
+        }
+        if (fp8)
+          fp8_pairs(pb.data(), N, sb.data(), b.data(), N, K, N);
+        else
+          bf16_pairs(pb.data(), N, b.data(), N, K, N);
+        std::vector<float> want(size_t(M * N)), got(want.size());
+        for (auto& v : want) v = float(rng.normal());
+        got = want;
+        gemm_lowp(want.data(), N, M, N, K, A, {pb.data(), N, true}, fp8 ? sa.data() : nullptr,
+                  fp8 ? sb.data() : nullptr, true);
+        LowpPackedB packed;
+        lowp_pack_b_f32(packed, b.data(), N, N, K, fp8);
+        gemm_lowp_a32(got.data(), N, M, a.data(), trans ? M : K, trans, fp8, packed, true);
+        for (size_t i = 0; i < got.size(); ++i)
+          ASSERT_EQ(got[i], want[i]) << (fp8 ? "fp8 " : "bf16 ") << (trans ? "trans " : "") << M
+                                     << "x" << N << "x" << K << " at " << i;
+      }
+  // A scaled B needs an FP8 A, and the other way round.
+  LowpPackedB packed;
+  std::vector<float> b(64, 1.0f), c(16);
+  lowp_pack_b_f32(packed, b.data(), 4, 4, 16, false);
+  EXPECT_THROW(gemm_lowp_a32(c.data(), 4, 4, b.data(), 16, false, true, packed, false), Error);
+}
+
 TEST(Lowp, EmulatedAccumulationMatchesKernelWhenExact) {
   const uint64_t seed = 17;
   std::printf("seed %llu\n", (unsigned long long)seed);
@@ -298,8 +354,11 @@ TEST(Lowp, LinearFpropDgradWgrad) {
   std::printf("seed %llu\n", (unsigned long long)seed);
   Rng rng(seed);
   for (Precision p : {Precision::BF16, Precision::FP8})
-    for (auto shape :
-         {std::tuple<int64_t, int64_t, int64_t>{67, 45, 200}, {130, 129, 33}, {3, 8, 5}}) {
+    for (auto shape : {std::tuple<int64_t, int64_t, int64_t>{67, 45, 200},
+                       {130, 129, 33},
+                       {3, 8, 5},
+                       {301, 200, 259},
+                       {700, 40, 70}}) {
       // Plain names, not a structured binding: lambdas below capture them (clang 14 refuses
       // captured bindings).
       const int64_t M = std::get<0>(shape), out = std::get<1>(shape), in = std::get<2>(shape);

@@ -197,6 +197,79 @@ TEST(Fp8Checkpoint, DecodeStepsBothComputes) {
   fs::remove_all(f32_dir);
 }
 
+// The prefill of the FP8 checkpoint under Compute::BF16 (linear_forward's FP8 GEMM from 9 rows:
+// x rounded to BF16, codes exact, subnormal codes as zero, scales on the FP32 sums) against the
+// FP32 checkpoint of the same effective weights, at every position before the first one where a
+// MoE layer picks other experts than the reference (a position depends on the ones before it
+// only). A prefill rounds x to BF16 in every product of every position, attention included, so
+// its distance grows along the positions: measured 2026-12-07, max|d| 0.022–0.049 on logits of
+// ~3 (the tiled route it replaced, code·scale rounded to BF16 then oneDNN: 0.035–0.048), over
+// DecodeStepsBothComputes' 2⁻⁷ at most positions. The bound here, 2⁻⁵ of the position's largest
+// |logit|, catches a wrong kernel (a lost scale or a misplaced lane is O(1)), not the rounding,
+// which GemmFp8.* bounds per product.
+TEST(Fp8Checkpoint, PrefillBf16Route) {
+  const std::string src = std::string(DSV3_TEST_DATA) + "/tiny-v3";
+  ModelConfig c = load_config(src);
+  auto store = io::TensorStore::open_dir(src);
+  auto original = params_of(store);
+  const std::string fp8_dir = tmp_dir("fp8_prefill"), f32_dir = tmp_dir("fp8_prefill_f32");
+  ExportOptions o8;
+  o8.dtype = DType::F8_E4M3;
+  save_hf_checkpoint(fp8_dir, c, original, o8);
+  auto q = io::TensorStore::open_dir(fp8_dir);
+  save_dequantized(f32_dir, c, q);
+  auto tokens =
+      io::read_i32(io::TensorStore::open_file(src + "/reference.safetensors").get("tokens"));
+  const int64_t T = std::min<int64_t>(int64_t(tokens.size()), 32), V = c.vocab_size;
+  ASSERT_GE(T, 9) << "the GEMM path needs more than 8 rows";
+  // Logits of every position and, per position, the experts of every MoE layer.
+  auto prefill = [&](const std::string& dir, cpu::Compute compute,
+                     std::vector<std::vector<int32_t>>& experts) {
+    LoadOptions lo;
+    lo.compute = compute;
+    auto m = Model::load(dir, lo);
+    KVCache cache(m->config(), 1, T, false);
+    std::vector<float> logits(size_t(T * V));
+    std::vector<Routing> routes;
+    ForwardOptions fo;
+    fo.routes = &routes;
+    m->forward(tokens.data(), 1, T, 0, cache, logits.data(), fo);
+    experts.assign(size_t(T), {});
+    for (const Routing& r : routes) {
+      const size_t k = r.indices.size() / size_t(T);
+      for (int64_t p = 0; p < T; ++p) {
+        std::vector<int32_t> e(r.indices.begin() + p * k, r.indices.begin() + (p + 1) * k);
+        std::sort(e.begin(), e.end());
+        experts[size_t(p)].insert(experts[size_t(p)].end(), e.begin(), e.end());
+      }
+    }
+    return logits;
+  };
+  std::vector<std::vector<int32_t>> er, eb;
+  const auto ref = prefill(f32_dir, cpu::Compute::F32, er);
+  const auto bf16 = prefill(fp8_dir, cpu::Compute::BF16, eb);
+  int64_t same = 0;
+  while (same < T && eb[size_t(same)] == er[size_t(same)]) ++same;
+  std::printf(
+      "fp8 prefill of %lld tokens, BF16 route: routing equals the reference's for the "
+      "first %lld positions\n",
+      (long long)T, (long long)same);
+  ASSERT_GE(same, 1);
+  for (int64_t p = 0; p < same; ++p) {
+    float top = 0, d = 0;
+    for (int64_t v = 0; v < V; ++v) {
+      const size_t i = size_t(p * V + v);
+      top = std::max(top, std::fabs(ref[i]));
+      d = std::max(d, std::fabs(bf16[i] - ref[i]));
+    }
+    if (p < 3 || p + 1 == same)
+      std::printf("position %lld: max|logit| %.3g, max|d| %.3g\n", (long long)p, top, d);
+    EXPECT_LE(d, std::ldexp(top, -5)) << "position " << p;
+  }
+  fs::remove_all(fp8_dir);
+  fs::remove_all(f32_dir);
+}
+
 TEST(Fp8Checkpoint, ShardedExportLoads) {
   const std::string src = std::string(DSV3_TEST_DATA) + "/tiny-v2lite";
   ModelConfig c = load_config(src);

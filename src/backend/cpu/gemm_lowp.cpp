@@ -8,6 +8,7 @@
 #include "backend/cpu/gemm_lowp.hpp"
 
 #include <immintrin.h>
+#include <omp.h>
 
 #include <algorithm>
 #include <cmath>
@@ -150,7 +151,10 @@ void run_rows(float* C, int64_t ldc, const Pairs& A0, const uint32_t* panel, int
     break;
       DSV3_PLAIN(1)
       DSV3_PLAIN(2)
-      DSV3_PLAIN(3) DSV3_PLAIN(4) DSV3_PLAIN(5) DSV3_PLAIN(6) DSV3_PLAIN(7)
+      DSV3_PLAIN(3)
+      DSV3_PLAIN(4)
+      DSV3_PLAIN(5)
+      DSV3_PLAIN(6) DSV3_PLAIN(7)
 #undef DSV3_PLAIN
           default : break;
     }
@@ -168,18 +172,126 @@ void run_rows(float* C, int64_t ldc, const Pairs& A0, const uint32_t* panel, int
     break;
     DSV3_SCALED(1)
     DSV3_SCALED(2)
-    DSV3_SCALED(3) DSV3_SCALED(4) DSV3_SCALED(5)
+    DSV3_SCALED(3)
+    DSV3_SCALED(4)
+    DSV3_SCALED(5)
 #undef DSV3_SCALED
-        default : break;
+    default:
+      break;
   }
 }
 
-struct PackBuf {
-  std::vector<uint32_t> panels;  // [panels][kpairs][32] (+ alignment slack)
-  std::vector<float> scales;     // [panels][Kc][32]
-};
+// 64-byte aligned start of a panel buffer (aligned loads in the kernels).
+template <typename T>
+T* aligned64(T* p) {
+  return reinterpret_cast<T*>((reinterpret_cast<uintptr_t>(p) + 63) & ~uintptr_t(63));
+}
+
+uint32_t* alloc_panels(LowpPackedB& out, int64_t N, int64_t K, bool scaled) {
+  out.n = N;
+  out.k = K;
+  out.scaled = scaled;
+  const int64_t panels = (N + kNR - 1) / kNR, kpairs = lowp_pad_k(K) / 2;
+  if (scaled) grow(out.scales, size_t(panels * quant_tiles(K) * kNR));
+  return aligned64(grow(out.raw, size_t(panels * kpairs * kNR + 16)));
+}
+
+// Runs C[M, N] (+)= A·Bᵀ over packed B. Tasks are (row block, panel group), row-block-major;
+// with few row blocks the panels are split into groups so that every thread has work.
+// a_block(m0, m, &sa) returns the operand of rows [m0, m0 + m) (and its scales [m, Kc] when B is
+// scaled); it runs once per task, on the task's thread.
+template <typename ABlock>
+void run_packed(float* C, int64_t ldc, int64_t M, const LowpPackedB& B, bool accumulate,
+                ABlock&& a_block) {
+  const int64_t N = B.n, K = B.k;
+  if (M == 0 || N == 0) return;
+  if (K == 0) {
+    if (!accumulate)
+      for (int64_t m = 0; m < M; ++m) std::fill_n(C + m * ldc, N, 0.0f);
+    return;
+  }
+  const int64_t kpairs = lowp_pad_k(K) / 2, Kc = quant_tiles(K);
+  const int64_t panels = (N + kNR - 1) / kNR, rblocks = (M + kRowBlock - 1) / kRowBlock;
+  // Panel groups only where the row blocks alone leave a thread idle: every group converts its
+  // row block of A again (for FP8 a quantization with a division per element).
+  const int64_t want = 2 * int64_t(region_threads());
+  const int64_t groups = std::clamp<int64_t>((want + rblocks - 1) / rblocks, 1,
+                                             (panels + kPanelsPerTask - 1) / kPanelsPerTask);
+  const int64_t per = (panels + groups - 1) / groups;
+  const uint32_t* pk = B.panels();
+  const float* sp = B.scaled ? B.scales.data() : nullptr;
+  auto task = [&](int64_t t) {
+    const int64_t rb = t / groups, g = t % groups;
+    const int64_t m0 = rb * kRowBlock, m = std::min(kRowBlock, M - m0);
+    const float* sa = nullptr;
+    const Pairs am = a_block(m0, m, &sa);
+    for (int64_t p = g * per; p < std::min(panels, (g + 1) * per); ++p)
+      run_rows(C + m0 * ldc + p * kNR, ldc, am, pk + p * kpairs * kNR, kpairs, sp ? sa : nullptr,
+               Kc, sp ? sp + p * Kc * kNR : nullptr, m, std::min(kNR, N - p * kNR), accumulate);
+  };
+  // Tasks differ in cost (a last short row block, a last narrow panel) and the two threads'
+  // speeds vary: claimed one at a time rather than split in fixed halves.
+  const int64_t tasks = rblocks * groups;
+  const int nt = region_threads();
+  if (nt <= 1 || tasks <= 1) {
+    for (int64_t t = 0; t < tasks; ++t) task(t);
+    return;
+  }
+
+#pragma omp parallel for num_threads(int(std::min <int64_t>(nt, tasks))) schedule(dynamic, 1)
+  for (int64_t t = 0; t < tasks; ++t) task(t);
+}
 
 }  // namespace
+
+const uint32_t* LowpPackedB::panels() const {
+  return aligned64(raw.data());
+}
+
+void lowp_pack_b(LowpPackedB& out, const LowpOperand& B, const float* sb, int64_t N, int64_t K) {
+  const int64_t kpairs = lowp_pad_k(K) / 2, Kc = quant_tiles(K);
+  const int64_t panels = (N + kNR - 1) / kNR;
+  uint32_t* pk = alloc_panels(out, N, K, sb != nullptr);
+  float* sp = sb ? out.scales.data() : nullptr;
+  const Pairs pb = pairs_of(B);
+  parallel_for(panels, [&](int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; ++p) {
+      pack_panel(pk + p * kpairs * kNR, pb, p * kNR, N, kpairs);
+      if (!sp) continue;
+      float* s = sp + p * Kc * kNR;
+      for (int64_t j = 0; j < kNR; ++j) {
+        const int64_t n = p * kNR + j;
+        for (int64_t c = 0; c < Kc; ++c) s[c * kNR + j] = n < N ? sb[n * Kc + c] : 0.0f;
+      }
+    }
+  });
+}
+
+void lowp_pack_b_f32(LowpPackedB& out, const float* b, int64_t ldb, int64_t N, int64_t K,
+                     bool fp8) {
+  const int64_t kpairs = lowp_pad_k(K) / 2, Kc = quant_tiles(K);
+  const int64_t panels = (N + kNR - 1) / kNR;
+  uint32_t* pk = alloc_panels(out, N, K, fp8);
+  float* sp = fp8 ? out.scales.data() : nullptr;
+  parallel_for(panels, [&](int64_t p0, int64_t p1) {
+    thread_local std::vector<float> st;
+    for (int64_t p = p0; p < p1; ++p) {
+      const int64_t n0 = p * kNR, n = std::min(kNR, N - n0);
+      uint32_t* panel = pk + p * kpairs * kNR;
+      if (n < kNR) std::memset(panel, 0, size_t(kpairs * kNR) * 4);
+      // The panel is the pairs layout of columns [n0, n0 + n) with leading dimension 32.
+      if (!fp8) {
+        bf16_pairs(panel, kNR, b + n0, ldb, K, n);
+        continue;
+      }
+      float* s = grow(st, size_t(n * Kc));  // [n][Kc]
+      fp8_pairs(panel, kNR, s, b + n0, ldb, K, n);
+      float* d = sp + p * Kc * kNR;
+      for (int64_t c = 0; c < Kc; ++c)
+        for (int64_t j = 0; j < kNR; ++j) d[c * kNR + j] = j < n ? s[j * Kc + c] : 0.0f;
+    }
+  });
+}
 
 void gemm_lowp(float* C, int64_t ldc, int64_t M, int64_t N, int64_t K, const LowpOperand& A,
                const LowpOperand& B, const float* sa, const float* sb, bool accumulate) {
@@ -194,44 +306,43 @@ void gemm_lowp(float* C, int64_t ldc, int64_t M, int64_t N, int64_t K, const Low
   check(B, N, "B");
   DSV3_CHECK((sa == nullptr) == (sb == nullptr), "gemm_lowp: give both scales or neither");
   if (M == 0 || N == 0) return;
-  if (K == 0) {
-    for (int64_t m = 0; m < M; ++m)
-      if (!accumulate) std::fill_n(C + m * ldc, N, 0.0f);
-    return;
-  }
-  const Pairs pa = pairs_of(A), pb = pairs_of(B);
-  const int64_t panels = (N + kNR - 1) / kNR;
-  thread_local PackBuf buf;
-  // 64-byte aligned panels (aligned loads in the kernels).
-  uint32_t* raw = grow(buf.panels, size_t(panels * kpairs * kNR + 16));
-  uint32_t* pk =
-      reinterpret_cast<uint32_t*>((reinterpret_cast<uintptr_t>(raw) + 63) & ~uintptr_t(63));
-  float* sp = sa ? grow(buf.scales, size_t(panels * Kc * kNR)) : nullptr;
-  parallel_for(panels, [&](int64_t p0, int64_t p1) {
-    for (int64_t p = p0; p < p1; ++p) {
-      pack_panel(pk + p * kpairs * kNR, pb, p * kNR, N, kpairs);
-      if (sp) {
-        float* s = sp + p * Kc * kNR;
-        for (int64_t j = 0; j < kNR; ++j) {
-          const int64_t n = p * kNR + j;
-          for (int64_t c = 0; c < Kc; ++c) s[c * kNR + j] = n < N ? sb[n * Kc + c] : 0.0f;
-        }
-      }
-    }
+  thread_local LowpPackedB packed;
+  lowp_pack_b(packed, B, sb, N, K);
+  const Pairs pa = pairs_of(A);
+  run_packed(C, ldc, M, packed, accumulate, [&](int64_t m0, int64_t, const float** s) {
+    if (sa) *s = sa + m0 * Kc;
+    return Pairs{pa.a + m0 * pa.rs, pa.rs, pa.ks};
   });
-  const int64_t rblocks = (M + kRowBlock - 1) / kRowBlock;
-  const int64_t groups = (panels + kPanelsPerTask - 1) / kPanelsPerTask;
-  parallel_for(rblocks * groups, [&](int64_t t0, int64_t t1) {
-    for (int64_t t = t0; t < t1; ++t) {
-      const int64_t rb = t / groups, g = t % groups;
-      const int64_t m0 = rb * kRowBlock, m = std::min(kRowBlock, M - m0);
-      const int64_t pe = std::min(panels, (g + 1) * kPanelsPerTask);
-      const Pairs am{pa.a + m0 * pa.rs, pa.rs, pa.ks};
-      for (int64_t p = g * kPanelsPerTask; p < pe; ++p)
-        run_rows(C + m0 * ldc + p * kNR, ldc, am, pk + p * kpairs * kNR, kpairs,
-                 sa ? sa + m0 * Kc : nullptr, Kc, sp ? sp + p * Kc * kNR : nullptr, m,
-                 std::min(kNR, N - p * kNR), accumulate);
+}
+
+void gemm_lowp_a32(float* C, int64_t ldc, int64_t M, const float* a, int64_t lda, bool trans,
+                   bool fp8, const LowpPackedB& B, bool accumulate) {
+  DSV3_CHECK(M >= 0, "gemm_lowp_a32: bad M={}", M);
+  DSV3_CHECK(fp8 == B.scaled, "gemm_lowp_a32: an {} A needs {} B", fp8 ? "FP8" : "BF16",
+             fp8 ? "a scaled" : "an unscaled");
+  const int64_t K = B.k, ldk = lowp_pad_k(K), Kc = quant_tiles(K);
+  DSV3_CHECK(lda >= (trans ? M : K), "gemm_lowp_a32: lda {} too small (M={} K={})", lda, M, K);
+  run_packed(C, ldc, M, B, accumulate, [&](int64_t m0, int64_t m, const float** s) {
+    // Per-thread block of A (these calls run on the task's thread: the quantizers run inline).
+    thread_local std::vector<uint16_t> rows;
+    thread_local std::vector<uint32_t> pairs;
+    thread_local std::vector<float> scales;
+    float* sa = fp8 ? grow(scales, size_t(m * Kc)) : nullptr;
+    *s = sa;
+    if (!trans) {
+      uint16_t* q = grow(rows, size_t(m * ldk));
+      if (fp8)
+        fp8_rows(q, ldk, sa, a + m0 * lda, lda, m, K);
+      else
+        bf16_rows(q, ldk, a + m0 * lda, lda, m, K);
+      return Pairs{reinterpret_cast<const uint32_t*>(q), ldk / 2, 1};
     }
+    uint32_t* p = grow(pairs, size_t((ldk / 2) * m));
+    if (fp8)
+      fp8_pairs(p, m, sa, a + m0, lda, K, m);
+    else
+      bf16_pairs(p, m, a + m0, lda, K, m);
+    return Pairs{p, 1, m};
   });
 }
 

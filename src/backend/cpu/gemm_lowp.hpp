@@ -15,7 +15,9 @@
 // only `acc_bits` significant bits (truncated after every addition), promoted into FP32 every
 // `interval` K (0: never, the whole K in the limited accumulator).
 #pragma once
+#include <cstddef>
 #include <cstdint>
+#include <vector>
 
 namespace dsv3::cpu {
 
@@ -40,6 +42,32 @@ void gemm_lowp(float* C, int64_t ldc, int64_t M, int64_t N, int64_t K, const Low
 void gemm_lowp_nt(float* C, int64_t ldc, int64_t M, int64_t N, int64_t K, const uint16_t* A,
                   int64_t lda, const uint16_t* B, int64_t ldb, const float* sa, const float* sb,
                   bool accumulate);
+
+// B packed for the kernel once (a weight, per optimizer step) or per call: panels of 32 columns,
+// K in pairs, [panels][ceil(K/2)][32] from a 64-byte aligned start, and with scales (FP8) the
+// panels' column scales [panels][ceil(K/128)][32]; zeros past N and K.
+struct LowpPackedB {
+  int64_t n = 0, k = 0;
+  bool scaled = false;
+  std::vector<uint32_t> raw;
+  std::vector<float> scales;
+  const uint32_t* panels() const;
+  size_t bytes() const { return raw.size() * 4 + scales.size() * 4; }
+};
+
+// Packs B(n, k) from a BF16 operand with its scales sb [N, ceil(K/128)] (or null).
+void lowp_pack_b(LowpPackedB& out, const LowpOperand& B, const float* sb, int64_t N, int64_t K);
+// Packs B(n, k) = b[k·ldb + n] (an FP32 [K, N] matrix: a Wgrad activation) converted on the fly:
+// rounded to BF16, or (fp8) quantized to E4M3 per 128×1 tile along K as fp8_pairs does.
+void lowp_pack_b_f32(LowpPackedB& out, const float* b, int64_t ldb, int64_t N, int64_t K, bool fp8);
+
+// C[M, N] (+)= Σ_k A(m, k)·B(n, k) with A given in FP32 and converted inside the product, per
+// block of rows (no separate pass over A): A(m, k) = a[m·lda + k] (trans false: an activation,
+// as bf16_rows / fp8_rows) or a[k·lda + m] (trans true: the Wgrad dy, as bf16_pairs /
+// fp8_pairs); fp8: per row of A and 128-chunk of K, then B must be scaled. Bit for bit the same
+// operands and sums as quantizing A first and calling gemm_lowp.
+void gemm_lowp_a32(float* C, int64_t ldc, int64_t M, const float* a, int64_t lda, bool trans,
+                   bool fp8, const LowpPackedB& B, bool accumulate);
 
 // Plain loops: C[M, N] = Σ_chunks sa·sb·(chunk's sum of A·B) with A [M, K], B [N, K] the E4M3
 // values as floats and sa [M, Kc], sb [N, Kc]. acc_bits 0: plain FP32 accumulation; else a

@@ -29,6 +29,7 @@
 #include <cstring>
 #include <vector>
 
+#include "backend/cpu/fp8_simd.hpp"
 #include "core/dtype.hpp"
 #include "core/error.hpp"
 #include "core/parallel.hpp"
@@ -46,19 +47,7 @@ inline __mmask16 tail_mask16(int64_t r) {
 // Bytes ahead that the row kernel prefetches (non-temporal), as the BF16 GEMV (gemv.cpp).
 constexpr int64_t kPrefetchBytes = 4096;
 
-// The 2⁻⁸-scaled FP32 values of 32 codes (see the file comment); kNan patches NaN codes.
-template <bool kNan>
-inline void widen32(__m256i b, __m512& lo, __m512& hi) {
-  __m512i v = _mm512_slli_epi16(_mm512_cvtepi8_epi16(b), 7);
-  v = _mm512_and_si512(v, _mm512_set1_epi16(short(0xbfff)));
-  if constexpr (kNan) {
-    const __m512i mag = _mm512_and_si512(v, _mm512_set1_epi16(0x7fff));
-    const __mmask32 nan = _mm512_cmpeq_epi16_mask(mag, _mm512_set1_epi16(0x3f80));
-    v = _mm512_mask_mov_epi16(v, nan, _mm512_set1_epi16(0x7e00));
-  }
-  lo = _mm512_cvtph_ps(_mm512_castsi512_si256(v));
-  hi = _mm512_cvtph_ps(_mm512_extracti64x4_epi64(v, 1));
-}
+using fp8_simd::widen32;  // the 2⁻⁸-scaled FP32 values of 32 codes (fp8_simd.hpp)
 
 // y[m·ldy + n] (+)= Σ_k xs[m·Kp + k]·code(w[n, k])·2⁻⁸ for rows [n0, n1), MR ≤ 2 activation rows;
 // xs is zero from K to Kp (the masked tail loads code 0). Each weight row is read once, front to

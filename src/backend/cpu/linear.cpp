@@ -10,11 +10,13 @@
 //                     the stored [out, in] row-major array itself (Wᵀ in layout "ba"); brgemm
 //                     copies each K×N block it needs into its VNNI form in its scratchpad, in
 //                     cache, per call.
-//   large M, other storage/compute pairs (FP8, or a weight whose dtype differs from the compute
-//                     dtype): the output rows go in tiles of kTileRows; each thread converts a
-//                     tile of the stored weight to the compute dtype (FP8 codes · block scale,
-//                     rounded once) in a small buffer that stays in cache and runs the product
-//                     on it (oneDNN BF16 matmul or sgemm, on that thread).
+//   large M, FP8 weight and Compute::BF16: gemm_fp8.cpp's vdpbf16ps GEMM (128×512 blocks of the
+//                     weight converted one at a time into a buffer in L2, scales on the sums).
+//   large M, other storage/compute pairs (FP8 under Compute::F32, or F32 under Compute::BF16;
+//                     and FP8 at skinny M): the output rows go in tiles of kTileRows; each thread
+//                     converts a tile of the stored weight to the compute dtype (FP8 codes · block
+//                     scale, rounded once) in a small buffer that stays in cache and runs the
+//                     product on it (oneDNN BF16 matmul or sgemm, on that thread).
 //   F32 weight and Compute::F32: dnnl_sgemm on the stored weight.
 // Until 2026-12-07 a packed copy was made per weight (BF16 [in, out] in oneDNN's blocked layout
 // for Compute::BF16, FP32 for Compute::F32 on BF16/FP8): 2 or 4 more bytes per parameter, the
@@ -32,6 +34,7 @@
 #include <shared_mutex>
 #include <unordered_map>
 
+#include "backend/cpu/gemm_fp8.hpp"
 #include "backend/cpu/gemm_skinny.hpp"
 #include "backend/cpu/gemv.hpp"
 #include "backend/cpu/gemv_fp8.hpp"
@@ -57,9 +60,8 @@ constexpr int64_t kGemvMaxM_F32 = 2;
 // entries (cold weights, 2 threads, the three bench shapes; docs/benchmarks.md):
 //   BF16 weights: the skinny BF16 GEMM (gemm_skinny.hpp) beats oneDNN at every M from 2 to 32
 //     (1.2-2.7x) and the GEMV from 3 (M = 2 is a tie, so the GEMV keeps it and its FP32 math);
-//   FP8 weights: the skinny GEMM runs on 128-row tiles converted to BF16 (the conversion costs
-//     more than the GEMV's in-register widening), so the FP8 GEMV keeps M ≤ 8 and the skinny
-//     GEMM takes 9..32, where it beats both.
+//   FP8 weights: the FP8 GEMV keeps M ≤ 8; from 9 rows gemm_fp8.cpp's GEMM, 1.3-1.4x faster
+//     than the skinny GEMM on converted 128-row tiles at M = 16 and 32 (1 thread, 2026-12-07).
 // Beyond 32 rows oneDNN (not measured further: prefill chunks are hundreds of rows).
 constexpr int64_t kGemvMaxM_FP8 = 8;
 constexpr int64_t kSkinnyMaxM = 32;
@@ -267,7 +269,8 @@ LinearPath linear_path(int64_t M, const LinearWeight& w) {
   const DType dt = w.view().dtype;
   if (M <= linear_gemv_max_m(w.compute())) return LinearPath::Gemv;
   if (w.compute() != Compute::BF16 || dt == DType::F32 || M > kSkinnyMaxM) return LinearPath::Gemm;
-  return dt == DType::F8_E4M3 && M <= kGemvMaxM_FP8 ? LinearPath::Gemv : LinearPath::Skinny;
+  if (dt == DType::F8_E4M3) return M <= kGemvMaxM_FP8 ? LinearPath::Gemv : LinearPath::Gemm;
+  return LinearPath::Skinny;
 }
 
 void linear_forward(float* y, const float* x, int64_t M, const LinearWeight& w, bool accumulate) {
@@ -313,6 +316,10 @@ void linear_forward_path(float* y, const float* x, int64_t M, const LinearWeight
              dtype_name(v.dtype), N, K, bf16 ? "BF16" : "F32");
   if (skinny && v.dtype == DType::BF16) {
     gemm_skinny_bf16(y, x, M, v, accumulate);
+    return;
+  }
+  if (bf16 && !skinny && v.dtype == DType::F8_E4M3) {  // converts per block, in cache
+    gemm_fp8_bf16(y, N, x, M, v, im->fp8_has_nan, accumulate);
     return;
   }
   if (!bf16 && v.dtype == DType::F32) {  // sgemm reads the stored weight in place

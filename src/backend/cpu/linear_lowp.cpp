@@ -1,7 +1,9 @@
-// Implementation of linear_lowp.hpp: quantize the operands (quant_train.hpp) into per-thread
-// scratch, then one gemm_lowp_nt per product.
+// Implementation of linear_lowp.hpp: the weight operands are packed at refresh; each product is
+// one gemm_lowp_a32, which converts the activation operand per block of rows on the thread that
+// uses it (the Wgrad activation x is converted while it is packed).
 #include "backend/cpu/linear_lowp.hpp"
 
+#include <algorithm>
 #include <atomic>
 
 #include <omp.h>
@@ -9,6 +11,7 @@
 #include "backend/cpu/gemm_lowp.hpp"
 #include "backend/cpu/quant_train.hpp"
 #include "core/error.hpp"
+#include "core/parallel.hpp"
 #include "core/profile.hpp"
 #include "core/scratch.hpp"
 
@@ -16,17 +19,6 @@ namespace dsv3::cpu {
 namespace {
 
 std::atomic<int> g_wgrad{int(Precision::F32)};
-
-// Per-thread operand scratch; grows, then reused.
-struct Scratch {
-  std::vector<uint16_t> a;
-  std::vector<uint32_t> pa, pb;
-  std::vector<float> sa, sb;
-};
-Scratch& scratch() {
-  thread_local Scratch s;
-  return s;
-}
 
 void check_lowp(Precision p, const char* what) {
   DSV3_CHECK(p == Precision::BF16 || p == Precision::FP8, "{}: precision {} is not low", what,
@@ -75,6 +67,8 @@ void LowpWeight::refresh(const float* w_f32, int64_t rows, int64_t cols, Precisi
   if (p == Precision::BF16) {
     bf16_rows(q, ldw, w_f32, cols, rows, cols);
     bf16_pairs(qp, cols, w_f32, cols, rows, cols);
+    lowp_pack_b(fprop, {q, ldw, false}, nullptr, rows, cols);
+    lowp_pack_b(dgrad, {qp, cols, true}, nullptr, cols, rows);
     return;
   }
   const int64_t br = quant_tiles(rows), bc = quant_tiles(cols);
@@ -88,69 +82,68 @@ void LowpWeight::refresh(const float* w_f32, int64_t rows, int64_t cols, Precisi
   float* st = grow(swt, size_t(cols * br));
   for (int64_t i = 0; i < cols; ++i)
     for (int64_t c = 0; c < br; ++c) st[i * br + c] = sb[c * bc + i / kQuantTile];
+  lowp_pack_b(fprop, {q, ldw, false}, s, rows, cols);
+  lowp_pack_b(dgrad, {qp, cols, true}, st, cols, rows);
 }
 
 size_t LowpWeight::bytes() const {
-  return w.size() * 2 + (wp.size() + sw.size() + swt.size() + sblock.size()) * 4;
+  return w.size() * 2 + (wp.size() + sw.size() + swt.size() + sblock.size()) * 4 + fprop.bytes() +
+         dgrad.bytes();
 }
 
 void lowp_forward(float* y, const float* x, int64_t M, const LowpWeight& w, bool accumulate) {
   if (M <= 0) return;
   GemmTimer timer;
-  const int64_t N = w.rows(), K = w.cols(), lda = lowp_pad_k(K);
-  Scratch& s = scratch();
-  uint16_t* a = grow(s.a, size_t(M * lda));
-  if (w.precision() == Precision::BF16) {
-    bf16_rows(a, lda, x, K, M, K);
-    gemm_lowp_nt(y, N, M, N, K, a, lda, w.w.data(), lda, nullptr, nullptr, accumulate);
-    return;
-  }
-  float* sa = grow(s.sa, size_t(M * quant_tiles(K)));
-  fp8_rows(a, lda, sa, x, K, M, K);
-  gemm_lowp_nt(y, N, M, N, K, a, lda, w.w.data(), lda, sa, w.sw.data(), accumulate);
+  gemm_lowp_a32(y, w.rows(), M, x, w.cols(), false, w.precision() == Precision::FP8, w.fprop,
+                accumulate);
 }
 
 void lowp_backward_input(float* dx, const float* dy, int64_t M, const LowpWeight& w,
                          bool accumulate) {
   if (M <= 0) return;
   GemmTimer timer;
-  const int64_t N = w.cols(), K = w.rows(), lda = lowp_pad_k(K);
-  Scratch& s = scratch();
-  uint16_t* a = grow(s.a, size_t(M * lda));
-  const LowpOperand B{w.wp.data(), N, true};
-  if (w.precision() == Precision::BF16) {
-    bf16_rows(a, lda, dy, K, M, K);
-    gemm_lowp(dx, N, M, N, K, {a, lda, false}, B, nullptr, nullptr, accumulate);
-    return;
-  }
-  float* sa = grow(s.sa, size_t(M * quant_tiles(K)));
-  fp8_rows(a, lda, sa, dy, K, M, K);
-  gemm_lowp(dx, N, M, N, K, {a, lda, false}, B, sa, w.swt.data(), accumulate);
+  gemm_lowp_a32(dx, w.cols(), M, dy, w.rows(), false, w.precision() == Precision::FP8, w.dgrad,
+                accumulate);
 }
 
-// dW[out, in] += Σ_t dy[t, out]·x[t, in]: K = tokens, both operands in the pairs layout of their
-// natural [tokens, channels] storage (no transpose).
+// dW[out, in] += Σ_t dy[t, out]·x[t, in]: K = tokens; x is packed from its natural [tokens, in]
+// storage and dy read as its transpose, both converted on the way (no transpose pass). The
+// tokens are split between the threads (at multiples of 128, so FP8's chunks stay whole): each
+// converts only its own tokens of both operands, and the partial products are summed after.
 void lowp_backward_weight(float* dW, const float* dy, const float* x, int64_t M, int64_t in,
                           int64_t out, Precision p) {
   check_lowp(p, "lowp_backward_weight");
   if (M <= 0) return;
   GemmTimer timer;
-  const int64_t kp = (M + 1) / 2;
-  Scratch& s = scratch();
-  uint32_t* a = grow(s.pa, size_t(kp * out));
-  uint32_t* b = grow(s.pb, size_t(kp * in));
-  if (p == Precision::BF16) {
-    bf16_pairs(a, out, dy, out, M, out);
-    bf16_pairs(b, in, x, in, M, in);
-    gemm_lowp(dW, in, out, in, M, {a, out, true}, {b, in, true}, nullptr, nullptr, true);
+  const bool fp8 = p == Precision::FP8;
+  const int64_t tiles = quant_tiles(M);
+  const int parts = int(std::min<int64_t>(region_threads(), tiles / 2));  // ≥ 256 tokens each
+  if (parts <= 1) {
+    thread_local LowpPackedB xb;
+    lowp_pack_b_f32(xb, x, in, in, M, fp8);
+    gemm_lowp_a32(dW, in, out, dy, out, true, fp8, xb, true);
     return;
   }
-  const int64_t tiles = quant_tiles(M);
-  float* sa = grow(s.sa, size_t(out * tiles));
-  float* sb = grow(s.sb, size_t(in * tiles));
-  fp8_pairs(a, out, sa, dy, out, M, out);
-  fp8_pairs(b, in, sb, x, in, M, in);
-  gemm_lowp(dW, in, out, in, M, {a, out, true}, {b, in, true}, sa, sb, true);
+  thread_local std::vector<float> partial;  // [parts - 1][out, in]
+  float* part = grow(partial, size_t((parts - 1) * out * in));
+#pragma omp parallel num_threads(parts)
+  {
+    const int t = omp_get_thread_num();
+    const int64_t k0 = tiles * t / parts * kQuantTile;
+    const int64_t k1 = std::min(M, tiles * (t + 1) / parts * kQuantTile);
+    thread_local LowpPackedB xb;
+    lowp_pack_b_f32(xb, x + k0 * in, in, in, k1 - k0, fp8);
+    gemm_lowp_a32(t == 0 ? dW : part + (t - 1) * out * in, in, out, dy + k0 * out, out, true, fp8,
+                  xb, t == 0);
+  }
+  parallel_for(out, [&](int64_t r0, int64_t r1) {
+    for (int t = 1; t < parts; ++t)
+      for (int64_t r = r0; r < r1; ++r) {
+        const float* src = part + (t - 1) * out * in + r * in;
+        float* dst = dW + r * in;
+        for (int64_t i = 0; i < in; ++i) dst[i] += src[i];
+      }
+  });
 }
 
 Precision wgrad_precision() {

@@ -15,16 +15,21 @@
 // router (gating), norms, attention's core (scores, softmax, P·V), the optimizer.
 //
 // A LowpWeight holds one weight's low-precision copies (W as rows for Fprop, as K pairs for Dgrad,
-// with their scales in FP8), refreshed from the FP32 master weight before each step; a LinearWeight
-// points at it (LinearWeight::set_lowp) and linear_forward / linear_backward_input then run through
-// it. The Wgrad GEMM (linear_backward_weight) has no weight argument: it takes the precision of the
-// WgradPrecision scope that the training step holds (process-wide; the expert GEMMs run on
-// OpenMP worker threads), F32 outside any scope. The router computes its weight gradient with
-// cpu::gemm, so it stays FP32; the heads call lowp_backward_weight in BF16 themselves.
+// with their scales in FP8, and both packed for the kernel), refreshed from the FP32 master
+// weight before each step; the activation operands are converted inside the GEMM, per block of
+// rows (gemm_lowp_a32), and the Wgrad activation while it is packed (lowp_pack_b_f32); a
+// LinearWeight points at it (LinearWeight::set_lowp) and linear_forward / linear_backward_input
+// then run through it. The Wgrad GEMM (linear_backward_weight) has no weight argument: it takes the
+// precision of the WgradPrecision scope that the training step holds (process-wide; the expert
+// GEMMs run on OpenMP worker threads), F32 outside any scope. The router computes its weight
+// gradient with cpu::gemm, so it stays FP32; the heads call lowp_backward_weight in BF16
+// themselves.
 #pragma once
 #include <cstdint>
 #include <string>
 #include <vector>
+
+#include "backend/cpu/gemm_lowp.hpp"
 
 namespace dsv3::cpu {
 
@@ -47,6 +52,9 @@ class LowpWeight {
   std::vector<uint16_t> w;
   std::vector<uint32_t> wp;
   std::vector<float> sw, swt, sblock;
+  // The same operands packed for gemm_lowp_a32 once per refresh: Fprop (N = out, K = in) and
+  // Dgrad (N = in, K = out), so no call packs the weight again.
+  LowpPackedB fprop, dgrad;
 
  private:
   Precision p_ = Precision::F32;
