@@ -228,29 +228,52 @@ void attend_absorbed(float* attn, const float* q, int64_t T, int64_t start, cons
 // as stored (F32, BF16 or FP8 codes: gemv_rows / gemv_t_rows), and the scores
 // and the weighted latent sum use the few-row kernels (a library GEMM call per head costs more
 // than the product).
+// A sequence's cached latents [S, R] and k_pe [S, Dr]: blocks of bt positions at
+// lat + blocks[j]·bt·R and pe + blocks[j]·bt·Dr (contiguous latents: one block of bt ≥ S).
+struct LatentBlocks {
+  const float *lat, *pe;
+  const int32_t* blocks;
+  int64_t bt;
+};
+
 // Heads [hb, he) of one sequence's absorbed decode, on the calling thread. qabs, lat [T, H, R],
-// scores [T, H, S] and valid [T, H] are the sequence's own scratch.
+// scores [T, H, S] and valid [T, H] are the sequence's own scratch. Without `absorb` the caller
+// has filled qabs and applies W_UV to lat itself (attend_decode_batch: for all sequences at once).
+// The scores and the weighted latent sum run block by block on the cache in place; every score is
+// one dot product and every weighted sum one FMA chain over the positions in order, whatever the
+// blocks (gemm_small.hpp), so the results do not depend on them.
 void absorbed_decode_heads(float* attn, const float* q, int64_t T, int64_t start,
-                           const cpu::WeightView& wv, const MlaDims& d, const float* latent,
-                           const float* pe, float* qabs, float* lat, float* scores,
-                           const int64_t* valid, int64_t hb, int64_t he) {
+                           const cpu::WeightView& wv, const MlaDims& d, const LatentBlocks& kv,
+                           float* qabs, float* lat, float* scores, const int64_t* valid, int64_t hb,
+                           int64_t he, bool absorb = true) {
   const int64_t H = d.H, Dn = d.Dn, Dr = d.Dr, Dv = d.Dv, Dq = d.Dq(), R = d.R, S = start + T;
-  const int64_t Dkv = d.Dkv(), nh = he - hb;
+  const int64_t Dkv = d.Dkv(), nh = he - hb, bt = kv.bt;
   const float scale = float(d.scale);
   for (int64_t t = 0; t < T; ++t) {
     const int64_t r0 = t * H + hb;  // first (t, h) row of this range
     // q_abs[t, h, :] = q_nope[t, h, :] · W_UK[h]  ([Dn] x [Dn, R] -> [R]).
-    for (int64_t h = hb; h < he; ++h)
-      cpu::gemv_t_rows(qabs + (t * H + h) * R, q + (t * H + h) * Dq, wv, h * Dkv, Dn);
+    if (absorb)
+      for (int64_t h = hb; h < he; ++h)
+        cpu::gemv_t_rows(qabs + (t * H + h) * R, q + (t * H + h) * Dq, wv, h * Dkv, Dn);
     float* sc = scores + r0 * S;
-    cpu::gemm_small_nt(nh, S, R, scale, qabs + r0 * R, R, latent, R, 0.0f, sc, S);
-    cpu::gemm_small_nt(nh, S, Dr, scale, q + r0 * Dq + Dn, Dq, pe, Dr, 1.0f, sc, S);
+    for (int64_t j = 0; j * bt < S; ++j) {
+      const int64_t n = std::min(bt, S - j * bt), blk = kv.blocks[j];
+      cpu::gemm_small_nt(nh, n, R, scale, qabs + r0 * R, R, kv.lat + blk * bt * R, R, 0.0f,
+                         sc + j * bt, S);
+      cpu::gemm_small_nt(nh, n, Dr, scale, q + r0 * Dq + Dn, Dq, kv.pe + blk * bt * Dr, Dr, 1.0f,
+                         sc + j * bt, S);
+    }
     cpu::softmax_rows(sc, nh, S, valid + r0);
-    cpu::gemm_small_nn(nh, R, S, sc, S, latent, R, lat + r0 * R, R, false);
+    for (int64_t j = 0; j * bt < S; ++j) {
+      const int64_t n = std::min(bt, S - j * bt), blk = kv.blocks[j];
+      cpu::gemm_small_nn(nh, R, n, sc + j * bt, S, kv.lat + blk * bt * R, R, lat + r0 * R, R,
+                         j > 0);
+    }
     // attn[t, h, :] = lat[t, h, :] · W_UV[h]ᵀ  ([R] x [R, Dv] -> [Dv]).
-    for (int64_t h = hb; h < he; ++h)
-      cpu::gemv_rows(attn + (t * H + h) * Dv, lat + (t * H + h) * R, wv, h * Dkv + Dn,
-                     (h + 1) * Dkv);
+    if (absorb)
+      for (int64_t h = hb; h < he; ++h)
+        cpu::gemv_rows(attn + (t * H + h) * Dv, lat + (t * H + h) * R, wv, h * Dkv + Dn,
+                       (h + 1) * Dkv);
   }
 }
 
@@ -264,50 +287,41 @@ void attend_absorbed_decode(float* attn, const float* q, int64_t T, int64_t star
   float* scores = grow(s.scores, size_t(T * H * S));  // [T, H, S]
   int64_t* valid = grow(s.valid, size_t(T * H));
   for (int64_t i = 0; i < T * H; ++i) valid[i] = start + i / H + 1;
+  static constexpr int32_t kOneBlock = 0;
+  const LatentBlocks kv{latent, pe, &kOneBlock, S};
   parallel_for(H, [&](int64_t hb, int64_t he) {
-    absorbed_decode_heads(attn, q, T, start, wv, d, latent, pe, qabs, lat, scores, valid, hb, he);
+    absorbed_decode_heads(attn, q, T, start, wv, d, kv, qabs, lat, scores, valid, hb, he);
   });
 }
 
 // The decode steps of several sequences at once (every one T ≤ kAbsorbedDecodeTokens, absorbed):
-// the paged latents gathered in one parallel region, then every (sequence, head) in one more,
-// instead of two regions per sequence (an OpenMP fork/join each, and a sequence's 16 heads are
-// too little work to keep both threads busy between them).
+// the query absorption of all tokens head by head in one parallel region, then every (sequence,
+// head)'s scores and weighted latent sum on its paged latents in place (no gathered copy), and
+// W_UV of all tokens head by head, instead of two regions per sequence (an OpenMP fork/join each,
+// and a sequence's 16 heads are too little work to keep both threads busy between them). Head by
+// head, each W_UK / W_UV slice of kv_b is read once per step for all tokens; per sequence, every
+// one of them re-read all of kv_b (1 MiB per layer in the bench model, a core's whole L2). The
+// products are the per-sequence path's (gemv_t_rows_m and gemv_rows_m compute each output as
+// gemv_t_rows and gemv_rows do), so a sequence's attention is bit for bit its decode alone.
 void attend_decode_batch(float* attn, const float* q, std::span<const SeqSpan> seqs,
                          const MlaW<W<float>>& w, const ModelConfig& c, const MlaCache& cache,
                          MlaScratch<float>& s) {
   const MlaDims d = mla_dims(c, 1, 1);
-  const int64_t H = d.H, R = d.R, Dr = d.Dr, Dq = d.Dq(), Dv = d.Dv, bt = cache.max_seq;
+  const int64_t H = d.H, R = d.R, Dq = d.Dq(), Dv = d.Dv, bt = cache.max_seq;
   const int64_t ns = int64_t(seqs.size());
-  // Per sequence: first token, offsets into the gathered latents, the scores and the valid rows.
+  // Per sequence: first token, offsets into the scores and the valid rows.
   thread_local std::vector<int64_t> off;
-  off.assign(size_t(4 * (ns + 1)), 0);
+  off.assign(size_t(3 * (ns + 1)), 0);
   int64_t* tok0 = off.data();
-  int64_t* lat0 = tok0 + ns + 1;
-  int64_t* sc0 = lat0 + ns + 1;
+  int64_t* sc0 = tok0 + ns + 1;
   int64_t* val0 = sc0 + ns + 1;
   for (int64_t i = 0; i < ns; ++i) {
     const SeqSpan& sq = seqs[size_t(i)];
     const int64_t S = sq.start + sq.len;
     tok0[i + 1] = tok0[i] + sq.len;
-    lat0[i + 1] = lat0[i] + (S > bt ? S : 0);
     sc0[i + 1] = sc0[i] + sq.len * H * S;
     val0[i + 1] = val0[i] + sq.len * H;
   }
-  float* gl = grow(s.glat, size_t(std::max<int64_t>(1, lat0[ns]) * R));
-  float* gp = grow(s.gpe, size_t(std::max<int64_t>(1, lat0[ns]) * Dr));
-  parallel_for(ns, [&](int64_t b, int64_t e) {
-    for (int64_t i = b; i < e; ++i) {
-      const SeqSpan& sq = seqs[size_t(i)];
-      const int64_t S = sq.start + sq.len;
-      if (S <= bt) continue;
-      for (int64_t j = 0; j * bt < S; ++j) {
-        const int64_t n = std::min(bt, S - j * bt), blk = sq.blocks[j];
-        std::copy_n(cache.latent.data() + blk * bt * R, n * R, gl + (lat0[i] + j * bt) * R);
-        std::copy_n(cache.pe.data() + blk * bt * Dr, n * Dr, gp + (lat0[i] + j * bt) * Dr);
-      }
-    }
-  });
   const int64_t N = tok0[ns];
   float* qabs = grow(s.qabs, size_t(N * H * R));
   float* lat = grow(s.lat, size_t(N * H * R));
@@ -317,18 +331,38 @@ void attend_decode_batch(float* attn, const float* q, std::span<const SeqSpan> s
     for (int64_t k = 0; k < val0[i + 1] - val0[i]; ++k)
       valid[val0[i] + k] = seqs[size_t(i)].start + k / H + 1;
   const cpu::WeightView& wv = w.kv_b.view();
+  const int64_t Dn = d.Dn, Dkv = d.Dkv();
+  // q_abs of every token, head by head: a head's W_UK slice is read once for all N tokens (per
+  // sequence, the 16 sequences of a step re-read all of kv_b, which does not stay in L2).
+  parallel_for(H, [&](int64_t hb, int64_t he) {
+    for (int64_t h = hb; h < he; ++h)
+      cpu::gemv_t_rows_m(qabs + h * R, H * R, q + h * Dq, H * Dq, N, wv, h * Dkv, Dn);
+  });
   parallel_for(ns * H, [&](int64_t u0, int64_t u1) {
     for (int64_t u = u0; u < u1;) {
       const int64_t i = u / H, hb = u % H, he = std::min(H, hb + (u1 - u));
       const SeqSpan& sq = seqs[size_t(i)];
-      const int64_t S = sq.start + sq.len;
-      const float* latent = S > bt ? gl + lat0[i] * R : cache.latent.data() + sq.blocks[0] * bt * R;
-      const float* pe = S > bt ? gp + lat0[i] * Dr : cache.pe.data() + sq.blocks[0] * bt * Dr;
+      const LatentBlocks kv{cache.latent.data(), cache.pe.data(), sq.blocks, bt};
       const int64_t t0 = tok0[i];
-      absorbed_decode_heads(attn + t0 * H * Dv, q + t0 * H * Dq, sq.len, sq.start, wv, d, latent,
-                            pe, qabs + t0 * H * R, lat + t0 * H * R, scores + sc0[i],
-                            valid + val0[i], hb, he);
+      absorbed_decode_heads(attn + t0 * H * Dv, q + t0 * H * Dq, sq.len, sq.start, wv, d, kv,
+                            qabs + t0 * H * R, lat + t0 * H * R, scores + sc0[i], valid + val0[i],
+                            hb, he, false);
       u += he - hb;
+    }
+  });
+  // attn[t, h, :] = lat[t, h, :] · W_UV[h]ᵀ for every token, head by head (as q_abs above).
+  parallel_for(H, [&](int64_t hb, int64_t he) {
+    for (int64_t h = hb; h < he; ++h) {
+      const int64_t r0 = h * Dkv + Dn;
+      if (wv.dtype == DType::F8_E4M3) {  // block scales: the whole view, token by token
+        for (int64_t t = 0; t < N; ++t)
+          cpu::gemv_rows(attn + (t * H + h) * Dv, lat + (t * H + h) * R, wv, r0, r0 + Dv);
+        continue;
+      }
+      cpu::WeightView uv = wv;  // W_UV[h]: rows r0.. of kv_b
+      uv.data = static_cast<const char*>(wv.data) + r0 * wv.cols * int64_t(dtype_size(wv.dtype));
+      uv.rows = Dv;
+      cpu::gemv_rows_m(attn + h * Dv, H * Dv, lat + h * R, H * R, N, uv, 0, Dv, false);
     }
   });
 }

@@ -142,6 +142,9 @@ void for_each_expert(const int32_t* offsets, int64_t E, std::vector<int32_t>& eo
 // team) and stream them end to end; their GEMVs run inline on the taking thread.
 constexpr int64_t kExpertParallelTokens = 2;
 
+// Tokens up to which the router runs on the GEMV (model.cpp's batched decode steps: up to 32).
+constexpr int64_t kRouterGemvMaxN = 32;
+
 }  // namespace
 
 template <typename S>
@@ -153,9 +156,12 @@ void moe_router_forward(MoeActs<S>& a, const S* x, const MoeW<W<S>>& w, const Mo
   S* sc = grow(a.scores, size_t(N * E));
   int32_t* idx = grow(a.indices, size_t(N * K));
   S* wt = grow(a.weights, size_t(N * K));
-  // Decode reads the FP32 router with the GEMV kernel (a GEMM call costs more than the product).
+  // Decode and batched decode read the FP32 router with the GEMV kernel: a GEMM call costs more
+  // than the product, and inside a batched decode step's spin team oneDNN's sgemm runs on one
+  // thread while the other waits (1.4 ms of a 60 ms C = 16 step of the bench model). Each row's
+  // scores are then the ones the row gets alone (gemv.hpp), so batching never moves a routing.
   if constexpr (std::is_same_v<S, float>) {
-    if (N <= cpu::linear_gemv_max_m(cpu::Compute::F32))
+    if (N <= kRouterGemvMaxN)
       cpu::gemv_forward(sc, x, N, {DType::F32, E, d.D, w.router, nullptr}, false);
     else
       cpu::gemm(false, true, N, E, d.D, 1.0f, x, d.D, w.router, d.D, 0.0f, sc, E);

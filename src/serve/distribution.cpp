@@ -1,10 +1,15 @@
 // Sampling distributions and the speculative acceptance rule; see distribution.hpp.
 #include "serve/distribution.hpp"
 
+// GCC 12 flags the _mm*_undefined_* inside its own AVX-512 intrinsic headers (see gemv.cpp).
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
+
 #include <algorithm>
 #include <cmath>
 #include <numeric>
 
+#include "backend/cpu/vmath.hpp"
 #include "core/error.hpp"
 
 namespace dsv3::serve {
@@ -99,9 +104,30 @@ int32_t speculative_accept(const std::vector<float>& p, const std::vector<float>
 
 float token_logprob(const float* logits, int64_t V, int32_t token, int64_t n,
                     std::vector<std::pair<int32_t, float>>* top) {
-  const float mx = logits[argmax(logits, V)];
+  __m512 vmx = _mm512_set1_ps(-INFINITY);  // max(logits): exact in any order
+  for (int64_t i = 0; i < V; i += 16)
+    vmx = _mm512_mask_max_ps(vmx, cpu::tail_mask(V - i), vmx,
+                             _mm512_maskz_loadu_ps(cpu::tail_mask(V - i), logits + i));
+  alignas(64) float mlanes[16];
+  _mm512_store_ps(mlanes, vmx);
+  const float mx = *std::max_element(mlanes, mlanes + 16);
+  // Σ exp(l - mx): AVX-512 exponentials (cpu::exp_ps, ~1 ulp), summed in double per lane. The
+  // scalar double std::exp took 155 µs per token at V = 32000: 2.5 ms of serial engine time in
+  // every decode step of 16 sequences (each token's event carries its logprob).
+  const __m512 shift = _mm512_set1_ps(mx);
+  __m512d lo = _mm512_setzero_pd(), hi = _mm512_setzero_pd();
+  for (int64_t i = 0; i < V; i += 16) {
+    const __mmask16 m = cpu::tail_mask(V - i);
+    const __m512 e = _mm512_maskz_mov_ps(
+        m, cpu::exp_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, logits + i), shift)));
+    lo = _mm512_add_pd(lo, _mm512_cvtps_pd(_mm512_castps512_ps256(e)));
+    hi = _mm512_add_pd(
+        hi, _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(e), 1))));
+  }
+  alignas(64) double lanes[8];
+  _mm512_store_pd(lanes, _mm512_add_pd(lo, hi));
   double sum = 0;
-  for (int64_t i = 0; i < V; ++i) sum += std::exp(double(logits[i] - mx));
+  for (double v : lanes) sum += v;
   const float lse = mx + float(std::log(sum));
   if (top && n > 0) {
     n = std::min(n, V);

@@ -7,6 +7,8 @@
 #include <algorithm>
 #include <array>
 #include <numeric>
+#include <utility>
+#include <vector>
 
 #include "core/error.hpp"
 #include "core/rng.hpp"
@@ -176,9 +178,11 @@ TEST(ForwardBatch, MtpLastRowsEqualAllRows) {
 // in one region) against each sequence's decode step alone (one token: the GEMV path, FP32
 // products). The batch rounds activations to BF16, so the bound is BF16's (relative 2⁻⁷ of the
 // logits' scale), not 1e-4; a wrong row, expert or head is off by the logits' own magnitude.
-TEST(ForwardBatch, Bf16DecodeBatchEqualsAlone) {
+// One decode step of B sequences under `compute` against each sequence's step alone; returns
+// the worst |batch - alone| over each sequence's logits and the largest |logit| alone.
+std::vector<std::pair<float, float>> decode_batch_vs_alone(cpu::Compute compute) {
   model::LoadOptions lo;
-  lo.compute = cpu::Compute::BF16;
+  lo.compute = compute;
   auto m = model::Model::load(std::string(DSV3_TEST_DATA) + "/tiny-v3", lo);
   const auto& c = m->config();
   const int64_t V = c.vocab_size, bt = 4, B = 5;
@@ -212,6 +216,7 @@ TEST(ForwardBatch, Bf16DecodeBatchEqualsAlone) {
   }
   m->forward_batch(tok.data(), spans, batch_cache, logits.data(), nullptr, B);
   std::vector<float> alone(static_cast<size_t>(V));
+  std::vector<std::pair<float, float>> out;
   for (int64_t b = 0; b < B; ++b) {
     m->forward_batch(tok.data() + b, {&spans[size_t(b)], 1}, alone_cache, alone.data(), nullptr, 1);
     float worst = 0, scale = 0;
@@ -221,8 +226,23 @@ TEST(ForwardBatch, Bf16DecodeBatchEqualsAlone) {
     }
     std::printf("sequence %lld: worst |batch - alone| %.3g, max |logit| %.3g\n", (long long)b,
                 double(worst), double(scale));
-    EXPECT_LT(worst, 0.03f * scale) << "sequence " << b;
+    out.push_back({worst, scale});
   }
+  return out;
+}
+
+TEST(ForwardBatch, Bf16DecodeBatchEqualsAlone) {
+  const auto r = decode_batch_vs_alone(cpu::Compute::BF16);
+  for (size_t b = 0; b < r.size(); ++b)
+    EXPECT_LT(r[b].first, 0.03f * r[b].second) << "sequence " << b;
+}
+
+// The same under Compute::F32: the batched step's products are FP32 (sgemm for the 5 rows, the
+// GEMV alone) and its attention is the batched absorbed decode (query absorption and W_UV of all
+// sequences head by head), so the logits agree to FP32 rounding.
+TEST(ForwardBatch, F32DecodeBatchEqualsAlone) {
+  const auto r = decode_batch_vs_alone(cpu::Compute::F32);
+  for (size_t b = 0; b < r.size(); ++b) EXPECT_LT(r[b].first, 1e-4f) << "sequence " << b;
 }
 
 TEST(ForwardBatch, BadBlockTableIsAnError) {

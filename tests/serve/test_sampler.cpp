@@ -2,9 +2,13 @@
 // empirical frequencies follow the tempered softmax; the same seed gives the same draws.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
+#include <utility>
 #include <vector>
 
+#include "core/rng.hpp"
+#include "serve/distribution.hpp"
 #include "serve/sampler.hpp"
 
 using namespace dsv3::serve;
@@ -54,4 +58,27 @@ TEST(Sampler, SeededDrawsRepeat) {
   for (int i = 0; i < 100; ++i) l[size_t(i)] = std::sin(float(i));
   Sampler a({1.0f, 0, 0.9f, 3}), b({1.0f, 0, 0.9f, 3});
   for (int i = 0; i < 200; ++i) EXPECT_EQ(a.sample(l.data(), 100), b.sample(l.data(), 100));
+}
+
+// token_logprob (every emitted token's logprob) against log-softmax in double, over a vocabulary
+// the vector loop covers exactly and ones with a masked tail, with the top alternatives.
+TEST(Sampler, TokenLogprobMatchesDoubleLogSoftmax) {
+  const uint64_t seed = 77;
+  std::printf("seed %llu\n", (unsigned long long)seed);
+  dsv3::Rng rng(seed);
+  for (const int64_t V : {int64_t(32000), int64_t(37), int64_t(5)}) {
+    std::vector<float> l(static_cast<size_t>(V));
+    for (auto& v : l) v = float(rng.uniform() * 30 - 15);
+    double mx = l[0], sum = 0;
+    for (float v : l) mx = std::max(mx, double(v));
+    for (float v : l) sum += std::exp(double(v) - mx);
+    const double lse = mx + std::log(sum);
+    for (const int32_t tok : {int32_t(0), int32_t(V / 2), int32_t(V - 1)}) {
+      std::vector<std::pair<int32_t, float>> top;
+      const float got = token_logprob(l.data(), V, tok, 3, &top);
+      EXPECT_NEAR(got, double(l[size_t(tok)]) - lse, 1e-5) << "V " << V << " token " << tok;
+      ASSERT_EQ(top.size(), 3u);
+      for (const auto& [id, lp] : top) EXPECT_NEAR(lp, double(l[size_t(id)]) - lse, 1e-5);
+    }
+  }
 }

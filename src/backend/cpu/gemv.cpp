@@ -167,6 +167,53 @@ void rows_t(float* y, const float* x, const typename D::T* w, int64_t n, int64_t
   for (; c0 < C; c0 += 16 * kV) rows_t_block<D, kV, true>(y, x, w, n, C, c0);
 }
 
+// rows_t for M activation rows at once (x [M, n] with stride ldx, y [M, C] with stride ldy): a
+// tile of MR rows × kV vectors of columns shares each weight vector, which rows_t would load once
+// per row. Every output sums the same products in the same order as rows_t (from zero, r
+// ascending, one FMA each), so the results are rows_t's.
+template <class D, int MR, bool kMasked>
+void rows_t_tile(float* y, int64_t ldy, const float* x, int64_t ldx, const typename D::T* w,
+                 int64_t n, int64_t C, int64_t c0) {
+  constexpr int kV = 4;
+  __mmask16 mk[kV];
+  __m512 a[MR][kV];
+  for (int j = 0; j < kV; ++j) {
+    mk[j] = kMasked ? tail_mask(C - c0 - 16 * j) : __mmask16(0xffff);
+    for (int m = 0; m < MR; ++m) a[m][j] = _mm512_setzero_ps();
+  }
+  for (int64_t r = 0; r < n; ++r) {
+    const typename D::T* wr = w + r * C + c0;
+    __m512 v[kV];
+    for (int j = 0; j < kV; ++j)
+      v[j] = kMasked ? D::load16(wr + 16 * j, mk[j]) : D::load16(wr + 16 * j);
+    for (int m = 0; m < MR; ++m) {
+      const __m512 xr = _mm512_set1_ps(x[m * ldx + r]);
+      for (int j = 0; j < kV; ++j) a[m][j] = _mm512_fmadd_ps(xr, v[j], a[m][j]);
+    }
+  }
+  for (int m = 0; m < MR; ++m)
+    for (int j = 0; j < kV; ++j) _mm512_mask_storeu_ps(y + m * ldy + c0 + 16 * j, mk[j], a[m][j]);
+}
+
+template <class D>
+void rows_t_m(float* y, int64_t ldy, const float* x, int64_t ldx, int64_t M, const typename D::T* w,
+              int64_t n, int64_t C) {
+  using Fn = void (*)(float*, int64_t, const float*, int64_t, const typename D::T*, int64_t,
+                      int64_t, int64_t);
+  static constexpr Fn kFull[6] = {rows_t_tile<D, 1, false>, rows_t_tile<D, 2, false>,
+                                  rows_t_tile<D, 3, false>, rows_t_tile<D, 4, false>,
+                                  rows_t_tile<D, 5, false>, rows_t_tile<D, 6, false>};
+  static constexpr Fn kTail[6] = {rows_t_tile<D, 1, true>, rows_t_tile<D, 2, true>,
+                                  rows_t_tile<D, 3, true>, rows_t_tile<D, 4, true>,
+                                  rows_t_tile<D, 5, true>, rows_t_tile<D, 6, true>};
+  prefetch_start(w, w + n * C);
+  for (int64_t c0 = 0; c0 < C; c0 += 64)
+    for (int64_t m = 0; m < M; m += 6) {
+      const int64_t mr = std::min<int64_t>(6, M - m);
+      (c0 + 64 <= C ? kFull : kTail)[mr - 1](y + m * ldy, ldy, x + m * ldx, ldx, w, n, C, c0);
+    }
+}
+
 }  // namespace
 
 void gemv_rows(float* y, const float* x, const WeightView& w, int64_t n0, int64_t n1) {
@@ -189,6 +236,23 @@ void gemv_rows(float* y, const float* x, const WeightView& w, int64_t n0, int64_
   }
 }
 
+void gemv_rows_m(float* y, int64_t ldy, const float* x, int64_t ldx, int64_t M, const WeightView& w,
+                 int64_t n0, int64_t n1, bool accumulate) {
+  DSV3_ASSERT(0 <= n0 && n0 <= n1 && n1 <= w.rows, "gemv_rows_m: rows [{}, {}) of {}", n0, n1,
+              w.rows);
+  const int64_t K = w.cols;
+  switch (w.dtype) {
+    case DType::F32:
+      rows<DecF32>(y, ldy, x, ldx, M, static_cast<const float*>(w.data), K, n0, n1, accumulate);
+      break;
+    case DType::BF16:
+      rows<DecBF16>(y, ldy, x, ldx, M, static_cast<const uint16_t*>(w.data), K, n0, n1, accumulate);
+      break;
+    default:
+      DSV3_ASSERT(false, "gemv_rows_m: unsupported weight dtype {}", dtype_name(w.dtype));
+  }
+}
+
 void gemv_t_rows(float* y, const float* x, const WeightView& w, int64_t r0, int64_t n) {
   DSV3_ASSERT(0 <= r0 && 0 <= n && r0 + n <= w.rows, "gemv_t_rows: rows [{}, {}) of {}", r0, r0 + n,
               w.rows);
@@ -205,6 +269,23 @@ void gemv_t_rows(float* y, const float* x, const WeightView& w, int64_t r0, int6
       break;
     default:
       DSV3_ASSERT(false, "gemv_t_rows: unsupported weight dtype {}", dtype_name(w.dtype));
+  }
+}
+
+void gemv_t_rows_m(float* y, int64_t ldy, const float* x, int64_t ldx, int64_t M,
+                   const WeightView& w, int64_t r0, int64_t n) {
+  DSV3_ASSERT(0 <= r0 && 0 <= n && r0 + n <= w.rows, "gemv_t_rows_m: rows [{}, {}) of {}", r0,
+              r0 + n, w.rows);
+  const int64_t C = w.cols;
+  switch (w.dtype) {
+    case DType::F32:
+      rows_t_m<DecF32>(y, ldy, x, ldx, M, static_cast<const float*>(w.data) + r0 * C, n, C);
+      break;
+    case DType::BF16:
+      rows_t_m<DecBF16>(y, ldy, x, ldx, M, static_cast<const uint16_t*>(w.data) + r0 * C, n, C);
+      break;
+    default:
+      for (int64_t m = 0; m < M; ++m) gemv_t_rows(y + m * ldy, x + m * ldx, w, r0, n);
   }
 }
 

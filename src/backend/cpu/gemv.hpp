@@ -16,8 +16,20 @@ void gemv_forward(float* y, const float* x, int64_t M, const WeightView& w, bool
 // y[n - n0] = Σ_k x[k] · W[n, k]. F32, BF16 or FP8 e4m3 weights.
 void gemv_rows(float* y, const float* x, const WeightView& w, int64_t n0, int64_t n1);
 
+// Weight rows [n0, n1) against M activation rows on the calling thread, as gemv_forward computes
+// them (the same arithmetic per output, whatever the split): y[m·ldy + n] (+)= Σ_k x[m·ldx + k] ·
+// W[n, k] for m < M, n0 ≤ n < n1. F32 or BF16 weights.
+void gemv_rows_m(float* y, int64_t ldy, const float* x, int64_t ldx, int64_t M, const WeightView& w,
+                 int64_t n0, int64_t n1, bool accumulate);
+
 // The transposed product over n consecutive rows from r0, on the calling thread:
 // y[c] = Σ_{r<n} x[r] · W[r0 + r, c] for every column c < cols. F32, BF16 or FP8 e4m3 weights.
 void gemv_t_rows(float* y, const float* x, const WeightView& w, int64_t r0, int64_t n);
+
+// gemv_t_rows for M activation rows (x [M, n] with stride ldx, y [M, cols] with stride ldy), each
+// weight vector loaded once for all rows; every output equals gemv_t_rows's. FP8 weights run
+// gemv_t_rows row by row.
+void gemv_t_rows_m(float* y, int64_t ldy, const float* x, int64_t ldx, int64_t M,
+                   const WeightView& w, int64_t r0, int64_t n);
 
 }  // namespace dsv3::cpu
