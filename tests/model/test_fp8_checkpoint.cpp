@@ -67,15 +67,33 @@ float max_abs_diff(const std::vector<float>& a, const std::vector<float>& b) {
   return m;
 }
 
-TEST(Fp8Checkpoint, QuantizeReloadAndCompare) {
+// tiny-v3 exported as FP8 into fp8_dir and the FP8 checkpoint's effective weights as FP32 into
+// f32_dir; both removed at the end of the test.
+struct Fp8Pair {
   const std::string src = std::string(DSV3_TEST_DATA) + "/tiny-v3";
-  ModelConfig c = load_config(src);
+  const ModelConfig c = load_config(src);
+  const std::string fp8_dir, f32_dir;
+
+  explicit Fp8Pair(const std::string& tag) : fp8_dir(tmp_dir(tag)), f32_dir(tmp_dir(tag + "_f32")) {
+    auto store = io::TensorStore::open_dir(src);
+    ExportOptions o8;
+    o8.dtype = DType::F8_E4M3;
+    save_hf_checkpoint(fp8_dir, c, params_of(store), o8);
+    save_dequantized(f32_dir, c, io::TensorStore::open_dir(fp8_dir));
+  }
+  Fp8Pair(const Fp8Pair&) = delete;
+  Fp8Pair& operator=(const Fp8Pair&) = delete;
+  ~Fp8Pair() {
+    fs::remove_all(fp8_dir);
+    fs::remove_all(f32_dir);
+  }
+};
+
+TEST(Fp8Checkpoint, QuantizeReloadAndCompare) {
+  const Fp8Pair pair("fp8");
+  const std::string &src = pair.src, &fp8_dir = pair.fp8_dir, &f32_dir = pair.f32_dir;
+  const ModelConfig& c = pair.c;
   auto store = io::TensorStore::open_dir(src);
-  auto original = params_of(store);
-  const std::string fp8_dir = tmp_dir("fp8");
-  ExportOptions o8;
-  o8.dtype = DType::F8_E4M3;
-  save_hf_checkpoint(fp8_dir, c, original, o8);
 
   // Every decoder *_proj weight is stored as e4m3 with a [ceil(r/128), ceil(c/128)] scale; the
   // effective weight is float(e4m3) * scale_inv, close to the original.
@@ -107,9 +125,8 @@ TEST(Fp8Checkpoint, QuantizeReloadAndCompare) {
   }
   EXPECT_GT(n_fp8, 100);
 
-  // The same effective weights as FP32: logits must agree (only summation order differs).
-  const std::string f32_dir = tmp_dir("fp8_as_f32");
-  save_dequantized(f32_dir, c, q);
+  // The same effective weights as FP32 (f32_dir): logits must agree (only summation order
+  // differs).
 
   auto ref = io::TensorStore::open_file(src + "/reference.safetensors");
   auto tokens = io::read_i32(ref.get("tokens"));
@@ -122,8 +139,6 @@ TEST(Fp8Checkpoint, QuantizeReloadAndCompare) {
   auto want = io::read_f32(ref.get("prefill.logits"));
   std::printf("fp8 checkpoint vs reference (bf16 weights): max|d| = %.3g\n",
               max_abs_diff(l8, want));
-  fs::remove_all(fp8_dir);
-  fs::remove_all(f32_dir);
 }
 
 // Decode steps (one token at a time from position 0: every product a GEMV, MLA's absorbed path
@@ -135,16 +150,9 @@ TEST(Fp8Checkpoint, QuantizeReloadAndCompare) {
 // choice is discontinuous: from there the KV caches differ and the logits with them; on this
 // data that happens at step 3, and at least the first step must be compared).
 TEST(Fp8Checkpoint, DecodeStepsBothComputes) {
-  const std::string src = std::string(DSV3_TEST_DATA) + "/tiny-v3";
-  ModelConfig c = load_config(src);
-  auto store = io::TensorStore::open_dir(src);
-  auto original = params_of(store);
-  const std::string fp8_dir = tmp_dir("fp8_decode"), f32_dir = tmp_dir("fp8_decode_f32");
-  ExportOptions o8;
-  o8.dtype = DType::F8_E4M3;
-  save_hf_checkpoint(fp8_dir, c, original, o8);
-  auto q = io::TensorStore::open_dir(fp8_dir);
-  save_dequantized(f32_dir, c, q);
+  const Fp8Pair pair("fp8_decode");
+  const std::string &src = pair.src, &fp8_dir = pair.fp8_dir, &f32_dir = pair.f32_dir;
+  const ModelConfig& c = pair.c;
   auto tokens =
       io::read_i32(io::TensorStore::open_file(src + "/reference.safetensors").get("tokens"));
   const int64_t steps = 12, V = c.vocab_size;
@@ -193,8 +201,6 @@ TEST(Fp8Checkpoint, DecodeStepsBothComputes) {
   }
   std::printf("fp8 decode, exact route vs f32 of the same weights: max|d| = %.3g\n",
               max_abs_diff(exact, ref));
-  fs::remove_all(fp8_dir);
-  fs::remove_all(f32_dir);
 }
 
 // The prefill of the FP8 checkpoint under Compute::BF16 (linear_forward's FP8 GEMM from 9 rows:
@@ -208,16 +214,9 @@ TEST(Fp8Checkpoint, DecodeStepsBothComputes) {
 // |logit|, catches a wrong kernel (a lost scale or a misplaced lane is O(1)), not the rounding,
 // which GemmFp8.* bounds per product.
 TEST(Fp8Checkpoint, PrefillBf16Route) {
-  const std::string src = std::string(DSV3_TEST_DATA) + "/tiny-v3";
-  ModelConfig c = load_config(src);
-  auto store = io::TensorStore::open_dir(src);
-  auto original = params_of(store);
-  const std::string fp8_dir = tmp_dir("fp8_prefill"), f32_dir = tmp_dir("fp8_prefill_f32");
-  ExportOptions o8;
-  o8.dtype = DType::F8_E4M3;
-  save_hf_checkpoint(fp8_dir, c, original, o8);
-  auto q = io::TensorStore::open_dir(fp8_dir);
-  save_dequantized(f32_dir, c, q);
+  const Fp8Pair pair("fp8_prefill");
+  const std::string &src = pair.src, &fp8_dir = pair.fp8_dir, &f32_dir = pair.f32_dir;
+  const ModelConfig& c = pair.c;
   auto tokens =
       io::read_i32(io::TensorStore::open_file(src + "/reference.safetensors").get("tokens"));
   const int64_t T = std::min<int64_t>(int64_t(tokens.size()), 32), V = c.vocab_size;
@@ -266,8 +265,6 @@ TEST(Fp8Checkpoint, PrefillBf16Route) {
       std::printf("position %lld: max|logit| %.3g, max|d| %.3g\n", (long long)p, top, d);
     EXPECT_LE(d, std::ldexp(top, -5)) << "position " << p;
   }
-  fs::remove_all(fp8_dir);
-  fs::remove_all(f32_dir);
 }
 
 TEST(Fp8Checkpoint, ShardedExportLoads) {

@@ -158,26 +158,10 @@ void kernel(float* y, int64_t ldy, const uint16_t* xp, int64_t ldx, const uint16
 void kernel_any(int mr, float* y, int64_t ldy, const uint16_t* xp, int64_t ldx,
                 const uint16_t* panel, int64_t pc, int64_t nv, bool acc, const float* s,
                 float post) {
-  switch (mr) {
-    case 1:
-      kernel<1>(y, ldy, xp, ldx, panel, pc, nv, acc, s, post);
-      break;
-    case 2:
-      kernel<2>(y, ldy, xp, ldx, panel, pc, nv, acc, s, post);
-      break;
-    case 3:
-      kernel<3>(y, ldy, xp, ldx, panel, pc, nv, acc, s, post);
-      break;
-    case 4:
-      kernel<4>(y, ldy, xp, ldx, panel, pc, nv, acc, s, post);
-      break;
-    case 5:
-      kernel<5>(y, ldy, xp, ldx, panel, pc, nv, acc, s, post);
-      break;
-    default:
-      kernel<6>(y, ldy, xp, ldx, panel, pc, nv, acc, s, post);
-      break;
-  }
+  static constexpr decltype(&kernel<1>) kernels[] = {kernel<1>, kernel<2>, kernel<3>,
+                                                     kernel<4>, kernel<5>, kernel<6>};
+  static_assert(std::size(kernels) == kMR);
+  kernels[std::min(mr, kMR) - 1](y, ldy, xp, ldx, panel, pc, nv, acc, s, post);
 }
 
 // Rows [m0, m1) of x against weight rows [n0, n0 + nt) (one 128-row block).
