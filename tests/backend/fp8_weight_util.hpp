@@ -40,4 +40,11 @@ inline Fp8Weight make_fp8_weight(int64_t rows, int64_t cols, uint64_t seed, bool
   return w;
 }
 
+// n values drawn from rng's standard normal, in order (the kernels' x and initial y).
+inline std::vector<float> normal_vector(Rng& rng, int64_t n) {
+  std::vector<float> v(static_cast<size_t>(n));
+  for (auto& x : v) x = float(rng.normal());
+  return v;
+}
+
 }  // namespace dsv3::cpu::fp8_test

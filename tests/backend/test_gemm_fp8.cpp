@@ -23,6 +23,7 @@ namespace {
 
 using fp8_test::Fp8Weight;
 using fp8_test::make_fp8_weight;
+using fp8_test::normal_vector;
 
 double bf16r(float v) {
   return bf16_to_f32(f32_to_bf16(v));
@@ -83,9 +84,7 @@ TEST(GemmFp8, OddShapesAgainstLoop) {
                                           << " threads=" << threads << " seed=" << seed);
           const Fp8Weight w = make_fp8_weight(N, K, seed, false);
           Rng rng(seed + 1);
-          std::vector<float> x(size_t(M * K)), y0(size_t(M * ldy));
-          for (auto& v : x) v = float(rng.normal());
-          for (auto& v : y0) v = float(rng.normal());
+          const std::vector<float> x = normal_vector(rng, M * K), y0 = normal_vector(rng, M * ldy);
           auto y = y0;
           gemm_fp8_bf16(y.data(), ldy, x.data(), M, w.view, false, acc);
           ASSERT_EQ(check(w, x, y0, y, M, ldy, acc, &worst), 0);

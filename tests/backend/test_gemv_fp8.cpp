@@ -24,6 +24,7 @@ namespace {
 
 using fp8_test::Fp8Weight;
 using fp8_test::make_fp8_weight;
+using fp8_test::normal_vector;
 
 int check(const Fp8Weight& w, const std::vector<float>& x, const std::vector<float>& y0,
           const std::vector<float>& y, int64_t M, bool acc) {
@@ -60,9 +61,7 @@ TEST(GemvFp8, OddShapesAllCodes) {
                       (long long)M, (unsigned long long)seed);
           const Fp8Weight w = make_fp8_weight(N, K, seed, false);
           Rng rng(seed + 1);
-          std::vector<float> x(size_t(M * K)), y0(size_t(M * N));
-          for (auto& v : x) v = float(rng.normal());
-          for (auto& v : y0) v = float(rng.normal());
+          const std::vector<float> x = normal_vector(rng, M * K), y0 = normal_vector(rng, M * N);
           auto y = y0;
           gemv_fp8(y.data(), x.data(), M, w.view, false, acc);
           ASSERT_EQ(check(w, x, y0, y, M, acc), 0);

@@ -25,6 +25,7 @@ namespace {
 
 using fp8_test::Fp8Weight;
 using fp8_test::make_fp8_weight;
+using fp8_test::normal_vector;
 
 bool subnormal(uint8_t c) {
   return (c & 0x78) == 0;  // exponent bits zero (both zeros included: value 0 either way)
@@ -77,9 +78,7 @@ TEST(GemvFp8Bf16, OddShapesAllCodes) {
                                           << " threads=" << threads << " seed=" << seed);
           const Fp8Weight w = make_fp8_weight(N, K, seed, false);
           Rng rng(seed + 1);
-          std::vector<float> x(size_t(M * K)), y0(size_t(M * N));
-          for (auto& v : x) v = float(rng.normal());
-          for (auto& v : y0) v = float(rng.normal());
+          const std::vector<float> x = normal_vector(rng, M * K), y0 = normal_vector(rng, M * N);
           auto y = y0;
           gemv_fp8_bf16(y.data(), x.data(), M, w.view, false, acc);
           ASSERT_EQ(check_bf16(w, x, y0, y, M, acc, worst), 0);
