@@ -3,15 +3,19 @@
 // the pool in shuffled order; both attention paths (a 40-token chunk takes the naive one). The
 // MTP module over a ragged batch against mtp_forward.
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <array>
+#include <filesystem>
 #include <numeric>
 #include <utility>
 #include <vector>
 
 #include "core/error.hpp"
 #include "core/rng.hpp"
+#include "io/safetensors.hpp"
+#include "model/export.hpp"
 #include "model/model.hpp"
 
 using namespace dsv3;
@@ -180,10 +184,11 @@ TEST(ForwardBatch, MtpLastRowsEqualAllRows) {
 // logits' scale), not 1e-4; a wrong row, expert or head is off by the logits' own magnitude.
 // One decode step of B sequences under `compute` against each sequence's step alone; returns
 // the worst |batch - alone| over each sequence's logits and the largest |logit| alone.
-std::vector<std::pair<float, float>> decode_batch_vs_alone(cpu::Compute compute) {
+std::vector<std::pair<float, float>> decode_batch_vs_alone(
+    cpu::Compute compute, const std::string& dir = std::string(DSV3_TEST_DATA) + "/tiny-v3") {
   model::LoadOptions lo;
   lo.compute = compute;
-  auto m = model::Model::load(std::string(DSV3_TEST_DATA) + "/tiny-v3", lo);
+  auto m = model::Model::load(dir, lo);
   const auto& c = m->config();
   const int64_t V = c.vocab_size, bt = 4, B = 5;
   const uint64_t seed = 1606;
@@ -243,6 +248,32 @@ TEST(ForwardBatch, Bf16DecodeBatchEqualsAlone) {
 TEST(ForwardBatch, F32DecodeBatchEqualsAlone) {
   const auto r = decode_batch_vs_alone(cpu::Compute::F32);
   for (size_t b = 0; b < r.size(); ++b) EXPECT_LT(r[b].first, 1e-4f) << "sequence " << b;
+}
+
+// The same on tiny-v3 exported with FP8 weights (kv_b_proj included: the batched attention reads
+// its W_UK / W_UV slices as FP8 codes), under both computes, with each one's bound above.
+TEST(ForwardBatch, Fp8DecodeBatchEqualsAlone) {
+  const std::string src = std::string(DSV3_TEST_DATA) + "/tiny-v3";
+  const std::string dir = (std::filesystem::temp_directory_path() /
+                           ("dsv3_test_fp8_batch_" + std::to_string(::getpid())))
+                              .string();
+  auto store = io::TensorStore::open_dir(src);
+  model::ExportOptions o8;
+  o8.dtype = DType::F8_E4M3;
+  model::save_hf_checkpoint(
+      dir, model::load_config(src),
+      [&](const model::ParamSpec& ps, float* dst) {
+        auto v = io::read_f32(store.get(ps.name, ps.shape));
+        std::copy(v.begin(), v.end(), dst);
+      },
+      o8);
+  const auto f32 = decode_batch_vs_alone(cpu::Compute::F32, dir);
+  const auto bf16 = decode_batch_vs_alone(cpu::Compute::BF16, dir);
+  std::filesystem::remove_all(dir);
+  for (size_t b = 0; b < f32.size(); ++b) {
+    EXPECT_LT(f32[b].first, 1e-4f) << "F32, sequence " << b;
+    EXPECT_LT(bf16[b].first, 0.03f * bf16[b].second) << "BF16, sequence " << b;
+  }
 }
 
 TEST(ForwardBatch, BadBlockTableIsAnError) {
