@@ -181,9 +181,14 @@ void fp8_rows(uint16_t* q, int64_t ldq, float* scale, const float* x, int64_t ld
       std::max<int64_t>(1, 8192 / std::max<int64_t>(cols, 1)));
 }
 
-void fp8_pairs(uint32_t* p, int64_t ldp, float* scale, const float* x, int64_t ldx, int64_t rows,
-               int64_t cols) {
-  DSV3_CHECK(ldp >= cols, "fp8_pairs: leading dimension {} < {}", ldp, cols);
+namespace {
+
+// 128×1 tiles along the rows of x [rows, cols]: the scales into scale [cols, quant_tiles(rows)]
+// and each pair of rows' E4M3 values (vl of row r, vh of row r + 1: 0 past rows) handed to
+// store(r / 2, c0, mask) for columns c0.. (16 at a time).
+template <typename Store>
+void fp8_pairs_tiles(float* scale, const float* x, int64_t ldx, int64_t rows, int64_t cols,
+                     Store&& store) {
   const int64_t tiles = quant_tiles(rows), cb = (cols + 15) / 16;
   parallel_for(tiles * cb, [&](int64_t j0, int64_t j1) {
     alignas(64) float s16[16];
@@ -205,11 +210,43 @@ void fp8_pairs(uint32_t* p, int64_t ldp, float* scale, const float* x, int64_t l
         const __m512 vh = r + 1 < r1
                               ? _mm512_div_ps(_mm512_maskz_loadu_ps(k, x + (r + 1) * ldx + c0), vs)
                               : _mm512_setzero_ps();
-        _mm512_mask_storeu_epi32(p + (r / 2) * ldp + c0, k,
-                                 interleave(to_bf16(e4m3_round_v(vl)), to_bf16(e4m3_round_v(vh))));
+        store(r / 2, c0, k, e4m3_round_v(vl), e4m3_round_v(vh));
       }
     }
   });
+}
+
+// The E4M3 codes (16 bits per lane, the code in the low byte) of 16 E4M3 values q (or NaN): q /
+// 256 is an IEEE half whose exponent and top 3 mantissa bits are the code's (E4M3's subnormals
+// land on the half's subnormals), exact.
+inline __m256i e4m3_codes_v(__m512 q) {
+  const __m256i h = _mm512_cvtps_ph(_mm512_mul_ps(q, _mm512_set1_ps(1.0f / 256.0f)),
+                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256i c = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(h, 7), _mm256_set1_epi16(0x7f)),
+                              _mm256_and_si256(_mm256_srli_epi16(h, 8), _mm256_set1_epi16(0x80)));
+  const __mmask16 nan = _mm512_cmp_ps_mask(q, q, _CMP_UNORD_Q);
+  return _mm256_mask_mov_epi16(c, nan, _mm256_set1_epi16(0x7f));
+}
+
+}  // namespace
+
+void fp8_pairs(uint32_t* p, int64_t ldp, float* scale, const float* x, int64_t ldx, int64_t rows,
+               int64_t cols) {
+  DSV3_CHECK(ldp >= cols, "fp8_pairs: leading dimension {} < {}", ldp, cols);
+  fp8_pairs_tiles(
+      scale, x, ldx, rows, cols, [&](int64_t kp, int64_t c0, __mmask16 k, __m512 ql, __m512 qh) {
+        _mm512_mask_storeu_epi32(p + kp * ldp + c0, k, interleave(to_bf16(ql), to_bf16(qh)));
+      });
+}
+
+void fp8_pairs_codes(uint16_t* codes, int64_t ldc, float* scale, const float* x, int64_t ldx,
+                     int64_t rows, int64_t cols) {
+  DSV3_CHECK(ldc >= cols, "fp8_pairs_codes: leading dimension {} < {}", ldc, cols);
+  fp8_pairs_tiles(
+      scale, x, ldx, rows, cols, [&](int64_t kp, int64_t c0, __mmask16 k, __m512 ql, __m512 qh) {
+        const __m256i c = _mm256_or_si256(e4m3_codes_v(ql), _mm256_slli_epi16(e4m3_codes_v(qh), 8));
+        _mm256_mask_storeu_epi16(codes + kp * ldc + c0, k, c);
+      });
 }
 
 void fp8_blocks(uint16_t* q, int64_t ldq, uint32_t* p, int64_t ldp, float* sblock, const float* w,
