@@ -17,7 +17,8 @@
 // A LowpWeight holds one weight's low-precision copies (W as rows for Fprop, as K pairs for Dgrad,
 // with their scales in FP8, and both packed for the kernel), refreshed from the FP32 master
 // weight before each step; the activation operands are converted inside the GEMM, per block of
-// rows (gemm_lowp_a32), and the Wgrad activation while it is packed (lowp_pack_b_f32); a
+// rows (gemm_lowp_a32), and the Wgrad activation while it is packed (lowp_pack_b_f32), or it is
+// read as the model saved it in the forward (SavedAct: BF16, E4M3 codes, E5M6); a
 // LinearWeight points at it (LinearWeight::set_lowp) and linear_forward / linear_backward_input
 // then run through it. The Wgrad GEMM (linear_backward_weight) has no weight argument: it takes the
 // precision of the WgradPrecision scope that the training step holds (process-wide; the expert
