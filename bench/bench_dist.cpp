@@ -35,12 +35,14 @@ namespace {
 
 const char* kUsage =
     "usage: bench_dist [--dsv3 PATH] [--mpirun PATH] [--steps N] [--skip K] [--only a,b,...]\n"
-    "                  [--batch B] [--seq-len T]\n"
+    "                  [--batch B] [--seq-len T] [--precision fp32|bf16|fp8]\n"
     "Runs `mpirun -np N dsv3 train` for 1, 2 and 4 ranks and several layouts (the built-in\n"
     "small V3 with 16 routed experts, top-4) and prints JSON per layout: tokens/s, step time,\n"
     "gradient reduction exposed with and without overlap, expert all-to-all time, dispatch\n"
     "bytes per token with and without node-limited routing, memory per rank. --only picks\n"
-    "layouts by name. On 2 cores this measures overhead and overlap, not speed-up.\n";
+    "layouts by name; --precision is the training precision (default fp32; under bf16 and fp8\n"
+    "the expert all-to-alls send BF16 / FP8 rows). On 2 cores this measures overhead and\n"
+    "overlap, not speed-up.\n";
 
 struct Layout {
   int ranks;
@@ -84,7 +86,8 @@ double mean(const std::vector<double>& v) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::string dsv3 = std::string(DSV3_BINARY_DIR) + "/bin/dsv3", mpirun = "mpirun", only;
+  std::string dsv3 = std::string(DSV3_BINARY_DIR) + "/bin/dsv3", mpirun = "mpirun", only,
+              precision = "fp32";
   int steps = 10, skip = 2;
   int64_t batch = 8, seq_len = 128;
   for (int i = 1; i < argc; ++i) {
@@ -113,6 +116,8 @@ int main(int argc, char** argv) {
       batch = std::stoll(next());
     } else if (a == "--seq-len") {
       seq_len = std::stoll(next());
+    } else if (a == "--precision") {
+      precision = next();
     } else {
       std::fprintf(stderr, "bench_dist: unknown flag %s\n%s", a.c_str(), kUsage);
       return 2;
@@ -141,6 +146,7 @@ int main(int argc, char** argv) {
     if (!tokenizer.empty()) cmd += " --tokenizer " + quote(tokenizer);
     std::vector<std::string> sets = {"batch=" + std::to_string(batch),
                                      "seq_len=" + std::to_string(seq_len),
+                                     "precision=" + precision,
                                      "eval_every=0",
                                      "eval_batches=1",
                                      "sample_tokens=0",
@@ -179,7 +185,7 @@ int main(int argc, char** argv) {
       rc = 1;
       break;
     }
-    std::vector<double> tps, step_s, exposed, in_bwd, a2a, disp, cross;
+    std::vector<double> tps, step_s, exposed, in_bwd, a2a, disp, cross, comb;
     double mem = 0;
     for (int k = skip; k < steps; ++k) {
       const json& s = st[size_t(k)];
@@ -194,6 +200,7 @@ int main(int argc, char** argv) {
         a2a.push_back(d["dispatch"]["all_to_all_s"].get<double>());
         disp.push_back(d["dispatch"]["bytes_per_token"].get<double>());
         cross.push_back(d["dispatch"]["cross_node_bytes_per_token"].get<double>());
+        comb.push_back(d["dispatch"].value("combine_bytes_per_token", 0.0));
       }
     }
     json r = {{"layout", l.name},
@@ -217,6 +224,8 @@ int main(int argc, char** argv) {
       r["dispatch"] = {{"all_to_all_s", mean(a2a)},
                        {"bytes_per_token", mean(disp)},
                        {"cross_node_bytes_per_token", mean(cross)},
+                       {"combine_bytes_per_token", mean(comb)},
+                       {"wire", st.back()["dist"]["dispatch"].value("wire", "")},
                        {"rows_to_rank", st.back()["dist"]["dispatch"]["rows_to_rank"]}};
     std::fprintf(stderr, "bench_dist: %s\n", r.dump().c_str());
     results.push_back(std::move(r));
@@ -232,6 +241,7 @@ int main(int argc, char** argv) {
       {"cpus", std::thread::hardware_concurrency()},
       {"fp32_fma_peak_gflops_1thread", peak.flops / 1e9},
       {"model", "built-in small V3, 16 routed experts, top-4, no group limit"},
+      {"precision", precision},
       {"batch", batch},
       {"seq_len", seq_len},
       {"steps", steps},

@@ -11,6 +11,7 @@
 #include <optional>
 
 #include "backend/cpu/gemv.hpp"
+#include "backend/cpu/linear_lowp.hpp"
 #include "backend/cpu/ops.hpp"
 #include "core/error.hpp"
 #include "core/parallel.hpp"
@@ -365,6 +366,21 @@ void routed_backward_input(S* dx_rows, S* dw_slots, const S* dout_rows, const Ro
   });
 }
 
+// The wire formats of the expert all-to-alls under the training precision (the process-wide
+// scope the training step holds; report §3.3.4): what goes to the experts in the precision of
+// their Fprop/Dgrad input (BF16, or E4M3 per 1×128 tile, as those GEMMs quantize it anyway),
+// what comes back from them in BF16; FP32 throughout under fp32.
+dist::WireFormats wire_formats() {
+  switch (cpu::wgrad_precision()) {
+    case cpu::Precision::BF16:
+      return {dist::Wire::BF16, dist::Wire::BF16};
+    case cpu::Precision::FP8:
+      return {dist::Wire::FP8, dist::Wire::BF16};
+    default:
+      return {};
+  }
+}
+
 bool expert_parallel(const MoeScratch<float>& s) {
   return s.ep && s.ep->size() > 1;
 }
@@ -395,7 +411,8 @@ void moe_forward(S* out, const S* x, const MoeW<W<S>>& w, const MoeDims& d, MoeA
       dist::Comm& ep = *s.ep;
       {
         dist::DispatchTimer t(s.dispatch);
-        dist::expert_dispatch(ep, a.plan, a.xr, x, a.indices.data(), a.weights.data(), N, K, D, E);
+        dist::expert_dispatch(ep, a.plan, a.xr, x, a.indices.data(), a.weights.data(), N, K, D, E,
+                              wire_formats());
       }
       if (s.dispatch) s.dispatch->add(a.plan, ep.rank());
       const int64_t per = E / ep.size();

@@ -133,13 +133,15 @@ StepRecord train_step(TrainerState& s, const TrainConfig& cfg, std::vector<int32
       const dist::DispatchStats& d = s.dispatch;
       std::vector<int64_t> v = d.rows_to;
       v.resize(size_t(s.ep), 0);
+      v.push_back(d.remote_combine_bytes);
       v.push_back(d.tokens);
       v.push_back(d.remote_bytes);
       v.push_back(d.cross_node_bytes);
       double a2a_s = d.seconds;
       s.world->all_reduce(&a2a_s, 1, DType::F64, dist::ReduceOp::Max);
       s.world->all_reduce(v.data(), int64_t(v.size()), DType::I64, dist::ReduceOp::Sum);
-      const int64_t cross = v.back(), remote = v[v.size() - 2], tokens = v[v.size() - 3];
+      const int64_t cross = v.back(), remote = v[v.size() - 2], tokens = v[v.size() - 3],
+                    combine = v[v.size() - 4];
       v.resize(size_t(s.ep));
       rec.dist["dispatch"] = {
           {"rows_to_rank", v},
@@ -148,7 +150,10 @@ StepRecord train_step(TrainerState& s, const TrainConfig& cfg, std::vector<int32
           {"bytes", remote},
           {"cross_node_bytes", cross},
           {"bytes_per_token", double(remote) / double(B * cfg.seq_len)},
-          {"cross_node_bytes_per_token", double(cross) / double(B * cfg.seq_len)}};
+          {"cross_node_bytes_per_token", double(cross) / double(B * cfg.seq_len)},
+          {"combine_bytes_per_token", double(combine) / double(B * cfg.seq_len)},
+          {"wire", fmt::format("{}/{}", dist::wire_name(d.wire.to_experts),
+                               dist::wire_name(d.wire.from_experts))}};
     }
   }
   rec.mem_bytes = mem;
