@@ -566,6 +566,10 @@ void mla_forward_cached(float* out, const float* x, std::span<const SeqSpan> seq
   int64_t* pos = grow(s.pos, size_t(N));
   span_positions(pos, seqs, bt);
   float* qa_n = nullptr;
+  if (N <= 2) {  // decode: the starts of the next projections, ahead (linear_prefetch)
+    if (d.Qr) cpu::linear_prefetch(w.q_b);
+    cpu::linear_prefetch(w.kv_a);
+  }
   if (d.Qr) {
     qa_n = grow(s.qa_n, size_t(N * d.Qr));
     q_latent(grow(s.qa, size_t(N * d.Qr)), qa_n, static_cast<float*>(nullptr), x, w, d);
@@ -573,6 +577,7 @@ void mla_forward_cached(float* out, const float* x, std::span<const SeqSpan> seq
   float* q = grow(s.q, size_t(N * H * Dq));
   queries(q, x, qa_n, w, d, cos_sin, pos);
   write_latents(x, seqs, pos, w, c, d, cos_sin, cache, s);
+  if (N <= 2) cpu::linear_prefetch(w.o);
 
   float* attn = grow(s.attn, size_t(N * H * Dv));
   bool decode_batch = seqs.size() > 1 && impl != AttnImpl::Naive;

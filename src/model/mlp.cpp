@@ -9,6 +9,10 @@ template <typename S>
 void mlp_forward(S* out, S* g, S* u, S* act, const S* x, int64_t N, const MlpW<W<S>>& w,
                  bool accumulate) {
   if (N == 0) return;
+  if (N <= 2) {  // decode: each weight's start is asked for while the one before streams
+    cpu::linear_prefetch(w.up);
+    cpu::linear_prefetch(w.down);
+  }
   cpu::linear_forward(g, x, N, w.gate);
   cpu::linear_forward(u, x, N, w.up);
   cpu::swiglu_forward(act, g, u, N, w.gate.out());

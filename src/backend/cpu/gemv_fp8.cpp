@@ -24,6 +24,7 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -362,38 +363,46 @@ void gemv_fp8_bf16(float* y, const float* x, int64_t M, const WeightView& w, boo
   // The weights are BF16 values 2⁻¹²⁰ too small; x·scale carries 2^e back, e ≤ 120 chosen so that
   // no x·scale·2^e overflows BF16, and the sums are multiplied by 2^(120-e) (1 unless |x·scale|
   // may reach 2⁵).
+  //
+  // Every thread makes its own setup (e, and x·scale of the row block it is in) when it first
+  // needs it, after asking for the start of its rows: the scales are a short read elsewhere in
+  // memory (a cache and TLB miss), and on a team of two the other thread used to wait for the
+  // master's setup of all row blocks before either started streaming. e depends on the call's
+  // x and scales only, so the result does not depend on the split.
+  static std::atomic<uint64_t> calls{0};
+  const uint64_t id = calls.fetch_add(1, std::memory_order_relaxed) + 1;
   const auto* wp = static_cast<const uint8_t*>(w.data);
-  // The scales are a short read elsewhere in memory (a cache and TLB miss): ask for them and for
-  // the first rows of the weight (both ends: on a team of two the second thread starts at the
-  // back) together, so that the setup's wait for the scales overlaps the start of the stream.
-  {
-    const char* sp = reinterpret_cast<const char*>(w.scale_inv);
-    for (int64_t b = 0; b < nb * sc * 4; b += 64) _mm_prefetch(sp + b, _MM_HINT_T0);
-    const int64_t head = std::min<int64_t>(N * K, kPrefetchBytes);
-    const char* front = reinterpret_cast<const char*>(wp);
-    const char* back = front + N * K - head;
-    for (int64_t b = 0; b < head; b += 64) _mm_prefetch(front + b, _MM_HINT_NTA);
-    if (region_threads() > 1)
-      for (int64_t b = 0; b < head; b += 64) _mm_prefetch(back + b, _MM_HINT_NTA);
-  }
-  const float xmax = abs_max(x, M * K), smax = abs_max(w.scale_inv, nb * sc);
-  int ex = 0;
-  const double amax = double(xmax) * double(smax);
-  if (std::isfinite(amax)) std::frexp(amax, &ex);  // amax < 2^ex
-  const int e = std::clamp(125 - ex, -7, 120);     // from -7 on, x·scale overflows FP32 itself
-  const __m512 p2 = _mm512_set1_ps(std::ldexp(1.0f, e));
-  const float post = std::ldexp(1.0f, 120 - e);
-  // xb[rb][m][Kp]: BF16 of x·scale(rb, k/128)·2^e; zero past K.
-  thread_local std::vector<uint16_t> xb;
-  if (xb.size() < size_t(nb * M * Kp)) xb.resize(size_t(nb * M * Kp));
-  for (int64_t rb = 0; rb < nb; ++rb)
-    for (int64_t m = 0; m < M; ++m)
-      for (int64_t k = 0; k < Kp; k += 32)
-        store32_bf16(xb.data() + (rb * M + m) * Kp + k, x + m * K + k, K - k,
-                     _mm512_set1_ps(w.scale_inv[rb * sc + k / 128]), p2);
-  const uint16_t* xbp = xb.data();
   split_rows(N, K, [&](int64_t n, int64_t be, int64_t rb) {
-    const uint16_t* xr = xbp + rb * M * Kp;
+    struct Setup {
+      uint64_t id = 0;
+      int64_t rb = -1;
+      int e = 120;
+      std::vector<uint16_t> xb;  // [M][Kp]: BF16 of x·scale(rb, k/128)·2^e; zero past K
+    };
+    thread_local Setup st;
+    if (st.id != id) {
+      const char* p = reinterpret_cast<const char*>(wp + n * K);
+      const char* pe = p + std::min<int64_t>((be - n) * K, kPrefetchBytes);
+      for (; p < pe; p += 64) _mm_prefetch(p, _MM_HINT_NTA);
+      const float xmax = abs_max(x, M * K), smax = abs_max(w.scale_inv, nb * sc);
+      int ex = 0;
+      const double amax = double(xmax) * double(smax);
+      if (std::isfinite(amax)) std::frexp(amax, &ex);  // amax < 2^ex
+      st.e = std::clamp(125 - ex, -7, 120);  // from -7 on, x·scale overflows FP32 itself
+      st.id = id;
+      st.rb = -1;
+      if (st.xb.size() < size_t(M * Kp)) st.xb.resize(size_t(M * Kp));
+    }
+    if (st.rb != rb) {
+      const __m512 p2 = _mm512_set1_ps(std::ldexp(1.0f, st.e));
+      for (int64_t m = 0; m < M; ++m)
+        for (int64_t k = 0; k < Kp; k += 32)
+          store32_bf16(st.xb.data() + m * Kp + k, x + m * K + k, K - k,
+                       _mm512_set1_ps(w.scale_inv[rb * sc + k / 128]), p2);
+      st.rb = rb;
+    }
+    const float post = std::ldexp(1.0f, 120 - st.e);
+    const uint16_t* xr = st.xb.data();
     int64_t m = 0;
     for (; m + 2 <= M; m += 2)
       rows_bf16_any<2>(has_nan, y + m * N, N, xr + m * Kp, Kp, wp, K, n, be, accumulate, post);
