@@ -388,7 +388,7 @@ void gemv_fp8_bf16(float* y, const float* x, int64_t M, const WeightView& w, boo
       int ex = 0;
       const double amax = double(xmax) * double(smax);
       if (std::isfinite(amax)) std::frexp(amax, &ex);  // amax < 2^ex
-      st.e = std::clamp(125 - ex, -7, 120);  // from -7 on, x·scale overflows FP32 itself
+      st.e = std::clamp(125 - ex, -7, 120);            // from -7 on, x·scale overflows FP32 itself
       st.id = id;
       st.rb = -1;
       if (st.xb.size() < size_t(M * Kp)) st.xb.resize(size_t(M * Kp));

@@ -116,7 +116,6 @@ struct DenseWeight {
 template <typename S>
 void linear_prefetch(const DenseWeight<S>&) {}
 
-
 // C[M,N] = alpha · op(A)[M,K] · op(B)[K,N] + beta · C, row-major with leading dimensions.
 void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
           int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc);
