@@ -279,6 +279,8 @@ void routed_forward(S* out_rows, const Rows<S>& r, const MoeW<W<S>>& w, const Mo
     if (has_shared) jobs.push_back(-1);
     for (int64_t e = 0; e < r.experts; ++e)
       if (offsets[e + 1] > offsets[e]) jobs.push_back(e);
+    for (int64_t e : jobs)  // the start of every job's first weight, ahead (linear_prefetch)
+      cpu::linear_prefetch(e < 0 ? w.shared.gate : w.experts[size_t(r.e0 + e)].gate);
     parallel_jobs(int64_t(jobs.size()), [&](int64_t j, int) {
       const int64_t e = jobs[size_t(j)];
       if (e < 0)
