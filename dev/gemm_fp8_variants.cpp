@@ -21,13 +21,15 @@
 #include <cstring>
 #include <random>
 #include <vector>
+#include <span>
+#include <sys/mman.h>
 
 namespace {
 constexpr int kMR = 6;
 constexpr int64_t kNR = 64, kRows = 128;
 int64_t kKc = 512;
 int64_t kFlush = 64;  // pairs per scale block (64; other values: timing only, wrong sums)
-bool g_rescale = false, g_prefetch = false;
+bool g_rescale = false, g_prefetch = false, g_wpf = false, g_convonly = false, g_gpf = false;
 std::vector<float> ratios;  // s[b] / s[b+1] over the whole scale array
 
 inline void transpose16(__m512i r[16]) {
@@ -55,11 +57,31 @@ inline void transpose16(__m512i r[16]) {
   }
 }
 
-void convert_A(uint16_t* buf, const uint8_t* w, int64_t K, int64_t nt, int64_t k0, int64_t kc) {
+// The next block's codes (nw: its first row, nnt rows, from column nk; nw null: none), fetched
+// into L2 a line per row every 64 columns while this block converts.
+inline void prefetch_next(const uint8_t* nw, int64_t nnt, int64_t nk, int64_t K, int64_t r0,
+                          int64_t c) {
+  if (!nw || (c & 63) || nk + c >= K) return;
+  for (int64_t i = 0; i < 16 && r0 + i < nnt; ++i)
+    _mm_prefetch(reinterpret_cast<const char*>(nw + (r0 + i) * K + nk + c), _MM_HINT_T1);
+}
+
+void convert_A(uint16_t* buf, const uint8_t* w, int64_t K, int64_t nt, int64_t k0, int64_t kc,
+               const uint8_t* nw, int64_t nnt, int64_t nk) {
   const int64_t pc = kc / 2;
   for (int64_t r0 = 0; r0 < kRows; r0 += 16) {
     uint16_t* pan = buf + (r0 / kNR) * pc * 128 + (r0 % kNR) * 2;
+    // g_gpf: the next 16-row group's lines (this block's, else the next block's first), 16 × kc/64
+    // of them spread over this group's kc/32 steps, in memory order.
+    const uint8_t* gw = r0 + 16 < nt ? w + (r0 + 16) * K + k0 : (nw ? nw + nk : nullptr);
+    const int64_t grows = r0 + 16 < nt ? std::min<int64_t>(16, nt - r0 - 16) : std::min<int64_t>(16, nnt);
+    const int64_t glines = ((r0 + 16 < nt ? std::min(kc, K - k0) : std::min(kc, K - nk)) + 63) / 64;
+    const int64_t per = (grows * glines + kc / 32 - 1) / (kc / 32);
     for (int64_t c = 0; c < kc; c += 32) {
+      if (!g_gpf) prefetch_next(nw, nnt, nk, K, r0, c);
+      else if (gw)
+        for (int64_t t = (c / 32) * per; t < std::min(grows * glines, (c / 32 + 1) * per); ++t)
+          _mm_prefetch(reinterpret_cast<const char*>(gw + (t / glines) * K + (t % glines) * 64), _MM_HINT_T0);
       const int64_t k = k0 + c;
       const __mmask32 km = K - k >= 32 ? ~__mmask32(0) : __mmask32((1u << (K - k)) - 1);
       __m512i t[16];
@@ -78,12 +100,14 @@ void convert_A(uint16_t* buf, const uint8_t* w, int64_t K, int64_t nt, int64_t k
 }
 
 // B: bytes. Panel j, pair p: 128 bytes at cb + (j·pc + p)·128: rows 64j..64j+63 × (2p, 2p+1).
-void convert_B(uint8_t* cb, const uint8_t* w, int64_t K, int64_t nt, int64_t k0, int64_t kc) {
+void convert_B(uint8_t* cb, const uint8_t* w, int64_t K, int64_t nt, int64_t k0, int64_t kc,
+               const uint8_t* nw, int64_t nnt, int64_t nk) {
   const int64_t pc = kc / 2;
   const __m512i perm = _mm512_setr_epi64(0, 1, 4, 5, 2, 3, 6, 7);
   for (int64_t r0 = 0; r0 < kRows; r0 += 16) {
     uint8_t* pan = cb + (r0 / kNR) * pc * 128 + (r0 % kNR) * 2;
     for (int64_t c = 0; c < kc; c += 32) {
+      prefetch_next(nw, nnt, nk, K, r0, c);
       const int64_t k = k0 + c;
       const __mmask32 km = K - k >= 32 ? ~__mmask32(0) : __mmask32((1u << (K - k)) - 1);
       auto row = [&](int64_t i) {
@@ -216,13 +240,21 @@ void gemm(float* y, const uint16_t* xb, int64_t ldx, int64_t M, const uint8_t* c
     for (int64_t k0 = 0; k0 < ldx; k0 += kKc) {
       const int64_t kc = std::min(kKc, ldx - k0), pc = kc / 2;
       if (convert) {
+        const uint8_t* nw = nullptr;
+        int64_t nnt = 0, nk = 0;
+        if (g_wpf) {
+          if (k0 + kKc < ldx)
+            nw = w, nnt = nt, nk = k0 + kKc;
+          else if (n0 + kRows < N)
+            nw = w + kRows * K, nnt = std::min(kRows, N - n0 - kRows);
+        }
         if (kBytes)
-          convert_B(buf.data(), w, K, nt, k0, kc);
+          convert_B(buf.data(), w, K, nt, k0, kc, nw, nnt, nk);
         else
-          convert_A((uint16_t*)buf.data(), w, K, nt, k0, kc);
+          convert_A((uint16_t*)buf.data(), w, K, nt, k0, kc, nw, nnt, nk);
       }
       const int64_t pstride = kBytes ? pc * 128 : pc * 256;
-      for (int64_t j = 0; j * kNR < nt; ++j)
+      for (int64_t j = 0; j * kNR < nt && !g_convonly; ++j)
         for (int64_t m = 0; m < M; m += kMR)
           kernel_any<kBytes>(
               int(std::min<int64_t>(kMR, M - m)), y + m * N + n0 + j * kNR, N, xb + m * ldx + k0,
@@ -256,7 +288,8 @@ int main(int argc, char** argv) {
   if (argc > 2) kFlush = std::atoi(argv[2]);
   struct Case {
     int64_t N, K, M;
-  } cases[] = {{512, 1024, 48}, {1024, 512, 48}, {2816, 1024, 512}, {1024, 2816, 512}};
+  } cases[] = {{512, 1024, 16}, {1024, 512, 16},   {512, 1024, 48},
+               {1024, 512, 48}, {2816, 1024, 512}, {1024, 2816, 512}};
   std::mt19937_64 rng(1);
   std::normal_distribution<float> nd;
   for (auto [N, K, M] : cases) {
@@ -301,32 +334,45 @@ int main(int argc, char** argv) {
                   worst);
     }
     const double flop = 2.0 * M * N * K;
-    // Interleaved: A flush, A carry, A carry + y prefetch, B carry + y prefetch; full
-    // (conversion included) and kernel only; medians of 9.
-    const char* names[4] = {"A flush", "A carry", "A carry+pf", "B carry+pf"};
-    std::vector<double> g[8];
+    // Cold weights, as in prefill (each expert's weight read once per layer from memory): a
+    // 256 MiB pool of copies, a different one per call. Interleaved: A warm (one weight, in
+    // cache), then cold A, A + codes prefetch (wpf), B, B + wpf, all with carry and y prefetch;
+    // medians of 9.
+    const int64_t copies = std::max<int64_t>(2, (int64_t(256) << 20) / (N * K));
+    // In 2 MiB pages, as the model's weights (its huge-page copy).
+    const size_t pool_bytes = size_t(copies * N * K + (2 << 20));
+    void* pm = mmap(nullptr, pool_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    madvise(pm, pool_bytes, MADV_HUGEPAGE);
+    std::span<uint8_t> pool(static_cast<uint8_t*>(pm), pool_bytes);
+    for (int64_t c = 0; c < copies; ++c)
+      std::memcpy(pool.data() + c * N * K, codes.data(), size_t(N * K));
+    const char* names[5] = {"A warm", "A cold", "A cold+wpf", "A cold+gpf", "Aconv c+gpf"};
+    std::vector<double> g[5];
+    int64_t next = 0;
+    g_rescale = g_prefetch = true;
     for (int rep = 0; rep < 9; ++rep)
-      for (int v = 0; v < 8; ++v) {
-        const int var = v & 3;
-        const bool bytes = var == 3, conv = !(v & 4);
-        g_rescale = var >= 1;
-        g_prefetch = var >= 2;
+      for (int v = 0; v < 5; ++v) {
+        const bool bytes = false;
+        g_convonly = v >= 4;
+        g_gpf = v >= 3;
+        g_wpf = v >= 2;
         const int iters = std::max<int>(3, int(5e8 / flop));
         auto t0 = std::chrono::steady_clock::now();
         for (int it = 0; it < iters; ++it) {
+          const uint8_t* wc = v == 0 ? codes.data() : pool.data() + (next++ % copies) * N * K;
           if (bytes)
-            gemm<true>(y.data(), xb.data(), ldx, M, codes.data(), sc.data(), N, K, conv, buf);
+            gemm<true>(y.data(), xb.data(), ldx, M, wc, sc.data(), N, K, true, buf);
           else
-            gemm<false>(y.data(), xb.data(), ldx, M, codes.data(), sc.data(), N, K, conv, buf);
+            gemm<false>(y.data(), xb.data(), ldx, M, wc, sc.data(), N, K, true, buf);
         }
         const double s =
             std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
         g[v].push_back(flop * iters / s / 1e9);
       }
-    for (int v = 0; v < 8; ++v) {
+    for (int v = 0; v < 5; ++v) {
       std::sort(g[v].begin(), g[v].end());
-      std::printf("  %-11s %-6s median %7.1f GFLOP/s (min %.1f max %.1f)\n", names[v & 3],
-                  v & 4 ? "kernel" : "full", g[v][4], g[v][0], g[v][8]);
+      std::printf("  %-11s median %7.1f GFLOP/s (min %.1f max %.1f)\n", names[v], g[v][4], g[v][0],
+                  g[v][8]);
     }
   }
 }
