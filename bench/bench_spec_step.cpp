@@ -4,9 +4,12 @@
 //   main_1 / main_2 / main_3   the main model's forward of 1, 2, 3 tokens (logits of each)
 //   mtp_1 / mtp_2              the MTP module over 1, 2 positions (logits of the last)
 //   argmax, logprob            one 2048-way argmax, one full log-softmax of a logits row
+// and, from these parts, the most a one-draft speculative step can gain over plain decoding at
+// a given acceptance rate, engine time left out (speedup_bound*: see docs/benchmarks.md).
 // Prints JSON.
 //
 // usage: bench_spec_step --model DIR [--context 64] [--reps 2000] [--compute bf16|f32]
+//                        [--acceptance 0.636]
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -41,11 +44,14 @@ double time_us(int64_t reps, Fn&& fn) {
 int main(int argc, char** argv) {
   std::string dir, compute = "bf16";
   int64_t context = 64, reps = 2000;
+  double acceptance = 0.636;
   for (int i = 1; i < argc; ++i) {
     const std::string f = argv[i];
     if (f == "--help" || f == "-h") {
       std::printf(
-          "usage: bench_spec_step --model DIR [--context 64] [--reps 2000] [--compute bf16|f32]\n");
+          "usage: bench_spec_step --model DIR [--context 64] [--reps 2000] [--compute bf16|f32]\n"
+          "                       [--acceptance A]   (drafts accepted, 0..1, for the bounds;\n"
+          "                                           default 0.636, the default model's)\n");
       return 0;
     }
     if (i + 1 >= argc) {
@@ -171,6 +177,16 @@ int main(int argc, char** argv) {
     j.end_array();
     j.field("argmax_us", amax);
     j.field("logprob_us", lp);
+    // A plain step is main_1 for one token. A speculative step verifies the draft (main_2), then
+    // runs the MTP module over the accepted positions (mtp_2 when the draft is accepted, else
+    // mtp_1), for 1 + acceptance tokens. The second bound lets verification cost what one
+    // token does; the third also accepts every draft: what no engine could beat on this model.
+    const double a = acceptance, main1 = parts[0].us, main2 = parts[1].us;
+    const double mtp = a * parts[4].us + (1 - a) * parts[3].us;
+    j.field("acceptance", a);
+    j.field("speedup_bound", (1 + a) * main1 / (main2 + mtp));
+    j.field("speedup_bound_free_verify", (1 + a) * main1 / (main1 + mtp));
+    j.field("speedup_bound_free_verify_all_accepted", 2 * main1 / (main1 + parts[4].us));
     j.end_object();
     j.print();
   } catch (const std::exception& e) {

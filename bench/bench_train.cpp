@@ -9,7 +9,9 @@
 // with its speedup over FP32 and its MFU over the BF16 dot peak (core/fma_peak.hpp) as well; the
 // precisions' timed steps alternate step by step (fp32, bf16, fp8, fp32, ...), and the mean and
 // the median step are both reported, so that a shared machine's changing load does not decide
-// the ratios.
+// the ratios. Each run reports its saved activation memory per step (activation_bytes: bf16 and
+// fp8 keep the Wgrad inputs in low precision, linear_lowp.hpp SavedAct) and its ratio to the
+// fp32 and bf16 runs' (activation_vs_fp32, activation_vs_bf16) when those are listed.
 // The peaks are given twice: one core's times the thread count (the MFU denominator of
 // `dsv3 train`) and measured with all threads running at once (`*_concurrent`, the limit that a
 // multi-thread run meets where threads share a core's vector units).
@@ -269,6 +271,11 @@ int main(int argc, char** argv) {
           r.activation_bytes = st.activation_bytes;
         }
       double tok_s_fp32 = 0, tok_s_fp32_median = 0;
+      size_t act_fp32 = 0, act_bf16 = 0;  // saved activations of the fp32 / bf16 runs
+      for (const Run& r : runs) {
+        if (r.prec == cpu::Precision::F32) act_fp32 = r.activation_bytes;
+        if (r.prec == cpu::Precision::BF16) act_bf16 = r.activation_bytes;
+      }
       for (Run& r : runs) {
         const cpu::Precision prec = r.prec;
         ParamStore& store = *r.store;
@@ -326,6 +333,13 @@ int main(int argc, char** argv) {
         j.field("other", other / T, 3);
         j.end_object();
         j.field("activation_mib", double(r.activation_bytes) / 1048576.0, 2);
+        // Saved activations of one step (StepStats::activation_bytes: the low-precision storage
+        // of bf16/fp8), against the fp32 and bf16 runs' when listed.
+        j.field("activation_bytes", int64_t(r.activation_bytes));
+        if (act_fp32 > 0)
+          j.field("activation_vs_fp32", double(r.activation_bytes) / double(act_fp32), 3);
+        if (act_bf16 > 0)
+          j.field("activation_vs_bf16", double(r.activation_bytes) / double(act_bf16), 3);
         if (prec == cpu::Precision::F32) {
           // The recompute run, FP32 only (a fresh model, so its saved activations are its own).
           TrainModel mr(c, store.layout(), store.params(), store.grads());

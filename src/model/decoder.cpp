@@ -2,6 +2,7 @@
 #include "model/decoder.hpp"
 
 #include <algorithm>
+#include <type_traits>
 
 #include "backend/cpu/ops.hpp"
 #include "core/clock.hpp"
@@ -14,32 +15,54 @@ size_t LayerActs<S>::bytes() const {
   return (h_in.size() + attn_rstd.size() + h_mid.size() + ffn_rstd.size() + xn.size() +
           xn2.size()) *
              sizeof(S) +
-         mla.bytes() + mlp.bytes() + moe.bytes();
+         sxn2.bytes() + mla.bytes() + mlp.bytes() + moe.bytes();
 }
+
+namespace {
+
+template <typename S>
+void release(std::vector<S>& v) {
+  if (v.capacity()) std::vector<S>().swap(v);
+}
+
+}  // namespace
 
 template <typename S>
 void decoder_layer_forward(S* h, const LayerW<W<S>>& w, const ModelConfig& c, const DecoderDims& d,
                            const float* cos_sin, LayerActs<S>& a, DecoderScratch<S>& s) {
   const int64_t N = d.B * d.T, D = c.hidden_size;
   const S eps = S(c.rms_norm_eps);
-  auto norm_out = [&](std::vector<S>& act) {
-    return d.recompute ? grow(s.xn, size_t(N * D)) : grow(act, size_t(N * D));
+  // The normalized inputs are kept in FP32 unless recomputed or saved in low precision (the MLA
+  // input by mla_forward, a dense MLP's here; a MoE router reads its FP32 input).
+  const cpu::ActForm form = act_form<S>();
+  const bool lowp = form != cpu::ActForm::F32 && !d.recompute;
+  auto norm_out = [&](std::vector<S>& act, bool keep) {
+    if (keep) return grow(act, size_t(N * D));
+    release(act);
+    return grow(s.xn, size_t(N * D));
   };
   S* tmp = grow(s.tmp, size_t(N * D));
   std::copy_n(h, N * D, grow(a.h_in, size_t(N * D)));
-  S* xn = norm_out(a.xn);
+  S* xn = norm_out(a.xn, !d.recompute && !lowp);
   cpu::rmsnorm_forward(xn, grow(a.attn_rstd, size_t(N)), h, w.attn_norm, N, D, eps);
   mla_forward(tmp, xn, w.attn, mla_dims(c, d.B, d.T), cos_sin, d.recompute, a.mla, s.mla);
   for (int64_t i = 0; i < N * D; ++i) h[i] += tmp[i];
   std::copy_n(h, N * D, grow(a.h_mid, size_t(N * D)));
-  S* xn2 = norm_out(a.xn2);
+  const bool lowp2 = lowp && !w.moe;
+  S* xn2 = norm_out(a.xn2, !d.recompute && !lowp2);
   cpu::rmsnorm_forward(xn2, grow(a.ffn_rstd, size_t(N)), h, w.ffn_norm, N, D, eps);
+  if constexpr (std::is_same_v<S, float>) {
+    if (lowp2)
+      a.sxn2.save(xn2, N, D, form);
+    else
+      a.sxn2.release();
+  }
   if (w.moe) {
     moe_forward(tmp, xn2, w.moe_w, moe_dims(c, N), a.moe, s.moe);
   } else {
     const int64_t F = c.intermediate_size;
     mlp_forward(tmp, grow(a.mlp.g, size_t(N * F)), grow(a.mlp.u, size_t(N * F)),
-                grow(a.mlp.act, size_t(N * F)), xn2, N, w.mlp);
+                static_cast<S*>(nullptr), xn2, N, w.mlp);
   }
   for (int64_t i = 0; i < N * D; ++i) h[i] += tmp[i];
 }
@@ -68,6 +91,7 @@ void decoder_layer_backward_input(S* dh, const LayerW<G<S>>& g, const LayerW<W<S
   } else {
     const int64_t F = c.intermediate_size;
     gs.xn2 = xn2;
+    gs.sxn2 = a.sxn2.saved() ? &a.sxn2 : nullptr;
     std::copy_n(dh, N * D, grow(gs.dout, size_t(N * D)));
     mlp_backward_input(dxn, grow(gs.dg, size_t(N * F)), grow(gs.du, size_t(N * F)), dh,
                        a.mlp.g.data(), a.mlp.u.data(), N, w.mlp);
@@ -92,8 +116,8 @@ void decoder_layer_backward_weight(const LayerW<G<S>>& g, const LayerW<W<S>>& w,
   if (w.moe)
     moe_backward_weight(g.moe_w, moe_dims(c, N), a.moe, s.moe, gs.moe);
   else
-    mlp_backward_weight(g.mlp, gs.dout.data(), gs.xn2, a.mlp.act.data(), gs.dg.data(), gs.du.data(),
-                        N, c.hidden_size, c.intermediate_size);
+    mlp_backward_weight(g.mlp, gs.dout.data(), gs.xn2, gs.sxn2, a.mlp.g.data(), a.mlp.u.data(),
+                        gs.dg.data(), gs.du.data(), N, c.hidden_size, c.intermediate_size);
 }
 
 template <typename S>

@@ -22,6 +22,10 @@ struct LayerActs {
   std::vector<S> h_mid;      // [N, D] residual stream after attention
   std::vector<S> ffn_rstd;   // [N]
   std::vector<S> xn, xn2;    // [N, D] normalized inputs of MLA / FFN (empty with recompute)
+  // Under a low-precision storage scope (cpu::saved_act_form) the MLA input is saved in
+  // low precision by mla_forward instead of xn, and a dense MLP's input here instead of xn2 (a
+  // MoE layer keeps xn2 in FP32: its router's weight gradient, FP32, reads it).
+  cpu::SavedAct sxn2;
   MlaActs<S> mla;
   MlpActs<S> mlp;
   MoeActs<S> moe;
@@ -34,7 +38,8 @@ struct DecoderGrads {
   MlaGrads<S> mla;
   MoeGrads<S> moe;
   std::vector<S> dout, dg, du;  // dense MLP: output gradient [N, D], gate/up gradients [N, F]
-  const S* xn2 = nullptr;       // dense MLP input
+  const S* xn2 = nullptr;       // dense MLP input (FP32), or
+  const cpu::SavedAct* sxn2 = nullptr;  // saved in low precision
 };
 
 // Buffers shared by all layers (grown once, never shrunk).

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <type_traits>
 
 #include "backend/cpu/gemm_small.hpp"
 #include "backend/cpu/gemv.hpp"
@@ -16,6 +17,7 @@
 #include "core/parallel.hpp"
 #include "core/profile.hpp"
 #include "core/scratch.hpp"
+#include "model/mlp.hpp"
 
 namespace dsv3::model {
 
@@ -39,7 +41,7 @@ template <typename S>
 size_t MlaActs<S>::bytes() const {
   size_t n = qa.size() + qa_rstd.size() + kv.size() + kv_rstd.size() + lse.size() + attn.size() +
              qa_n.size() + q.size() + ckv.size() + kvup.size();
-  return n * sizeof(S);
+  return n * sizeof(S) + sx.bytes() + sqa_n.bytes() + sckv.bytes() + sattn.bytes();
 }
 
 namespace {
@@ -377,25 +379,51 @@ void mla_forward(S* out, const S* x, const MlaW<W<S>>& w, const MlaDims& d, cons
   const int64_t N = d.N(), H = d.H, Dq = d.Dq(), R = d.R, Dr = d.Dr, Qr = d.Qr;
   int64_t* pos = grow(s.pos, size_t(N));
   for (int64_t i = 0; i < N; ++i) pos[i] = i % d.T;
-  auto keep = [&](std::vector<S>& act, std::vector<S>& scratch, size_t n) {
-    return recompute ? grow(scratch, n) : grow(act, n);
+  // Wgrad inputs: kept in FP32 (F32 form), recomputed in backward, or saved as SavedAct from a
+  // scratch copy (low-precision storage).
+  const cpu::ActForm form = act_form<S>(), form_o = act_form<S>(true);
+  const bool lowp = form != cpu::ActForm::F32;
+  auto keep = [&](std::vector<S>& act, std::vector<S>& scratch, size_t n, bool saved) {
+    if (!recompute && !saved) return grow(act, n);
+    if (act.capacity()) std::vector<S>().swap(act);
+    return grow(scratch, n);
   };
+  // save(sa, v, cols, f): v [N, cols] into sa in form f (or sa released when not saved).
+  auto save = [&](cpu::SavedAct& sa, const S* v, int64_t cols, cpu::ActForm f, bool on) {
+    if constexpr (std::is_same_v<S, float>) {
+      if (on) {
+        sa.save(v, N, cols, f);
+        return;
+      }
+    }
+    sa.release();
+  };
+  save(a.sx, x, d.D, form, lowp && !recompute);
   S* qa_n = nullptr;
   if (Qr) {
-    qa_n = keep(a.qa_n, s.qa_n, size_t(N * Qr));
+    qa_n = keep(a.qa_n, s.qa_n, size_t(N * Qr), lowp);
     q_latent(grow(a.qa, size_t(N * Qr)), qa_n, grow(a.qa_rstd, size_t(N)), x, w, d);
   }
-  S* q = keep(a.q, s.q, size_t(N * H * Dq));
+  save(a.sqa_n, qa_n, Qr, form, Qr && lowp && !recompute);
+  S* q = keep(a.q, s.q, size_t(N * H * Dq), false);
   queries(q, x, qa_n, w, d, cos_sin, pos);
   S* kv = grow(a.kv, size_t(N * (R + Dr)));
   kv_latent(kv, x, w, d, cos_sin, pos);
-  S* ckv = keep(a.ckv, s.ckv, size_t(N * R));
+  S* ckv = keep(a.ckv, s.ckv, size_t(N * R), lowp);
   cpu::rmsnorm_forward(ckv, grow(a.kv_rstd, size_t(N)), kv, w.kv_a_norm, N, R, S(d.eps), R + Dr, R);
-  S* kvup = keep(a.kvup, s.kvup, size_t(N * H * d.Dkv()));
+  save(a.sckv, ckv, R, form, lowp && !recompute);
+  S* kvup = keep(a.kvup, s.kvup, size_t(N * H * d.Dkv()), false);
   cpu::linear_forward(kvup, ckv, N, w.kv_b);
-  S* attn = grow(a.attn, size_t(N * H * d.Dv));
+  S* attn = nullptr;
+  if (lowp) {  // o_proj's input is not recomputable: saved whatever recompute says
+    attn = grow(s.attn, size_t(N * H * d.Dv));
+    if (a.attn.capacity()) std::vector<S>().swap(a.attn);
+  } else {
+    attn = grow(a.attn, size_t(N * H * d.Dv));
+  }
   attend_naive(attn, grow(a.lse, size_t(d.B * H * d.T)), q, d.B, d.T, 0, kvup, kv + R, R + Dr, d,
                s);
+  save(a.sattn, attn, H * d.Dv, form_o, lowp);
   cpu::linear_forward(out, attn, N, w.o);
 }
 
@@ -430,6 +458,11 @@ void mla_backward_input(S* dx, const MlaW<G<S>>& dw, const S* dout, const S* x, 
   gs.ckv = ckv;
   gs.qa_n = qa_n;
   gs.attn = a.attn.data();
+  auto saved = [](const cpu::SavedAct& sa) { return sa.saved() ? &sa : nullptr; };
+  gs.sx = recompute ? nullptr : saved(a.sx);
+  gs.sckv = recompute ? nullptr : saved(a.sckv);
+  gs.sqa_n = recompute ? nullptr : saved(a.sqa_n);
+  gs.sattn = saved(a.sattn);
   std::copy_n(dout, N * D, grow(gs.dout, size_t(N * D)));
   // Output projection.
   S* dattn = grow(s.dattn, size_t(N * H * Dv));
@@ -472,14 +505,14 @@ void mla_backward_input(S* dx, const MlaW<G<S>>& dw, const S* dout, const S* x, 
 template <typename S>
 void mla_backward_weight(const MlaW<G<S>>& dw, const MlaDims& d, const MlaGrads<S>& gs) {
   const int64_t N = d.N(), H = d.H, Dq = d.Dq(), R = d.R, Dr = d.Dr, Qr = d.Qr, D = d.D;
-  cpu::linear_backward_weight(dw.o, gs.dout.data(), gs.attn, N, H * d.Dv, D);
-  cpu::linear_backward_weight(dw.kv_b, gs.dkvup.data(), gs.ckv, N, R, H * d.Dkv());
-  cpu::linear_backward_weight(dw.kv_a, gs.dkv.data(), gs.x, N, D, R + Dr);
+  wgrad_saved(dw.o, gs.dout.data(), gs.attn, gs.sattn, N, H * d.Dv, D);
+  wgrad_saved(dw.kv_b, gs.dkvup.data(), gs.ckv, gs.sckv, N, R, H * d.Dkv());
+  wgrad_saved(dw.kv_a, gs.dkv.data(), gs.x, gs.sx, N, D, R + Dr);
   if (Qr) {
-    cpu::linear_backward_weight(dw.q_b, gs.dq.data(), gs.qa_n, N, Qr, H * Dq);
-    cpu::linear_backward_weight(dw.q_a, gs.dqa.data(), gs.x, N, D, Qr);
+    wgrad_saved(dw.q_b, gs.dq.data(), gs.qa_n, gs.sqa_n, N, Qr, H * Dq);
+    wgrad_saved(dw.q_a, gs.dqa.data(), gs.x, gs.sx, N, D, Qr);
   } else {
-    cpu::linear_backward_weight(dw.q, gs.dq.data(), gs.x, N, D, H * Dq);
+    wgrad_saved(dw.q, gs.dq.data(), gs.x, gs.sx, N, D, H * Dq);
   }
 }
 

@@ -20,6 +20,7 @@
 #include <span>
 #include <vector>
 
+#include "backend/cpu/linear_lowp.hpp"
 #include "core/zeroed_array.hpp"
 #include "model/config.hpp"
 #include "model/weights.hpp"
@@ -74,6 +75,11 @@ struct MlaActs {
   std::vector<S> q;     // [N, H, Dq] queries, rope part rotated
   std::vector<S> ckv;   // [N, R] kv latent after RMSNorm
   std::vector<S> kvup;  // [N, H, Dn+Dv] kv_b_proj output: k_nope and v per head
+  // Low-precision storage (cpu::saved_act_form; float models): the Wgrad inputs saved as
+  // SavedAct instead of FP32 — the layer's input x (q_a/q, kv_a; the decoder then keeps no FP32
+  // copy), qa_n (q_b), ckv (kv_b) unless recomputed, and attn (o_proj; E5M6 under FP8). The FP32
+  // vectors above are then empty.
+  cpu::SavedAct sx, sqa_n, sckv, sattn;
   size_t bytes() const;
 };
 
@@ -104,6 +110,8 @@ struct MlaGrads {
   std::vector<S> dout;  // [N, D] o_proj output gradient (a copy: the caller's buffer moves on)
   std::vector<S> dkvup, dkv, dq, dqa;  // [N, H*(Dn+Dv)], [N, R+Dr], [N, H*Dq], [N, Qr]
   const S *x = nullptr, *attn = nullptr, *ckv = nullptr, *qa_n = nullptr;
+  // The same inputs where they were saved in low precision (else null).
+  const cpu::SavedAct *sx = nullptr, *sattn = nullptr, *sckv = nullptr, *sqa_n = nullptr;
 };
 
 // Backward of mla_forward, input part: dx[N, D] (+= when accumulate) given dout[N, D], and the

@@ -9,19 +9,24 @@
 #include <cstdint>
 #include <vector>
 
+#include "backend/cpu/linear_lowp.hpp"
 #include "model/weights.hpp"
 
 namespace dsv3::model {
 
-// Saved activations of one MLP call.
+// Saved activations of one MLP call: the SwiGLU inputs. Its output silu(g)·u, the input of the
+// down projection, is not kept: the forward computes it into a per-thread scratch and the weight
+// part of the backward recomputes it from g and u (report §3.3.3: cache the SwiGLU input,
+// recompute its output; elementwise, so the recomputed values are the forward's bit for bit).
 template <typename S>
 struct MlpActs {
-  std::vector<S> g, u, act;  // [N, F] gate and up projections, silu(g)·u
-  size_t bytes() const { return (g.size() + u.size() + act.size()) * sizeof(S); }
+  std::vector<S> g, u;  // [N, F] gate and up projections
+  size_t bytes() const { return (g.size() + u.size()) * sizeof(S); }
 };
 
-// out[N, D] (+= when accumulate); g, u, act [N, F] receive the activations (inference may pass
-// act == g: it only needs the output).
+// out[N, D] (+= when accumulate); g, u [N, F] receive the activations. act [N, F] receives
+// silu(g)·u; null: a per-thread scratch (training, which recomputes it); inference may pass
+// act == g.
 template <typename S>
 void mlp_forward(S* out, S* g, S* u, S* act, const S* x, int64_t N, const MlpW<W<S>>& w,
                  bool accumulate = false);
@@ -32,9 +37,23 @@ template <typename S>
 void mlp_backward_input(S* dx, S* dg, S* du, const S* dout, const S* g, const S* u, int64_t N,
                         const MlpW<W<S>>& w, bool accumulate = false);
 
-// dw += the weight gradients. Reads the saved x, act and dout, dg, du of the input part.
+// dw += the weight gradients. Reads the saved input (x [N, D] in FP32, or sx when it was saved in
+// low precision: sx non-null and saved), g and u (silu(g)·u recomputed for the down projection),
+// and dout, dg, du of the input part.
 template <typename S>
-void mlp_backward_weight(const MlpW<G<S>>& dw, const S* dout, const S* x, const S* act, const S* dg,
-                         const S* du, int64_t N, int64_t D, int64_t F);
+void mlp_backward_weight(const MlpW<G<S>>& dw, const S* dout, const S* x, const cpu::SavedAct* sx,
+                         const S* g, const S* u, const S* dg, const S* du, int64_t N, int64_t D,
+                         int64_t F);
+
+// dW += dyᵀ·x for a linear layer whose input was saved as x (FP32) or, when sx is non-null and
+// saved, as sx (float models under a WgradPrecision scope only).
+template <typename S>
+void wgrad_saved(S* dW, const S* dy, const S* x, const cpu::SavedAct* sx, int64_t N, int64_t in,
+                 int64_t out);
+
+// The form the training forward saves a Wgrad activation of S in (cpu::saved_act_form for float,
+// F32 for double).
+template <typename S>
+cpu::ActForm act_form(bool after_attention = false);
 
 }  // namespace dsv3::model

@@ -380,7 +380,7 @@ double TrainModelT<S>::run(const int32_t* tokens, int64_t B, int64_t T, const Tr
              depth + 2);
   if (o.tie_mtp_embeddings != bound_tie_) bind(o.tie_mtp_embeddings);
   attach_lowp(o.precision);  // the parameters may have changed since the last call
-  const cpu::WgradPrecision wgrad(o.precision);
+  const cpu::WgradPrecision wgrad(o.precision, o.lowp_storage);
   ds_.moe.ep = o.ep;
   ds_.moe.node_limit = o.node_limit;
   ds_.moe.dispatch = o.dispatch;

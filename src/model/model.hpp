@@ -175,6 +175,11 @@ struct TrainOptions {
   // Inputs of the linear layers' GEMMs (backend/cpu/linear_lowp.hpp): FP32, BF16 or the FP8
   // recipe of report §3.3; float models only. Master weights and gradients are FP32 in all.
   cpu::Precision precision = cpu::Precision::F32;
+  // Low-precision storage (report §3.3.3) under bf16/fp8: the activations saved for the linear
+  // layers' Wgrad are kept as the GEMM reads them (cpu::SavedAct: BF16, or E4M3 + 128×1 scales,
+  // o_proj's input E5M6) instead of FP32. false: FP32 (the gradients are the same bit for bit,
+  // but o_proj's under fp8). The SwiGLU outputs are recomputed in every mode.
+  bool lowp_storage = true;
 };
 
 struct StepStats {

@@ -38,8 +38,8 @@ MoeDims moe_dims(const ModelConfig& c, int64_t N) {
 
 template <typename S>
 size_t MoeActs<S>::bytes() const {
-  size_t f = scores.size() + weights.size() + g.size() + u.size() + act.size() + y.size() +
-             sg.size() + su.size() + sact.size() + dscores.size();
+  size_t f = scores.size() + weights.size() + g.size() + u.size() + y.size() + sg.size() +
+             su.size() + dscores.size();
   size_t i = indices.size() + offsets.size() + order.size() + slot.size();
   return f * sizeof(S) + i * sizeof(int32_t);
 }
@@ -266,11 +266,10 @@ void routed_forward(S* out_rows, const Rows<S>& r, const MoeW<W<S>>& w, const Mo
   ps.reset();
   S* g = grow(a.g, size_t(pairs * F));
   S* u = grow(a.u, size_t(pairs * F));
-  S* act = grow(a.act, size_t(pairs * F));
   S* y = grow(a.y, size_t(pairs * D));
   auto routed = [&](int64_t e) {
     const int64_t b = offsets[e], m = offsets[e + 1] - b;
-    mlp_forward(y + b * D, g + b * F, u + b * F, act + b * F, xg + b * D, m,
+    mlp_forward(y + b * D, g + b * F, u + b * F, static_cast<S*>(nullptr), xg + b * D, m,
                 w.experts[size_t(r.e0 + e)]);
   };
   if (decode_jobs) {
@@ -351,8 +350,8 @@ void routed_backward_input(S* dx_rows, S* dw_slots, const S* dout_rows, const Ro
     mlp_backward_input(dxg + b * D, dg + b * F, du + b * F, dyg + b * D, a.g.data() + b * F,
                        a.u.data() + b * F, m, w.experts[size_t(r.e0 + e)]);
     if (fuse)
-      mlp_backward_weight(fuse->experts[size_t(r.e0 + e)], dyg + b * D, xg + b * D,
-                          a.act.data() + b * F, dg + b * F, du + b * F, m, D, F);
+      mlp_backward_weight(fuse->experts[size_t(r.e0 + e)], dyg + b * D, xg + b * D, nullptr,
+                          a.g.data() + b * F, a.u.data() + b * F, dg + b * F, du + b * F, m, D, F);
   });
   ps.emplace(&StepProfile::moe_permute_s);
   parallel_for(r.n, [&](int64_t tb, int64_t te) {
@@ -381,15 +380,14 @@ void moe_forward(S* out, const S* x, const MoeW<W<S>>& w, const MoeDims& d, MoeA
                  MoeScratch<S>& s) {
   const int64_t N = d.N, E = d.E, K = d.K, D = d.D;
   moe_router_forward(a, x, w, d, s);
-  S *sg = nullptr, *su = nullptr, *sact = nullptr;
+  S *sg = nullptr, *su = nullptr;
   if (d.Fs > 0) {
     sg = grow(a.sg, size_t(N * d.Fs));
     su = grow(a.su, size_t(N * d.Fs));
-    sact = grow(a.sact, size_t(N * d.Fs));
   } else {
     std::fill_n(out, N * D, S(0));
   }
-  auto shared = [&] { mlp_forward(out, sg, su, sact, x, N, w.shared); };
+  auto shared = [&] { mlp_forward(out, sg, su, static_cast<S*>(nullptr), x, N, w.shared); };
   if constexpr (std::is_same_v<S, float>) {
     if (expert_parallel(s)) {
       // Each token goes once to every rank owning one of its experts; this rank's experts run on
@@ -506,12 +504,12 @@ void moe_backward_weight(const MoeW<G<S>>& dw, const MoeDims& d, const MoeActs<S
     for_each_expert(offsets, experts, s.eorder, [&](int64_t e) {
       const int64_t b = offsets[e], m = offsets[e + 1] - b;
       mlp_backward_weight(dw.experts[size_t(e0 + e)], gs.dyg.data() + b * D, gs.xg.data() + b * D,
-                          a.act.data() + b * F, gs.dg.data() + b * F, gs.du.data() + b * F, m, D,
-                          F);
+                          nullptr, a.g.data() + b * F, a.u.data() + b * F, gs.dg.data() + b * F,
+                          gs.du.data() + b * F, m, D, F);
     });
   if (d.Fs > 0)
-    mlp_backward_weight(dw.shared, gs.dout.data(), gs.x, a.sact.data(), gs.sdg.data(),
-                        gs.sdu.data(), N, D, d.Fs);
+    mlp_backward_weight(dw.shared, gs.dout.data(), gs.x, nullptr, a.sg.data(), a.su.data(),
+                        gs.sdg.data(), gs.sdu.data(), N, D, d.Fs);
   // dWg += dsᵀ·x, FP32 whatever the training precision (gating stays FP32, report §3.3).
   cpu::gemm(true, false, d.E, D, N, S(1), gs.ds.data(), d.E, gs.x, D, S(1), dw.router, D);
 }

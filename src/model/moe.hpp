@@ -45,9 +45,10 @@ struct MoeActs {
   std::vector<int32_t> order;    // [pairs] sorted position -> slot (row·K + k)
   std::vector<int32_t> slot;     // [rows·K] slot -> sorted position, -1: not run here
   std::vector<int64_t> cursor;   // [E] counting-sort cursors
-  std::vector<S> g, u, act;      // [N·K, F] routed expert activations, sorted order
+  std::vector<S> g, u;           // [N·K, F] routed experts' SwiGLU inputs, sorted order
   std::vector<S> y;              // [N·K, D] routed expert outputs (before gate weights)
-  std::vector<S> sg, su, sact;   // [N, Fs] shared expert activations
+  std::vector<S> sg, su;         // [N, Fs] shared experts' SwiGLU inputs (mlp.hpp: the SwiGLU
+                                 // outputs are recomputed in backward)
   std::vector<S> dscores;        // [N, E] extra gradient on s (balance loss), or empty
   std::vector<int64_t> load;     // [E] tokens routed to each expert
   // Expert parallelism (FP32): the dispatch plan, the rows received and their experts' sums.

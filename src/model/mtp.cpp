@@ -2,6 +2,7 @@
 #include "model/mtp.hpp"
 
 #include <algorithm>
+#include <type_traits>
 
 #include "backend/cpu/ops.hpp"
 #include "core/parallel.hpp"
@@ -14,7 +15,7 @@ size_t MtpActs<S>::bytes() const {
   return (hin.size() + e.size() + e_rstd.size() + h_rstd.size() + cat.size() + y.size() +
           dy.size()) *
              sizeof(S) +
-         (tok.size() + tgt.size()) * sizeof(int32_t) + layer.bytes();
+         scat.bytes() + (tok.size() + tgt.size()) * sizeof(int32_t) + layer.bytes();
 }
 
 namespace {
@@ -45,8 +46,17 @@ double mtp_forward(const S* prev, const int32_t* tokens, int64_t B, int64_t T, i
   }
   S* e = grow(a.e, size_t(N * D));
   embedding_forward<S>(e, w.embed, tok, N);
-  S* cat = recompute ? grow(s.cat, size_t(N * 2 * D)) : grow(a.cat, size_t(N * 2 * D));
+  const cpu::ActForm form = act_form<S>();
+  const bool lowp = form != cpu::ActForm::F32 && !recompute;
+  if (lowp && a.cat.capacity()) std::vector<S>().swap(a.cat);
+  S* cat = recompute || lowp ? grow(s.cat, size_t(N * 2 * D)) : grow(a.cat, size_t(N * 2 * D));
   concat_inputs(cat, grow(a.e_rstd, size_t(N)), grow(a.h_rstd, size_t(N)), e, hin, w, N, D, eps);
+  if constexpr (std::is_same_v<S, float>) {
+    if (lowp)
+      a.scat.save(cat, N, 2 * D, form);
+    else
+      a.scat.release();
+  }
   S* y = grow(a.y, size_t(N * D));
   cpu::linear_forward(y, cat, N, w.eh_proj);
   decoder_layer_forward(y, w.layer, c, DecoderDims{B, Tk, recompute}, cos_sin, a.layer, ds);
@@ -81,7 +91,7 @@ void mtp_backward(S* dprev, const MtpW<G<S>>& g, const MtpW<W<S>>& w, int64_t B,
   }
   S* dcat = grow(s.dcat, size_t(N * 2 * D));
   cpu::linear_backward_input(dcat, dy, N, w.eh_proj);
-  cpu::linear_backward_weight(g.eh_proj, dy, cat, N, 2 * D, D);
+  wgrad_saved(g.eh_proj, dy, cat, recompute ? nullptr : &a.scat, N, 2 * D, D);
   S* de = grow(s.de, size_t(N * D));
   cpu::rmsnorm_backward(de, g.enorm, dcat, a.e.data(), w.enorm, a.e_rstd.data(), N, D, D, 2 * D);
   embedding_backward(g.embed, de, a.tok.data(), N, D);

@@ -26,7 +26,8 @@ struct MtpActs {
   std::vector<S> hin;             // [N, D] h^{k-1} rows of positions 0..Tk-1
   std::vector<S> e;               // [N, D] embeddings of t_{i+k}
   std::vector<S> e_rstd, h_rstd;  // [N]
-  std::vector<S> cat;             // [N, 2D] eh_proj input (empty with recompute)
+  std::vector<S> cat;             // [N, 2D] eh_proj input (empty with recompute), or
+  cpu::SavedAct scat;             // saved in low precision (cpu::saved_act_form)
   std::vector<S> y;               // [N, D] h^k
   std::vector<S> dy;              // [N, D] gradient on h^k (head part, then the next depth's)
   std::vector<int32_t> tok, tgt;  // [N] t_{i+k}, t_{i+k+1} (-1: none)

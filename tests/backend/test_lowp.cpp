@@ -12,6 +12,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
+#include <tuple>
 #include <vector>
 
 #include "backend/cpu/gemm_lowp.hpp"
@@ -201,6 +203,166 @@ TEST(Lowp, E5M6NearestWithPowerOfTwoScales) {
     }
     EXPECT_LE(std::fabs(y[i] - x[i]), std::ldexp(std::fabs(x[i]), -7) + 1e-30) << i;
   }
+}
+
+// e5m6_rows against a plain reference: per 1×128 tile the smallest power of two s with
+// 65024·s ≥ amax over the finite elements (1 for an all-zero tile), each finite element the
+// E5M6 value nearest to x / s (ties to the even mantissa) found by search over the value set,
+// NaN/±Inf to NaN. Rows: zero tiles (signed zeros), NaN/Inf among normal values, huge and tiny
+// magnitudes, a tile whose amax / 65024 is exactly a power of two, random.
+TEST(Lowp, E5M6RowsMatchPlainReference) {
+  std::vector<std::pair<double, uint16_t>> set;  // (value, container) of the finite E5M6 values
+  for (uint32_t h = 0; h < 0x7c00; h += 16) set.push_back({f16_to_f32(uint16_t(h)), uint16_t(h)});
+  const uint64_t seed = 20;
+  std::printf("seed %llu\n", (unsigned long long)seed);
+  Rng rng(seed);
+  const int64_t rows = 6, cols = 300, tiles = quant_tiles(cols);
+  std::vector<float> x(size_t(rows * cols));
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = 0; c < cols; ++c) {
+      const double n = rng.normal();
+      float& v = x[size_t(r * cols + c)];
+      switch (r) {
+        case 0:  // zero tiles
+          v = c % 2 ? -0.0f : 0.0f;
+          break;
+        case 1:  // specials among normal values
+          v = float(n * std::ldexp(1.0, int(rng.below(20)) - 10));
+          break;
+        case 2:
+          v = float(n * 1e37);
+          break;
+        case 3:
+          v = float(n * 1e-35);
+          break;
+        case 4:  // amax = 65024·8 exactly in every tile
+          v = c % 128 == 7 ? -65024.0f * 8 : float(n * 1000);
+          break;
+        default:
+          v = float(n * std::ldexp(1.0, int(rng.below(40)) - 20));
+      }
+    }
+  x[size_t(1 * cols + 3)] = NAN;
+  x[size_t(1 * cols + 140)] = INFINITY;
+  x[size_t(1 * cols + 141)] = -INFINITY;
+  std::vector<uint16_t> h(x.size());
+  std::vector<float> s(size_t(rows * tiles)), y(x.size());
+  e5m6_rows(h.data(), s.data(), x.data(), rows, cols);
+  e5m6_rows_decode(y.data(), h.data(), s.data(), rows, cols);
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t t = 0; t < tiles; ++t) {
+      const int64_t c0 = t * 128, c1 = std::min(cols, c0 + 128);
+      double amax = 0;
+      for (int64_t c = c0; c < c1; ++c)
+        if (std::isfinite(x[size_t(r * cols + c)]))
+          amax = std::max(amax, std::fabs(double(x[size_t(r * cols + c)])));
+      int e = -160;
+      while (amax > 0 && 65024.0 * std::ldexp(1.0, e) < amax) ++e;
+      const double sc = amax > 0 ? std::ldexp(1.0, e) : 1.0;
+      ASSERT_EQ(double(s[size_t(r * tiles + t)]), sc) << "row " << r << " tile " << t;
+      for (int64_t c = c0; c < c1; ++c) {
+        const float v = x[size_t(r * cols + c)];
+        const float got = y[size_t(r * cols + c)];
+        if (!std::isfinite(v)) {
+          EXPECT_TRUE(std::isnan(got)) << r << "," << c;
+          continue;
+        }
+        const double a = std::fabs(double(v)) / sc;
+        ASSERT_LE(a, 65024.0);
+        auto it = std::lower_bound(set.begin(), set.end(), std::make_pair(a, uint16_t(0)));
+        double best = it->first;
+        if (it != set.begin()) {
+          const auto lo = *(it - 1);
+          const double dl = a - lo.first, dh = it->first - a;
+          if (dl < dh || (dl == dh && (lo.second >> 4) % 2 == 0)) best = lo.first;
+        }
+        const double want = (std::signbit(v) ? -best : best) * sc;
+        ASSERT_EQ(double(got), want) << "row " << r << " col " << c << " x " << v;
+        ASSERT_EQ(std::signbit(got), std::signbit(v)) << r << "," << c;
+      }
+    }
+  // Saturation of the element codec: at the largest finite value, 65024.
+  for (float v : {65024.0f, 65100.0f, 65535.0f, 1e30f})
+    EXPECT_EQ(e5m6_decode(e5m6_encode(v)), 65024.0f) << v;
+  EXPECT_EQ(e5m6_decode(e5m6_encode(-70000.0f)), -65024.0f);
+}
+
+// Low-precision storage of a Wgrad activation (SavedAct): quantized once (BF16, or E4M3 per
+// 128×1 tile along the tokens), the Wgrad read from it is bit for bit the one computed from the
+// FP32 activation (which converts it inside the GEMM). Token counts cover odd M, a partial last
+// tile and the split of the tokens between threads; x holds an all-zero tile, NaN, ±Inf and huge
+// and tiny values. The FP8 codes and scales are core/quant's (the transposed activation's 1×128
+// quantization), checked through decode().
+TEST(Lowp, SavedActWgradMatchesFp32Input) {
+  const uint64_t seed = 21;
+  std::printf("seed %llu\n", (unsigned long long)seed);
+  Rng rng(seed);
+  for (Precision p : {Precision::BF16, Precision::FP8})
+    for (auto shape : {std::tuple<int64_t, int64_t, int64_t>{67, 45, 200},
+                       {1, 8, 5},
+                       {301, 40, 33},
+                       {513, 32, 160},
+                       {700, 96, 70}}) {
+      const int64_t M = std::get<0>(shape), out = std::get<1>(shape), in = std::get<2>(shape);
+      std::vector<float> x(size_t(M * in)), dy(size_t(M * out));
+      for (auto& v : x) v = float(rng.normal() * std::ldexp(1.0, int(rng.below(12)) - 6));
+      for (auto& v : dy) v = float(1e-3 * rng.normal());
+      if (M > 256)
+        for (int64_t t = 128; t < 256; ++t) x[size_t(t * in + 1)] = 0.0f;  // a zero 128×1 tile
+      if (M > 2 && in > 4) {
+        x[size_t(1 * in + 2)] = 1e30f;
+        x[size_t(2 * in + 2)] = 1e-30f;
+        x[size_t(2 * in + 3)] = NAN;
+        x[size_t((M - 1) * in + 4)] = -INFINITY;
+      }
+      const char* what = precision_name(p);
+      std::vector<float> ref(size_t(out * in), 0.5f), got(ref);
+      lowp_backward_weight(ref.data(), dy.data(), x.data(), M, in, out, p);
+      SavedAct sa;
+      sa.save(x.data(), M, in, p == Precision::BF16 ? ActForm::BF16 : ActForm::FP8);
+      lowp_backward_weight(got.data(), dy.data(), sa, out, p);
+      ASSERT_EQ(std::memcmp(ref.data(), got.data(), ref.size() * 4), 0)
+          << what << " " << M << "x" << out << "x" << in;
+      const size_t pairs = size_t((M + 1) / 2 * in);
+      EXPECT_EQ(sa.bytes(),
+                p == Precision::BF16 ? pairs * 4 : pairs * 2 + size_t(in * quant_tiles(M)) * 4);
+      // The saved values against the references.
+      std::vector<float> dec(x.size());
+      sa.decode(dec.data());
+      std::vector<float> want(x.size());
+      if (p == Precision::BF16) {
+        for (size_t i = 0; i < x.size(); ++i) want[i] = bf16_to_f32(f32_to_bf16(x[i]));
+      } else {
+        std::vector<float> xt(x.size());
+        for (int64_t t = 0; t < M; ++t)
+          for (int64_t i = 0; i < in; ++i) xt[size_t(i * M + t)] = x[size_t(t * in + i)];
+        std::vector<uint8_t> c(x.size());
+        std::vector<float> sc(size_t(in * quant_tiles(M)));
+        fp8_act_quantize(c.data(), sc.data(), xt.data(), in, M);
+        for (int64_t t = 0; t < M; ++t)
+          for (int64_t i = 0; i < in; ++i)
+            want[size_t(t * in + i)] =
+                fp8_e4m3_to_f32(c[size_t(i * M + t)]) * sc[size_t(i * quant_tiles(M) + t / 128)];
+      }
+      for (size_t i = 0; i < x.size(); ++i)
+        ASSERT_TRUE(same(dec[i], want[i])) << what << " element " << i << " x " << x[i];
+    }
+  // An E5M6 activation: the Wgrad of its decoded values.
+  const int64_t M = 300, out = 24, in = 130;
+  std::vector<float> x(size_t(M * in)), dy(size_t(M * out));
+  for (auto& v : x) v = float(rng.normal());
+  for (auto& v : dy) v = float(rng.normal());
+  SavedAct sa;
+  sa.save(x.data(), M, in, ActForm::E5M6);
+  std::vector<float> dec(x.size()), ref(size_t(out * in), 0.0f), got(ref);
+  sa.decode(dec.data());
+  lowp_backward_weight(ref.data(), dy.data(), dec.data(), M, in, out, Precision::FP8);
+  lowp_backward_weight(got.data(), dy.data(), sa, out, Precision::FP8);
+  EXPECT_EQ(ref, got);
+  EXPECT_THROW(lowp_backward_weight(got.data(), dy.data(), sa, out, Precision::F32), Error);
+  sa.release();
+  EXPECT_FALSE(sa.saved());
+  EXPECT_EQ(sa.bytes(), 0u);
 }
 
 // Double reference of C = Σ_chunks sa·sb·Σ A·B on BF16 operands [*, ld].

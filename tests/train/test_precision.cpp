@@ -122,3 +122,83 @@ TEST(Precision, ForwardLossCloseToFp32AtInit) {
   // Empirical bound: FP8 measured 0.23% above FP32 (B=4, T=64) and 0.59% (B=2, T=48, here).
   EXPECT_LT(std::fabs(loss[2] - loss[0]) / loss[0], 1e-2);
 }
+
+// Low-precision storage (TrainOptions::lowp_storage, report §3.3.3): the activations saved for
+// the Wgrad in BF16 / FP8 (E4M3 + 128×1 scales) instead of FP32 give the same gradients bit for
+// bit (the Wgrad converted the FP32 copy the same way) — every parameter but o_proj under FP8,
+// whose input is stored in E5M6 (a rounding of its own: close, not equal) — and less activation
+// memory. The default model (dense and MoE layers, MTP), 400 tokens (the Wgrad's token split
+// between threads), with and without recompute.
+TEST(Precision, LowpStorageGivesTheSameWeightGradients) {
+  nlohmann::json mj = default_model_json();
+  mj["vocab_size"] = 512;
+  const model::ModelConfig c = model::parse_config(mj.dump(), "default");
+  ParamStore store(c);
+  const uint64_t seed = 9;
+  std::printf("seed %llu\n", (unsigned long long)seed);
+  store.init_random(seed);
+  Rng rng(seed);
+  const int64_t B = 4, T = 100;
+  std::vector<int32_t> tokens(size_t(B * T));
+  for (auto& t : tokens) t = int32_t(rng.below(512));
+  TrainModel m(c, store.layout(), store.params(), store.grads());
+  for (const bool recompute : {false, true})
+    for (const cpu::Precision p : {cpu::Precision::BF16, cpu::Precision::FP8}) {
+      TrainOptions o;
+      o.mtp_lambda = 0.3;
+      o.precision = p;
+      o.recompute = recompute;
+      std::vector<float> grads[3];  // FP32 storage, low-precision storage, FP32 training
+      size_t bytes[3];
+      double loss[3];
+      for (int run = 0; run < 3; ++run) {
+        o.lowp_storage = run == 1;
+        o.precision = run == 2 ? cpu::Precision::F32 : p;
+        store.zero_grad();
+        StepStats st;
+        loss[run] = m.forward_backward(tokens.data(), B, T, o, &st);
+        grads[run].assign(store.grads(), store.grads() + store.size());
+        bytes[run] = st.activation_bytes;
+      }
+      const std::string what =
+          std::string(cpu::precision_name(p)) + (recompute ? " recompute" : "");
+      std::printf("%s: activation bytes %zu (FP32 storage) -> %zu\n", what.c_str(), bytes[0],
+                  bytes[1]);
+      EXPECT_EQ(loss[0], loss[1]) << what;
+      EXPECT_LT(bytes[1], bytes[0]) << what;
+      int64_t o_proj = 0;
+      for (const auto& e : store.entries()) {
+        const float* a = grads[0].data() + e.offset;
+        const float* b = grads[1].data() + e.offset;
+        if (p == cpu::Precision::FP8 && e.name.find("o_proj") != std::string::npos) {
+          ++o_proj;
+          // Relative RMS distance of two gradients of the tensor.
+          auto dist = [&](const float* u, const float* v) {
+            double d2 = 0, n2 = 0;
+            for (int64_t i = 0; i < e.numel; ++i) {
+              d2 += double(u[i] - v[i]) * double(u[i] - v[i]);
+              n2 += double(v[i]) * double(v[i]);
+            }
+            return std::sqrt(d2 / n2);
+          };
+          const float* f32 = grads[2].data() + e.offset;
+          const double moved = dist(b, a), err_fp32 = dist(a, f32), err_e5m6 = dist(b, f32);
+          std::printf("%s %s: E5M6 moved it by %.4f; FP8 error vs FP32 training %.4f -> %.4f\n",
+                      what.c_str(), e.name.c_str(), moved, err_fp32, err_e5m6);
+          // E5M6 rounds x by ≤ 2^-7 before the Wgrad's own E4M3 rounding (step 2^-3 relative):
+          // an element crosses an E4M3 rounding boundary with probability ~2^-7 / 2^-4, so the
+          // gradient moves by a few percent at most, and its error against FP32 training stays
+          // that of FP8 training (measured, seed 9: moved 1.6–1.9%; the error of FP8 training
+          // against FP32 training on this gradient, 38–51% at initialization, unchanged).
+          EXPECT_GT(moved, 0.0) << what << " " << e.name << ": E5M6 storage changed nothing";
+          EXPECT_LT(moved, 5e-2) << what << " " << e.name;
+          EXPECT_LT(err_e5m6, 1.25 * err_fp32) << what << " " << e.name;
+          continue;
+        }
+        ASSERT_EQ(std::memcmp(a, b, size_t(e.numel) * 4), 0) << what << " " << e.name;
+      }
+      if (p == cpu::Precision::FP8) {
+        EXPECT_GT(o_proj, 0);
+      }
+    }
+}

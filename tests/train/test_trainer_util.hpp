@@ -4,9 +4,12 @@
 #pragma once
 #include <unistd.h>
 #include <cctype>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <string>
+#include <system_error>
+#include <vector>
 
 #include "core/rng.hpp"
 #include "train/train_config.hpp"
@@ -14,11 +17,27 @@
 
 namespace dsv3::train::testing {
 
+// The scratch dirs this process made, removed when it exits (ctest runs each test in its own
+// process; set DSV3_KEEP_TEST_DIRS=1 to keep them for a look after a failure). Children that
+// the tests fork leave through _exit, which skips this.
+struct TestDirs {
+  std::vector<std::filesystem::path> dirs;
+  ~TestDirs() {
+    if (std::getenv("DSV3_KEEP_TEST_DIRS")) return;
+    for (const auto& d : dirs) {
+      std::error_code ec;
+      std::filesystem::remove_all(d, ec);
+    }
+  }
+};
+
 inline std::string test_dir(const std::string& name) {
+  static TestDirs made;
   const auto d = std::filesystem::temp_directory_path() /
                  ("dsv3-test-trainer-" + name + "-" + std::to_string(::getpid()));
   std::filesystem::remove_all(d);
   std::filesystem::create_directories(d);
+  made.dirs.push_back(d);
   return d.string();
 }
 

@@ -10,6 +10,9 @@
 #include <immintrin.h>
 #include <omp.h>
 
+// GCC 12 flags the _mm*_undefined_* inside masked intrinsics as maybe-uninitialized.
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -154,7 +157,8 @@ void run_rows(float* C, int64_t ldc, const Pairs& A0, const uint32_t* panel, int
       DSV3_PLAIN(3)
       DSV3_PLAIN(4)
       DSV3_PLAIN(5)
-      DSV3_PLAIN(6) DSV3_PLAIN(7)
+      DSV3_PLAIN(6)
+      DSV3_PLAIN(7)
 #undef DSV3_PLAIN
           default : break;
     }
@@ -289,6 +293,57 @@ void lowp_pack_b_f32(LowpPackedB& out, const float* b, int64_t ldb, int64_t N, i
       float* d = sp + p * Kc * kNR;
       for (int64_t c = 0; c < Kc; ++c)
         for (int64_t j = 0; j < kNR; ++j) d[c * kNR + j] = j < n ? s[j * Kc + c] : 0.0f;
+    }
+  });
+}
+
+namespace {
+
+// 16 E4M3 codes (low byte of each 16-bit lane) to FP32, exactly: the code's exponent and
+// mantissa bits placed in an IEEE half give the value / 256 (E4M3's subnormals on the half's
+// subnormals); 0x7f / 0xff (NaN) to NaN.
+inline __m512 e4m3_decode_v(__m256i c) {
+  const __m256i mag = _mm256_and_si256(c, _mm256_set1_epi16(0x7f));
+  __m256i h = _mm256_or_si256(_mm256_slli_epi16(mag, 7),
+                              _mm256_slli_epi16(_mm256_and_si256(c, _mm256_set1_epi16(0x80)), 8));
+  h = _mm256_mask_mov_epi16(h, _mm256_cmpeq_epi16_mask(mag, _mm256_set1_epi16(0x7f)),
+                            _mm256_set1_epi16(0x7e00));
+  return _mm512_mul_ps(_mm512_cvtph_ps(h), _mm512_set1_ps(256.0f));
+}
+
+// 16 code pairs (low byte: K even, high byte: K odd) to 16 BF16 pairs (exact: E4M3 ⊂ BF16).
+inline __m512i e4m3_pairs_v(__m256i v) {
+  const __m512 lo = e4m3_decode_v(_mm256_and_si256(v, _mm256_set1_epi16(0xff)));
+  const __m512 hi = e4m3_decode_v(_mm256_srli_epi16(v, 8));
+  return _mm512_or_si512(_mm512_srli_epi32(_mm512_castps_si512(lo), 16),
+                         _mm512_and_si512(_mm512_castps_si512(hi), _mm512_set1_epi32(-65536)));
+}
+
+}  // namespace
+
+void lowp_pack_b_e4m3(LowpPackedB& out, const uint16_t* codes, int64_t ldc, const float* sb,
+                      int64_t lds, int64_t N, int64_t K) {
+  DSV3_CHECK(ldc >= N && lds >= quant_tiles(K), "lowp_pack_b_e4m3: ldc {} / lds {} too small", ldc,
+             lds);
+  const int64_t kpairs = lowp_pad_k(K) / 2, Kc = quant_tiles(K);
+  const int64_t panels = (N + kNR - 1) / kNR;
+  uint32_t* pk = alloc_panels(out, N, K, true);
+  float* sp = out.scales.data();
+  parallel_for(panels, [&](int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; ++p) {
+      const int64_t n0 = p * kNR, n = std::min(kNR, N - n0);
+      const __mmask16 k0 = n >= 16 ? 0xffff : __mmask16((1u << n) - 1);
+      const __mmask16 k1 = n >= 32 ? 0xffff : n <= 16 ? 0 : __mmask16((1u << (n - 16)) - 1);
+      uint32_t* panel = pk + p * kpairs * kNR;
+      for (int64_t kp = 0; kp < kpairs; ++kp) {
+        const uint16_t* src = codes + kp * ldc + n0;
+        _mm512_store_si512(panel + kp * kNR, e4m3_pairs_v(_mm256_maskz_loadu_epi16(k0, src)));
+        _mm512_store_si512(panel + kp * kNR + 16,
+                           e4m3_pairs_v(_mm256_maskz_loadu_epi16(k1, src + 16)));
+      }
+      float* d = sp + p * Kc * kNR;
+      for (int64_t c = 0; c < Kc; ++c)
+        for (int64_t j = 0; j < kNR; ++j) d[c * kNR + j] = j < n ? sb[(n0 + j) * lds + c] : 0.0f;
     }
   });
 }

@@ -61,6 +61,13 @@ void lowp_pack_b(LowpPackedB& out, const LowpOperand& B, const float* sb, int64_
 // rounded to BF16, or (fp8) quantized to E4M3 per 128×1 tile along K as fp8_pairs does.
 void lowp_pack_b_f32(LowpPackedB& out, const float* b, int64_t ldb, int64_t N, int64_t K, bool fp8);
 
+// Packs B(n, k) from E4M3 codes in fp8_pairs_codes' layout (a Wgrad activation saved in FP8):
+// B(n, 2kp + i) = the code in byte i of codes[kp·ldc + n], decoded exactly to BF16; its scale of
+// K chunk c is sb[n·lds + c]. The same panels as lowp_pack_b_f32(fp8) of the FP32 matrix the
+// codes were quantized from, bit for bit.
+void lowp_pack_b_e4m3(LowpPackedB& out, const uint16_t* codes, int64_t ldc, const float* sb,
+                      int64_t lds, int64_t N, int64_t K);
+
 // C[M, N] (+)= Σ_k A(m, k)·B(n, k) with A given in FP32 and converted inside the product, per
 // block of rows (no separate pass over A): A(m, k) = a[m·lda + k] (trans false: an activation,
 // as bf16_rows / fp8_rows) or a[k·lda + m] (trans true: the Wgrad dy, as bf16_pairs /

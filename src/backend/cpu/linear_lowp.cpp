@@ -10,6 +10,7 @@
 
 #include "backend/cpu/gemm_lowp.hpp"
 #include "backend/cpu/quant_train.hpp"
+#include "core/dtype.hpp"
 #include "core/error.hpp"
 #include "core/parallel.hpp"
 #include "core/profile.hpp"
@@ -19,6 +20,7 @@ namespace dsv3::cpu {
 namespace {
 
 std::atomic<int> g_wgrad{int(Precision::F32)};
+std::atomic<bool> g_store{true};
 
 void check_lowp(Precision p, const char* what) {
   DSV3_CHECK(p == Precision::BF16 || p == Precision::FP8, "{}: precision {} is not low", what,
@@ -106,21 +108,22 @@ void lowp_backward_input(float* dx, const float* dy, int64_t M, const LowpWeight
                 accumulate);
 }
 
-// dW[out, in] += Σ_t dy[t, out]·x[t, in]: K = tokens; x is packed from its natural [tokens, in]
-// storage and dy read as its transpose, both converted on the way (no transpose pass). The
-// tokens are split between the threads (at multiples of 128, so FP8's chunks stay whole): each
-// converts only its own tokens of both operands, and the partial products are summed after.
-void lowp_backward_weight(float* dW, const float* dy, const float* x, int64_t M, int64_t in,
-                          int64_t out, Precision p) {
-  check_lowp(p, "lowp_backward_weight");
-  if (M <= 0) return;
+namespace {
+
+// dW[out, in] += Σ_t dy[t, out]·x[t, in]: K = tokens; pack_x(xb, k0, k1) packs tokens [k0, k1)
+// of x (as lowp_pack_b_f32 does from its natural [tokens, in] storage, converted on the way, or
+// from a saved form) and dy is read as its transpose, converted on the way (no transpose pass).
+// The tokens are split between the threads (at multiples of 128, so FP8's chunks stay whole):
+// each converts only its own tokens of both operands, and the partial products are summed after.
+template <typename PackX>
+void wgrad(float* dW, const float* dy, int64_t M, int64_t in, int64_t out, bool fp8,
+           PackX&& pack_x) {
   GemmTimer timer;
-  const bool fp8 = p == Precision::FP8;
   const int64_t tiles = quant_tiles(M);
   const int parts = int(std::min<int64_t>(region_threads(), tiles / 2));  // ≥ 256 tokens each
   if (parts <= 1) {
     thread_local LowpPackedB xb;
-    lowp_pack_b_f32(xb, x, in, in, M, fp8);
+    pack_x(xb, 0, M);
     gemm_lowp_a32(dW, in, out, dy, out, true, fp8, xb, true);
     return;
   }
@@ -132,7 +135,7 @@ void lowp_backward_weight(float* dW, const float* dy, const float* x, int64_t M,
     const int64_t k0 = tiles * t / parts * kQuantTile;
     const int64_t k1 = std::min(M, tiles * (t + 1) / parts * kQuantTile);
     thread_local LowpPackedB xb;
-    lowp_pack_b_f32(xb, x + k0 * in, in, in, k1 - k0, fp8);
+    pack_x(xb, k0, k1);
     gemm_lowp_a32(t == 0 ? dW : part + (t - 1) * out * in, in, out, dy + k0 * out, out, true, fp8,
                   xb, t == 0);
   }
@@ -146,15 +149,136 @@ void lowp_backward_weight(float* dW, const float* dy, const float* x, int64_t M,
   });
 }
 
+}  // namespace
+
+void lowp_backward_weight(float* dW, const float* dy, const float* x, int64_t M, int64_t in,
+                          int64_t out, Precision p) {
+  check_lowp(p, "lowp_backward_weight");
+  if (M <= 0) return;
+  const bool fp8 = p == Precision::FP8;
+  wgrad(dW, dy, M, in, out, fp8, [&](LowpPackedB& xb, int64_t k0, int64_t k1) {
+    lowp_pack_b_f32(xb, x + k0 * in, in, in, k1 - k0, fp8);
+  });
+}
+
+void SavedAct::save(const float* x, int64_t rows, int64_t cols, ActForm f) {
+  DSV3_CHECK(f != ActForm::F32, "SavedAct::save: form F32 is kept by the caller");
+  DSV3_CHECK(rows >= 0 && cols > 0, "SavedAct::save: bad shape [{}, {}]", rows, cols);
+  form_ = f;
+  rows_ = rows;
+  cols_ = cols;
+  const int64_t kp = (rows + 1) / 2;
+  switch (f) {
+    case ActForm::BF16:
+      bf16_pairs(grow(bf16_, size_t(kp * cols)), cols, x, cols, rows, cols);
+      break;
+    case ActForm::FP8:
+      fp8_pairs_codes(grow(h_, size_t(kp * cols)), cols,
+                      grow(scale_, size_t(cols * quant_tiles(rows))), x, cols, rows, cols);
+      break;
+    case ActForm::E5M6:
+      e5m6_rows(grow(h_, size_t(rows * cols)), grow(scale_, size_t(rows * quant_tiles(cols))), x,
+                rows, cols);
+      break;
+    case ActForm::F32:
+      break;
+  }
+}
+
+void SavedAct::release() {
+  form_ = ActForm::F32;
+  rows_ = cols_ = 0;
+  std::vector<uint32_t>().swap(bf16_);
+  std::vector<uint16_t>().swap(h_);
+  std::vector<float>().swap(scale_);
+}
+
+void SavedAct::decode(float* x) const {
+  const int64_t R = rows_, C = cols_, tiles = quant_tiles(R);
+  switch (form_) {
+    case ActForm::E5M6:
+      e5m6_rows_decode(x, h_.data(), scale_.data(), R, C);
+      return;
+    case ActForm::BF16:
+    case ActForm::FP8:
+      parallel_for(R, [&](int64_t r0, int64_t r1) {
+        for (int64_t r = r0; r < r1; ++r)
+          for (int64_t c = 0; c < C; ++c) {
+            const size_t i = size_t((r / 2) * C + c);
+            float v;
+            if (form_ == ActForm::BF16) {
+              v = bf16_to_f32(uint16_t(bf16_[i] >> (16 * (r % 2))));
+            } else {
+              v = fp8_e4m3_to_f32(uint8_t(h_[i] >> (8 * (r % 2)))) *
+                  scale_[size_t(c * tiles + r / kQuantTile)];
+            }
+            x[r * C + c] = v;
+          }
+      });
+      return;
+    case ActForm::F32:
+      DSV3_FAIL("SavedAct::decode: nothing saved");
+  }
+}
+
+void lowp_backward_weight(float* dW, const float* dy, const SavedAct& x, int64_t out, Precision p) {
+  check_lowp(p, "lowp_backward_weight");
+  const int64_t M = x.rows_, in = x.cols_;
+  if (M <= 0) return;
+  const bool fp8 = p == Precision::FP8;
+  switch (x.form_) {
+    case ActForm::BF16:
+      DSV3_CHECK(!fp8, "lowp_backward_weight: a BF16-saved activation in an FP8 Wgrad");
+      wgrad(dW, dy, M, in, out, false, [&](LowpPackedB& xb, int64_t k0, int64_t k1) {
+        lowp_pack_b(xb, {x.bf16_.data() + (k0 / 2) * in, in, true}, nullptr, in, k1 - k0);
+      });
+      return;
+    case ActForm::FP8: {
+      DSV3_CHECK(fp8, "lowp_backward_weight: an FP8-saved activation in a BF16 Wgrad");
+      const int64_t tiles = quant_tiles(M);
+      wgrad(dW, dy, M, in, out, true, [&](LowpPackedB& xb, int64_t k0, int64_t k1) {
+        lowp_pack_b_e4m3(xb, x.h_.data() + (k0 / 2) * in, in, x.scale_.data() + k0 / kQuantTile,
+                         tiles, in, k1 - k0);
+      });
+      return;
+    }
+    case ActForm::E5M6: {
+      thread_local std::vector<float> xd;
+      float* d = grow(xd, size_t(M * in));
+      x.decode(d);
+      lowp_backward_weight(dW, dy, d, M, in, out, p);
+      return;
+    }
+    case ActForm::F32:
+      DSV3_FAIL("lowp_backward_weight: no saved activation");
+  }
+}
+
 Precision wgrad_precision() {
   return Precision(g_wgrad.load(std::memory_order_relaxed));
 }
 
-WgradPrecision::WgradPrecision(Precision p) : prev_(wgrad_precision()) {
+ActForm saved_act_form(bool after_attention) {
+  if (!g_store.load(std::memory_order_relaxed)) return ActForm::F32;
+  switch (wgrad_precision()) {
+    case Precision::BF16:
+      return ActForm::BF16;
+    case Precision::FP8:
+      return after_attention ? ActForm::E5M6 : ActForm::FP8;
+    case Precision::F32:
+      break;
+  }
+  return ActForm::F32;
+}
+
+WgradPrecision::WgradPrecision(Precision p, bool lowp_storage)
+    : prev_(wgrad_precision()), prev_store_(g_store.load(std::memory_order_relaxed)) {
   g_wgrad.store(int(p), std::memory_order_relaxed);
+  g_store.store(lowp_storage, std::memory_order_relaxed);
 }
 WgradPrecision::~WgradPrecision() {
   g_wgrad.store(int(prev_), std::memory_order_relaxed);
+  g_store.store(prev_store_, std::memory_order_relaxed);
 }
 
 }  // namespace dsv3::cpu

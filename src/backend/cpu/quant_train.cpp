@@ -181,9 +181,14 @@ void fp8_rows(uint16_t* q, int64_t ldq, float* scale, const float* x, int64_t ld
       std::max<int64_t>(1, 8192 / std::max<int64_t>(cols, 1)));
 }
 
-void fp8_pairs(uint32_t* p, int64_t ldp, float* scale, const float* x, int64_t ldx, int64_t rows,
-               int64_t cols) {
-  DSV3_CHECK(ldp >= cols, "fp8_pairs: leading dimension {} < {}", ldp, cols);
+namespace {
+
+// 128×1 tiles along the rows of x [rows, cols]: the scales into scale [cols, quant_tiles(rows)]
+// and each pair of rows' E4M3 values (vl of row r, vh of row r + 1: 0 past rows) handed to
+// store(r / 2, c0, mask) for columns c0.. (16 at a time).
+template <typename Store>
+void fp8_pairs_tiles(float* scale, const float* x, int64_t ldx, int64_t rows, int64_t cols,
+                     Store&& store) {
   const int64_t tiles = quant_tiles(rows), cb = (cols + 15) / 16;
   parallel_for(tiles * cb, [&](int64_t j0, int64_t j1) {
     alignas(64) float s16[16];
@@ -205,11 +210,43 @@ void fp8_pairs(uint32_t* p, int64_t ldp, float* scale, const float* x, int64_t l
         const __m512 vh = r + 1 < r1
                               ? _mm512_div_ps(_mm512_maskz_loadu_ps(k, x + (r + 1) * ldx + c0), vs)
                               : _mm512_setzero_ps();
-        _mm512_mask_storeu_epi32(p + (r / 2) * ldp + c0, k,
-                                 interleave(to_bf16(e4m3_round_v(vl)), to_bf16(e4m3_round_v(vh))));
+        store(r / 2, c0, k, e4m3_round_v(vl), e4m3_round_v(vh));
       }
     }
   });
+}
+
+// The E4M3 codes (16 bits per lane, the code in the low byte) of 16 E4M3 values q (or NaN): q /
+// 256 is an IEEE half whose exponent and top 3 mantissa bits are the code's (E4M3's subnormals
+// land on the half's subnormals), exact.
+inline __m256i e4m3_codes_v(__m512 q) {
+  const __m256i h = _mm512_cvtps_ph(_mm512_mul_ps(q, _mm512_set1_ps(1.0f / 256.0f)),
+                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256i c = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(h, 7), _mm256_set1_epi16(0x7f)),
+                              _mm256_and_si256(_mm256_srli_epi16(h, 8), _mm256_set1_epi16(0x80)));
+  const __mmask16 nan = _mm512_cmp_ps_mask(q, q, _CMP_UNORD_Q);
+  return _mm256_mask_mov_epi16(c, nan, _mm256_set1_epi16(0x7f));
+}
+
+}  // namespace
+
+void fp8_pairs(uint32_t* p, int64_t ldp, float* scale, const float* x, int64_t ldx, int64_t rows,
+               int64_t cols) {
+  DSV3_CHECK(ldp >= cols, "fp8_pairs: leading dimension {} < {}", ldp, cols);
+  fp8_pairs_tiles(
+      scale, x, ldx, rows, cols, [&](int64_t kp, int64_t c0, __mmask16 k, __m512 ql, __m512 qh) {
+        _mm512_mask_storeu_epi32(p + kp * ldp + c0, k, interleave(to_bf16(ql), to_bf16(qh)));
+      });
+}
+
+void fp8_pairs_codes(uint16_t* codes, int64_t ldc, float* scale, const float* x, int64_t ldx,
+                     int64_t rows, int64_t cols) {
+  DSV3_CHECK(ldc >= cols, "fp8_pairs_codes: leading dimension {} < {}", ldc, cols);
+  fp8_pairs_tiles(
+      scale, x, ldx, rows, cols, [&](int64_t kp, int64_t c0, __mmask16 k, __m512 ql, __m512 qh) {
+        const __m256i c = _mm256_or_si256(e4m3_codes_v(ql), _mm256_slli_epi16(e4m3_codes_v(qh), 8));
+        _mm256_mask_storeu_epi16(codes + kp * ldc + c0, k, c);
+      });
 }
 
 void fp8_blocks(uint16_t* q, int64_t ldq, uint32_t* p, int64_t ldp, float* sblock, const float* w,
@@ -252,6 +289,33 @@ void fp8_blocks(uint16_t* q, int64_t ldq, uint32_t* p, int64_t ldp, float* sbloc
     for (int64_t r = 0; r < rows; ++r) zero_pad(q + r * ldq, cols, ldq);
 }
 
+namespace {
+
+// e5m6_encode of 16 finite values (the vector twin, bit for bit): |v| clamped to 65024, rounded
+// to nearest even with 6 mantissa bits (on the float's bits, carries into the exponent) or, below
+// 2^-14 (the half's subnormals), to a multiple of 2^-20; the sign kept; exact as an IEEE half.
+inline __m256i e5m6_encode_v(__m512 v) {
+  const __m512i sign =
+      _mm512_and_si512(_mm512_castps_si512(v), _mm512_set1_epi32(int(0x80000000u)));
+  const __m512 a = _mm512_min_ps(_mm512_abs_ps(v), _mm512_set1_ps(kE5M6Max));
+  const __m512i ab = _mm512_castps_si512(a);
+  const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(ab, 17), _mm512_set1_epi32(1));
+  const __m512i rn =
+      _mm512_and_si512(_mm512_add_epi32(ab, _mm512_add_epi32(_mm512_set1_epi32(0xffff), lsb)),
+                       _mm512_set1_epi32(int(0xfffe0000u)));
+  const __m512 qs =
+      _mm512_mul_ps(_mm512_roundscale_ps(_mm512_mul_ps(a, _mm512_set1_ps(0x1p20f)),
+                                         _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC),
+                    _mm512_set1_ps(0x1p-20f));
+  const __mmask16 sub = _mm512_cmp_ps_mask(a, _mm512_set1_ps(0x1p-14f), _CMP_LT_OQ);
+  __m512 q = _mm512_min_ps(_mm512_mask_blend_ps(sub, _mm512_castsi512_ps(rn), qs),
+                           _mm512_set1_ps(kE5M6Max));
+  q = _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(q), sign));
+  return _mm512_cvtps_ph(q, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+}
+
+}  // namespace
+
 void e5m6_rows(uint16_t* h, float* scale, const float* x, int64_t rows, int64_t cols) {
   const int64_t tiles = quant_tiles(cols);
   parallel_for(
@@ -260,26 +324,34 @@ void e5m6_rows(uint16_t* h, float* scale, const float* x, int64_t rows, int64_t 
         for (int64_t r = r0; r < r1; ++r)
           for (int64_t t = 0; t < tiles; ++t) {
             const int64_t c0 = t * kQuantTile, c1 = std::min(cols, c0 + kQuantTile);
-            float amax = 0;
-            for (int64_t c = c0; c < c1; ++c) {
-              const float a = std::fabs(x[r * cols + c]);
-              if (std::isfinite(a)) amax = std::max(amax, a);
+            const float* s = x + r * cols;
+            __m512 m = _mm512_setzero_ps();
+            for (int64_t c = c0; c < c1; c += 16) {
+              const __mmask16 k = tail_mask(c1 - c);
+              m = amax_v(m, _mm512_maskz_loadu_ps(k, s + c), k);
             }
+            const float amax = _mm512_reduce_max_ps(m);
             // The power of two at or above amax / 65024 (1 for an all-zero tile).
             float sc = 1.0f;
             if (amax > 0) {
               int e;
-              const float m = std::frexp(amax / kE5M6Max, &e);  // m in [0.5, 1)
-              sc = std::ldexp(1.0f, m == 0.5f ? e - 1 : e);
+              const float mt = std::frexp(amax / kE5M6Max, &e);  // mt in [0.5, 1)
+              sc = std::ldexp(1.0f, mt == 0.5f ? e - 1 : e);
             }
             scale[r * tiles + t] = sc;
-            for (int64_t c = c0; c < c1; ++c) {
-              const float v = x[r * cols + c];
-              h[r * cols + c] = std::isfinite(v) ? e5m6_encode(v / sc) : uint16_t(0x7e00);
+            const __m512 vs = _mm512_set1_ps(sc);
+            for (int64_t c = c0; c < c1; c += 16) {
+              const __mmask16 k = tail_mask(c1 - c);
+              const __m512 v = _mm512_maskz_loadu_ps(k, s + c);
+              const __mmask16 bad =
+                  _mm512_cmp_ps_mask(_mm512_abs_ps(v), _mm512_set1_ps(INFINITY), _CMP_NLT_UQ);
+              const __m256i q = e5m6_encode_v(_mm512_div_ps(v, vs));
+              _mm256_mask_storeu_epi16(h + r * cols + c, k,
+                                       _mm256_mask_mov_epi16(q, bad, _mm256_set1_epi16(0x7e00)));
             }
           }
       },
-      std::max<int64_t>(1, 2048 / std::max<int64_t>(cols, 1)));
+      std::max<int64_t>(1, 8192 / std::max<int64_t>(cols, 1)));
 }
 
 void e5m6_rows_decode(float* x, const uint16_t* h, const float* scale, int64_t rows, int64_t cols) {

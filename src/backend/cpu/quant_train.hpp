@@ -61,6 +61,12 @@ void fp8_rows(uint16_t* q, int64_t ldq, float* scale, const float* x, int64_t ld
 // column and 128 rows: the report's tiling of a Wgrad operand along the tokens).
 void fp8_pairs(uint32_t* p, int64_t ldp, float* scale, const float* x, int64_t ldx, int64_t rows,
                int64_t cols);
+// The same tiles as fp8_pairs, stored as E4M3 codes (core/dtype's f32_to_fp8_e4m3 of the values
+// fp8_pairs writes, NaN as 0x7f): codes [ceil(rows/2), ldc] (ldc ≥ cols) of uint16, element
+// (kp, c) = the code of row 2kp (low byte) and of row 2kp + 1 (high byte, 0 past rows) in column
+// c; scale as fp8_pairs. One byte per element: the FP8 storage of a Wgrad activation.
+void fp8_pairs_codes(uint16_t* codes, int64_t ldc, float* scale, const float* x, int64_t ldx,
+                     int64_t rows, int64_t cols);
 // 128×128 blocks of w [rows, cols]: q [rows, ldq] and p (pairs layout, ldp ≥ cols) (either may
 // be null) and the block scales sblock [quant_tiles(rows), quant_tiles(cols)].
 void fp8_blocks(uint16_t* q, int64_t ldq, uint32_t* p, int64_t ldp, float* sblock, const float* w,
