@@ -5,6 +5,9 @@
 //      widens each 16-row pair vector in registers (vpmovsxbw, shift, and) before vdpbf16ps.
 //   carry: the sums stay in registers across 128-column scale blocks (multiplied by s[b]/s[b+1]);
 //   flush: each block's sums go to y with its scale (main's route before 2026-12-07, 21:00).
+//   wpf: the next block's codes prefetched a line per row every 64 columns; GCC 12 drops this
+//     prefetch loop (no prefetcht1 in the assembly), so it times as A cold.
+//   gpf: the next 16-row group's codes prefetched in memory order (what the library does).
 //   pf: the y tile prefetched at the kernel's start.
 // Build: g++ -O3 -march=native -std=c++20 dev/gemm_fp8_variants.cpp -o /tmp/gfv
 // Run:   /tmp/gfv [kKc [flush pairs]]  (per shape: the worst error against a plain loop on 200
@@ -13,6 +16,7 @@
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include <immintrin.h>
 
+#include <sys/mman.h>
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -20,9 +24,8 @@
 #include <cstdio>
 #include <cstring>
 #include <random>
-#include <vector>
 #include <span>
-#include <sys/mman.h>
+#include <vector>
 
 namespace {
 constexpr int kMR = 6;
@@ -74,14 +77,17 @@ void convert_A(uint16_t* buf, const uint8_t* w, int64_t K, int64_t nt, int64_t k
     // g_gpf: the next 16-row group's lines (this block's, else the next block's first), 16 × kc/64
     // of them spread over this group's kc/32 steps, in memory order.
     const uint8_t* gw = r0 + 16 < nt ? w + (r0 + 16) * K + k0 : (nw ? nw + nk : nullptr);
-    const int64_t grows = r0 + 16 < nt ? std::min<int64_t>(16, nt - r0 - 16) : std::min<int64_t>(16, nnt);
+    const int64_t grows =
+        r0 + 16 < nt ? std::min<int64_t>(16, nt - r0 - 16) : std::min<int64_t>(16, nnt);
     const int64_t glines = ((r0 + 16 < nt ? std::min(kc, K - k0) : std::min(kc, K - nk)) + 63) / 64;
     const int64_t per = (grows * glines + kc / 32 - 1) / (kc / 32);
     for (int64_t c = 0; c < kc; c += 32) {
-      if (!g_gpf) prefetch_next(nw, nnt, nk, K, r0, c);
+      if (!g_gpf)
+        prefetch_next(nw, nnt, nk, K, r0, c);
       else if (gw)
         for (int64_t t = (c / 32) * per; t < std::min(grows * glines, (c / 32 + 1) * per); ++t)
-          _mm_prefetch(reinterpret_cast<const char*>(gw + (t / glines) * K + (t % glines) * 64), _MM_HINT_T0);
+          _mm_prefetch(reinterpret_cast<const char*>(gw + (t / glines) * K + (t % glines) * 64),
+                       _MM_HINT_T0);
       const int64_t k = k0 + c;
       const __mmask32 km = K - k >= 32 ? ~__mmask32(0) : __mmask32((1u << (K - k)) - 1);
       __m512i t[16];
@@ -341,7 +347,8 @@ int main(int argc, char** argv) {
     const int64_t copies = std::max<int64_t>(2, (int64_t(256) << 20) / (N * K));
     // In 2 MiB pages, as the model's weights (its huge-page copy).
     const size_t pool_bytes = size_t(copies * N * K + (2 << 20));
-    void* pm = mmap(nullptr, pool_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    void* pm =
+        mmap(nullptr, pool_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     madvise(pm, pool_bytes, MADV_HUGEPAGE);
     std::span<uint8_t> pool(static_cast<uint8_t*>(pm), pool_bytes);
     for (int64_t c = 0; c < copies; ++c)

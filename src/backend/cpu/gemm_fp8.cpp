@@ -90,8 +90,7 @@ inline void transpose16(__m512i r[16]) {
 // do not see 16 streams of 8 lines; without this a weight read from memory (prefill: each
 // expert once per layer) converted at ~6 GB/s. dev/gemm_fp8_variants.cpp, one thread, weights
 // cold in 2 MiB pages (2026-12-07): 224 → 307 GFLOP/s at M = 48 on 512 × 1024 (the warm
-// speed), 126 → 168 at M = 16. Prefetching a whole block ahead, in the conversion's order, did
-// nothing.
+// speed), 126 → 168 at M = 16.
 struct Lines {  // rows × bytes of codes at w, row stride K
   const uint8_t* w = nullptr;
   int64_t rows = 0, bytes = 0;
