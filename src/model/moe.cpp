@@ -17,6 +17,7 @@
 #include "core/profile.hpp"
 #include "core/scratch.hpp"
 #include "dist/expert_dispatch.hpp"
+#include "model/model.hpp"
 
 namespace dsv3::model {
 
@@ -142,8 +143,8 @@ void for_each_expert(const int32_t* offsets, int64_t E, std::vector<int32_t>& eo
 // team) and stream them end to end; their GEMVs run inline on the taking thread.
 constexpr int64_t kExpertParallelTokens = 2;
 
-// Tokens up to which the router runs on the GEMV (model.cpp's batched decode steps: up to 32).
-constexpr int64_t kRouterGemvMaxN = 32;
+// Tokens up to which the router runs on the GEMV: the forwards that run on a spin team (model.hpp).
+constexpr int64_t kRouterGemvMaxN = Model::kSpinTeamBatchTokens;
 
 }  // namespace
 
