@@ -2,6 +2,7 @@
 // of decode, and the backward; see mla.hpp for the glossary.
 #include "model/mla.hpp"
 
+#include <immintrin.h>
 #include <omp.h>
 
 #include <algorithm>
@@ -244,6 +245,17 @@ struct LatentBlocks {
 // The scores and the weighted latent sum run block by block on the cache in place; every score is
 // one dot product and every weighted sum one FMA chain over the positions in order, whatever the
 // blocks (gemm_small.hpp), so the results do not depend on them.
+// Asks for rows [r0, r1) of kv_b_proj ahead of their per-head product. A head's slices (W_UK or
+// W_UV: 64 rows of 256 here, 16 KiB as FP8) are too short for the hardware prefetchers, so every
+// head's product waited for its rows from DRAM one miss at a time: on the FP8 bench model they
+// took ~1 ms of a 14 ms step for 6 MB (perf, 2026-12-07).
+void prefetch_rows(const cpu::WeightView& w, int64_t r0, int64_t r1) {
+  const size_t row = size_t(w.cols) * dtype_size(w.dtype);
+  const char* p = static_cast<const char*>(w.data) + size_t(r0) * row;
+  const char* e = static_cast<const char*>(w.data) + size_t(r1) * row;
+  for (; p < e; p += 64) _mm_prefetch(p, _MM_HINT_T0);
+}
+
 void absorbed_decode_heads(float* attn, const float* q, int64_t T, int64_t start,
                            const cpu::WeightView& wv, const MlaDims& d, const LatentBlocks& kv,
                            float* qabs, float* lat, float* scores, const int64_t* valid, int64_t hb,
@@ -254,9 +266,16 @@ void absorbed_decode_heads(float* attn, const float* q, int64_t T, int64_t start
   for (int64_t t = 0; t < T; ++t) {
     const int64_t r0 = t * H + hb;  // first (t, h) row of this range
     // q_abs[t, h, :] = q_nope[t, h, :] · W_UK[h]  ([Dn] x [Dn, R] -> [R]).
-    if (absorb)
-      for (int64_t h = hb; h < he; ++h)
+    // Each head's slice is asked for one head ahead; after W_UK the first W_UV slice, which then
+    // arrives while the scores are computed.
+    if (absorb) {
+      prefetch_rows(wv, hb * Dkv, hb * Dkv + Dn);
+      for (int64_t h = hb; h < he; ++h) {
+        const int64_t next = h + 1 < he ? (h + 1) * Dkv : hb * Dkv + Dn;
+        prefetch_rows(wv, next, next + Dn);
         cpu::gemv_t_rows(qabs + (t * H + h) * R, q + (t * H + h) * Dq, wv, h * Dkv, Dn);
+      }
+    }
     float* sc = scores + r0 * S;
     for (int64_t j = 0; j * bt < S; ++j) {
       const int64_t n = std::min(bt, S - j * bt), blk = kv.blocks[j];
@@ -273,9 +292,11 @@ void absorbed_decode_heads(float* attn, const float* q, int64_t T, int64_t start
     }
     // attn[t, h, :] = lat[t, h, :] · W_UV[h]ᵀ  ([R] x [R, Dv] -> [Dv]).
     if (absorb)
-      for (int64_t h = hb; h < he; ++h)
+      for (int64_t h = hb; h < he; ++h) {
+        if (h + 1 < he) prefetch_rows(wv, (h + 1) * Dkv + Dn, (h + 2) * Dkv);
         cpu::gemv_rows(attn + (t * H + h) * Dv, lat + (t * H + h) * R, wv, h * Dkv + Dn,
                        (h + 1) * Dkv);
+      }
   }
 }
 
@@ -578,6 +599,10 @@ void mla_forward_cached(float* out, const float* x, std::span<const SeqSpan> seq
   int64_t* pos = grow(s.pos, size_t(N));
   span_positions(pos, seqs, bt);
   float* qa_n = nullptr;
+  if (N <= 2) {  // decode: the starts of the next projections, ahead (linear_prefetch)
+    if (d.Qr) cpu::linear_prefetch(w.q_b);
+    cpu::linear_prefetch(w.kv_a);
+  }
   if (d.Qr) {
     qa_n = grow(s.qa_n, size_t(N * d.Qr));
     q_latent(grow(s.qa, size_t(N * d.Qr)), qa_n, static_cast<float*>(nullptr), x, w, d);
@@ -585,6 +610,7 @@ void mla_forward_cached(float* out, const float* x, std::span<const SeqSpan> seq
   float* q = grow(s.q, size_t(N * H * Dq));
   queries(q, x, qa_n, w, d, cos_sin, pos);
   write_latents(x, seqs, pos, w, c, d, cos_sin, cache, s);
+  if (N <= 2) cpu::linear_prefetch(w.o);
 
   float* attn = grow(s.attn, size_t(N * H * Dv));
   bool decode_batch = seqs.size() > 1 && impl != AttnImpl::Naive;

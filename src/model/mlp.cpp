@@ -36,6 +36,10 @@ template <typename S>
 void mlp_forward(S* out, S* g, S* u, S* act, const S* x, int64_t N, const MlpW<W<S>>& w,
                  bool accumulate) {
   if (N == 0) return;
+  if (N <= 2) {  // decode: each weight's start is asked for while the one before streams
+    cpu::linear_prefetch(w.up);
+    cpu::linear_prefetch(w.down);
+  }
   thread_local std::vector<S> scratch;
   if (!act) act = grow(scratch, size_t(N * w.gate.out()));
   cpu::linear_forward(g, x, N, w.gate);

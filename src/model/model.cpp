@@ -89,13 +89,12 @@ void Model::forward(const int32_t* tokens, int64_t B, int64_t T, int64_t start_p
 namespace {
 
 // Whether a forward of N tokens runs on a spin team: decode steps (Model::kSpinTeamTokens), and
-// under Compute::BF16 batched decode steps of up to 32 tokens, whose products are the GEMV or the
-// skinny GEMM (linear.cpp), parallel_for regions both, and whose MoE takes whole experts per
-// thread (moe.cpp) as a decode step does. (Compute::F32's sgemm has OpenMP regions of its own,
-// which would run on one thread inside the team.)
-constexpr int64_t kSpinTeamBatchTokens = 32;
+// under Compute::BF16 batched decode steps of up to Model::kSpinTeamBatchTokens, whose products
+// are the GEMV or the skinny GEMM (linear.cpp), parallel_for regions both, and whose MoE takes
+// whole experts per thread (moe.cpp) as a decode step does. (Compute::F32's sgemm has OpenMP
+// regions of its own, which would run on one thread inside the team.)
 bool spin_team_tokens(int64_t N, cpu::Compute c, int64_t decode_tokens) {
-  return N <= decode_tokens || (c == cpu::Compute::BF16 && N <= kSpinTeamBatchTokens);
+  return N <= decode_tokens || (c == cpu::Compute::BF16 && N <= Model::kSpinTeamBatchTokens);
 }
 
 }  // namespace

@@ -123,10 +123,15 @@ class Model {
   int64_t moe_layers() const;
   size_t total_weight_bytes() const;
 
- private:
-  Model() = default;
   // Up to this many tokens per forward run on a spin team (core/parallel.hpp): all GEMV there.
   static constexpr int64_t kSpinTeamTokens = 2;
+  // Under Compute::BF16, batched decode forwards of up to this many tokens run on a spin team
+  // too: their products are the GEMV or the skinny GEMM (linear.cpp), parallel_for regions both,
+  // and their MoE takes whole experts per thread (moe.cpp) with the router on the GEMV.
+  static constexpr int64_t kSpinTeamBatchTokens = 32;
+
+ private:
+  Model() = default;
   void forward_layers(const int32_t* tokens, std::span<const SeqSpan> seqs, int64_t N,
                       KVCache& cache, float* logits, const int64_t* rows, int64_t nrows,
                       const ForwardOptions& opt);

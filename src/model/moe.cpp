@@ -18,6 +18,7 @@
 #include "core/profile.hpp"
 #include "core/scratch.hpp"
 #include "dist/expert_dispatch.hpp"
+#include "model/model.hpp"
 
 namespace dsv3::model {
 
@@ -143,8 +144,8 @@ void for_each_expert(const int32_t* offsets, int64_t E, std::vector<int32_t>& eo
 // team) and stream them end to end; their GEMVs run inline on the taking thread.
 constexpr int64_t kExpertParallelTokens = 2;
 
-// Tokens up to which the router runs on the GEMV (model.cpp's batched decode steps: up to 32).
-constexpr int64_t kRouterGemvMaxN = 32;
+// Tokens up to which the router runs on the GEMV: the forwards that run on a spin team (model.hpp).
+constexpr int64_t kRouterGemvMaxN = Model::kSpinTeamBatchTokens;
 
 }  // namespace
 
@@ -279,6 +280,8 @@ void routed_forward(S* out_rows, const Rows<S>& r, const MoeW<W<S>>& w, const Mo
     if (has_shared) jobs.push_back(-1);
     for (int64_t e = 0; e < r.experts; ++e)
       if (offsets[e + 1] > offsets[e]) jobs.push_back(e);
+    for (int64_t e : jobs)  // the start of every job's first weight, ahead (linear_prefetch)
+      cpu::linear_prefetch(e < 0 ? w.shared.gate : w.experts[size_t(r.e0 + e)].gate);
     parallel_jobs(int64_t(jobs.size()), [&](int64_t j, int) {
       const int64_t e = jobs[size_t(j)];
       if (e < 0)

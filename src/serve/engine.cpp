@@ -52,7 +52,7 @@ namespace {
 using Clock = std::chrono::steady_clock;
 
 // Steps of at most this many tokens run on one spin team (the model's decode forwards do).
-constexpr int64_t kStepTeamTokens = 2;
+constexpr int64_t kStepTeamTokens = model::Model::kSpinTeamTokens;
 
 double secs(Clock::time_point a, Clock::time_point b) {
   return std::chrono::duration<double>(b - a).count();

@@ -2,8 +2,9 @@
 // x rounded to BF16 here (round to nearest even, written out in the test): every activation-row
 // count 1..33 (register blocks of 1..4 rows), weight rows on both sides of the 6- and 8-row
 // tiles, K on both sides of the 32-element chunk, accumulate on and off, a sub-range of rows
-// with a wider output stride (the rows outside are untouched), and a weight large enough to be
-// split over the pool. Seeds are fixed and printed.
+// with a wider output stride (the rows outside are untouched), a weight large enough to be split
+// over the pool, long K over many tiles at every row count, and an output that does not depend
+// on the batch it is in. Seeds are fixed and printed.
 //
 // Error bound, relative to S = Σ_k |bf16(x_k)·w_k| (+ |y0| when accumulating): the products are
 // exact in FP32 (8-bit significands), each of the 16 lanes adds K/16 of them in FP32, and the
@@ -124,6 +125,51 @@ TEST(GemmSkinny, LargeWeightOverThreads) {
     gemm_skinny_bf16(y.data(), p.x.data(), M, WeightView{DType::BF16, N, K, p.w.data(), nullptr},
                      false);
     ASSERT_EQ(check(y, y0, p, M, N, K, N, 0, N, false), 0);
+  }
+}
+
+// Long K (a multiple of 32, one more chunk, a tail inside a chunk) and enough weight rows for
+// many tiles and a remainder, at every row count 1..32: the next tile's prefetch is shared out
+// over the row blocks.
+TEST(GemmSkinny, LongKManyTiles) {
+  const uint64_t seed = 2027;
+  std::printf("seed %llu\n", static_cast<unsigned long long>(seed));
+  Rng rng(seed);
+  for (int64_t M = 1; M <= 32; ++M)
+    for (int64_t K : {512, 544, 1057}) {
+      const int64_t N = M % 2 ? 103 : 55;
+      const bool acc = M % 3 == 0;
+      const Problem p = make(M, N, K, rng);
+      std::vector<float> y(size_t(M * N));
+      for (auto& v : y) v = float(rng.normal());
+      const auto y0 = y;
+      std::vector<uint16_t> xb(size_t(M * skinny_ldx(K)));
+      skinny_round_x(xb.data(), p.x.data(), M, K);
+      skinny_rows(y.data(), N, xb.data(), M, p.w.data(), K, 0, N, acc);
+      ASSERT_EQ(check(y, y0, p, M, N, K, N, 0, N, acc), 0);
+    }
+}
+
+// An output's arithmetic does not depend on the other activation rows or on the weight rows a
+// call takes: each row of a 16-row product equals, bit for bit, the same row in a 3-row product
+// over a different range of weight rows.
+TEST(GemmSkinny, RowIndependentOfBatch) {
+  const uint64_t seed = 2028;
+  std::printf("seed %llu\n", static_cast<unsigned long long>(seed));
+  Rng rng(seed);
+  const int64_t M = 16, N = 61, K = 1100, ldx = skinny_ldx(K);
+  const Problem p = make(M, N, K, rng);
+  std::vector<uint16_t> xb(size_t(M * ldx));
+  skinny_round_x(xb.data(), p.x.data(), M, K);
+  std::vector<float> all(size_t(M * N));
+  skinny_rows(all.data(), N, xb.data(), M, p.w.data(), K, 0, N, false);
+  for (int64_t m0 : {0, 5, 13}) {
+    std::vector<float> part(size_t(3 * N), 0.0f);
+    skinny_rows(part.data(), N, xb.data() + m0 * ldx, 3, p.w.data(), K, 7, N, false);
+    for (int64_t m = 0; m < 3; ++m)
+      for (int64_t n = 7; n < N; ++n)
+        ASSERT_EQ(part[size_t(m * N + n)], all[size_t((m0 + m) * N + n)])
+            << "row " << m0 + m << ", output " << n;
   }
 }
 

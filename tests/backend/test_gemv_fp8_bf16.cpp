@@ -154,7 +154,14 @@ TEST(GemvFp8Bf16, EveryCodeEveryColumn) {
 // gemv_rows / gemv_t_rows on FP8 weights (MLA's absorbed decode on kv_b_proj's per-head rows):
 // ranges starting inside a row block and crossing one, odd column counts, NaN codes.
 TEST(GemvFp8Rows, MatchPlainLoops) {
-  for (auto [N, K] : {std::pair<int64_t, int64_t>{300, 256}, {260, 97}, {240, 300}}) {
+  // K = 256 is MLA's kv_lora_rank in the bench model (per-head ranges of 64 rows below); K up to
+  // 513 crosses the 256-column blocks of gemv_t_rows, K < 32 is one masked group.
+  for (auto [N, K] : {std::pair<int64_t, int64_t>{300, 256},
+                      {260, 97},
+                      {240, 300},
+                      {200, 513},
+                      {200, 1},
+                      {201, 31}}) {
     const uint64_t seed = uint64_t(5 * N + K);
     std::printf("gemv_fp8_rows N=%lld K=%lld seed=%llu\n", (long long)N, (long long)K,
                 (unsigned long long)seed);
@@ -163,7 +170,8 @@ TEST(GemvFp8Rows, MatchPlainLoops) {
     Rng rng(seed + 1);
     std::vector<float> x(size_t(std::max(N, K)));
     for (auto& v : x) v = float(rng.normal());
-    for (auto [a, b] : {std::pair<int64_t, int64_t>{100, 200}, {0, N}, {5, 6}}) {
+    for (auto [a, b] :
+         {std::pair<int64_t, int64_t>{100, 200}, {0, N}, {5, 6}, {64, 128}, {130, 135}}) {
       SCOPED_TRACE(testing::Message()
                    << "N=" << N << " K=" << K << " rows [" << a << ", " << b << ")");
       std::vector<float> y(size_t(b - a));

@@ -15,6 +15,7 @@
 #include <cmath>
 #include <cstdio>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "backend/cpu/linear.hpp"
@@ -209,6 +210,24 @@ TEST(Linear, ZeroRowsAndEmptyWeight) {
   const LinearWeight lw2(w2.view, Compute::F32);
   linear_forward(nullptr, nullptr, 0, lw2);
   EXPECT_THROW(linear_forward(&y, x, 1, LinearWeight()), std::exception);
+}
+
+// linear_prefetch is a hint only: on every dtype, an empty weight and a default one, it leaves the
+// product unchanged (bit for bit) and does not throw.
+TEST(Linear, PrefetchIsOnlyAHint) {
+  for (DType dt : {DType::F32, DType::BF16, DType::F8_E4M3})
+    for (auto [rows, cols] : {std::pair<int64_t, int64_t>{0, 16}, {1, 1}, {300, 257}}) {
+      SCOPED_TRACE(testing::Message() << name(dt) << " " << rows << "x" << cols);
+      const Stored w = make_weight(dt, rows, cols, 11);
+      const LinearWeight lw(w.view, Compute::BF16);
+      const std::vector<float> x = random_vec(size_t(cols), 12);
+      std::vector<float> y0(static_cast<size_t>(rows)), y1(static_cast<size_t>(rows));
+      linear_forward(y0.data(), x.data(), 1, lw);
+      linear_prefetch(lw);
+      linear_forward(y1.data(), x.data(), 1, lw);
+      for (int64_t i = 0; i < rows; ++i) EXPECT_EQ(y0[size_t(i)], y1[size_t(i)]) << "row " << i;
+    }
+  linear_prefetch(LinearWeight());
 }
 
 // Several threads call linear_forward at once, on shared and on private weights, with M on both

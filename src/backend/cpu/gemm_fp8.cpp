@@ -11,11 +11,18 @@
 // the BF16 of its value·2⁻¹²⁰; three operations per 32 codes, where the FP16 route with the
 // scale folded in took nine), then a 16×16 transpose of 32-bit elements turns 16 rows of 16
 // pairs into 16 pairs of 16 rows. The 2¹²⁰ comes back through x (rounded to BF16 as x·2^e, e =
-// 120 unless x is large) and the block scale is applied to the FP32 sums of every 128 columns
-// (one scale block) as they are added into y: y += (Σ x·2^e·code·2⁻¹²⁰)·2^(120−e)·scale_inv.
-// Measured against the folded-scale version on one thread: 5% faster at M = 48 (an expert's
-// share of a 512-token prompt), equal at M = 512; the kernel alone, without conversion, runs at
-// the BF16 peak (428 GFLOP/s at M = 48), so the conversion is what is left (~20% at M = 48).
+// 120 unless x is large) and the block scales through the FP32 sums: y += (Σ x·2^e·code·2⁻¹²⁰)
+// ·2^(120−e)·scale_inv. Measured against the folded-scale version on one thread: 5% faster at
+// M = 48 (an expert's share of a 512-token prompt), equal at M = 512.
+//
+// The scales: the sums of a 128-column block used to go to y at the block's end (24 loads, FMAs
+// and stores per 64 pairs); now they stay in the accumulators, multiplied by s[b] / s[b+1] at
+// each block boundary, and reach y once per kKc columns (block_rows says when that is safe).
+// dev/gemm_fp8_variants.cpp, one thread, medians of 9 interleaved runs (2026-12-07): +11-12% at
+// M = 48 (512 × 1024, 1024 × 512), +3-5% at M = 512; with the y tile prefetched at the kernel's
+// start as well, +9% at M = 512 on 2816 × 1024 (its 5.8 MB y misses the caches). A variant that
+// keeps the codes as bytes in the buffer (transposed as 16-bit pairs, half the stores) and
+// widens them in the kernel was +2-4% at M = 48 and 4% slower at M = 512: not taken.
 //
 // Blocking: a thread takes a 128-row block of the weight (one scale row) and, column block by
 // column block, converts 128 × kKc into its 128 KiB buffer (L2) and runs all its activation rows
@@ -77,12 +84,33 @@ inline void transpose16(__m512i r[16]) {
 // (see the file comment; NaN codes patched to NaN when kNan): panel j (rows 64j..64j+63) holds,
 // for each pair p < kc/2, 64 lanes of (w[r, k0+2p], w[r, k0+2p+1]) at buf[(j·kc/2 + p)·128 ...].
 // Columns past K are zero.
+//
+// Each 16-row group fetches the next group's codes while it converts (`next`: the next block's
+// first group after the last), in memory order, spread over its steps. The hardware prefetchers
+// do not see 16 streams of 8 lines; without this a weight read from memory (prefill: each
+// expert once per layer) converted at ~6 GB/s. dev/gemm_fp8_variants.cpp, one thread, weights
+// cold in 2 MiB pages (2026-12-07): 224 → 307 GFLOP/s at M = 48 on 512 × 1024 (the warm
+// speed), 126 → 168 at M = 16.
+struct Lines {  // rows × bytes of codes at w, row stride K
+  const uint8_t* w = nullptr;
+  int64_t rows = 0, bytes = 0;
+};
+
 template <bool kNan>
-void convert_block(uint16_t* buf, const uint8_t* w, int64_t K, int64_t nt, int64_t k0, int64_t kc) {
+void convert_block(uint16_t* buf, const uint8_t* w, int64_t K, int64_t nt, int64_t k0, int64_t kc,
+                   const Lines& next) {
   const int64_t pc = kc / 2;
   for (int64_t r0 = 0; r0 < kRows; r0 += 16) {
     uint16_t* pan = buf + (r0 / kNR) * pc * 128 + (r0 % kNR) * 2;
-    for (int64_t c = 0; c < kc; c += 32) {
+    const bool in = r0 + 16 < nt;  // the next group: this block's, else next's first
+    const uint8_t* gw = in ? w + (r0 + 16) * K + k0 : next.w;
+    const int64_t grows = std::min<int64_t>(16, in ? nt - r0 - 16 : next.rows);
+    const int64_t glines = ((in ? std::min(kc, K - k0) : next.bytes) + 63) / 64;
+    const int64_t gtotal = gw ? grows * glines : 0, per = (gtotal + kc / 32 - 1) / (kc / 32);
+    for (int64_t c = 0, f = 0; c < kc; c += 32) {
+      for (const int64_t fe = std::min(gtotal, f + per); f < fe; ++f)
+        _mm_prefetch(reinterpret_cast<const char*>(gw + (f / glines) * K + (f % glines) * 64),
+                     _MM_HINT_T0);
       const int64_t k = k0 + c;
       const __mmask32 km = K - k >= 32 ? ~__mmask32(0) : __mmask32((1u << (K - k)) - 1);
       __m512i t[16];
@@ -108,8 +136,10 @@ void convert_block(uint16_t* buf, const uint8_t* w, int64_t K, int64_t nt, int64
 
 // y[m·ldy + n] (+)= Σ_b s[b] · post · Σ_{p in b} xb[m, 2p..2p+1] · panel[p, n] for MR rows,
 // n < nv (≤ 64) lanes of one panel of pc pairs, b the 64-pair (128-column) scale blocks; xp
-// points at the rows' first column (stride ldx). The sums of a block are FP32; post·s is
-// applied as they are added into y (into y = when !acc and b = 0).
+// points at the rows' first column (stride ldx). The sums are FP32. With r (r[b] = s[b] / s[b+1],
+// see block_rows), the sums stay in the accumulators across blocks, multiplied by r[b] at each
+// boundary, and s[last]·post is applied once as they are added into y; without r, the sums of
+// each block are added into y with s[b]·post (into y = when !acc and b = 0).
 inline __m512bh bcast_pair(const uint16_t* p) {
   int32_t v;
   std::memcpy(&v, p, sizeof v);
@@ -118,18 +148,23 @@ inline __m512bh bcast_pair(const uint16_t* p) {
 
 template <int MR>
 void kernel(float* y, int64_t ldy, const uint16_t* xp, int64_t ldx, const uint16_t* panel,
-            int64_t pc, int64_t nv, bool acc, const float* s, float post) {
+            int64_t pc, int64_t nv, bool acc, const float* s, const float* r, float post) {
   __mmask16 mk[4];
   for (int j = 0; j < 4; ++j) {
     const int64_t left = nv - 16 * j;
     mk[j] = left >= 16 ? __mmask16(0xffff) : left <= 0 ? 0 : __mmask16((1u << left) - 1);
   }
   const __m512 vpost = _mm512_set1_ps(post);
+  // The y tile is read or written only after the pc pairs: fetch it now (a y of many MB misses
+  // the caches; +9% at M = 512 on 2816 × 1024, one thread, 2026-12-07).
+  for (int m = 0; m < MR; ++m)
+    for (int j = 0; j < 4; ++j)
+      if (mk[j]) _mm_prefetch(reinterpret_cast<const char*>(y + m * ldy + 16 * j), _MM_HINT_T0);
   const uint16_t* b = panel;
+  __m512 a[MR][4];
+  for (int m = 0; m < MR; ++m)
+    for (int j = 0; j < 4; ++j) a[m][j] = _mm512_setzero_ps();
   for (int64_t p0 = 0; p0 < pc; p0 += 64) {
-    __m512 a[MR][4];
-    for (int m = 0; m < MR; ++m)
-      for (int j = 0; j < 4; ++j) a[m][j] = _mm512_setzero_ps();
     const int64_t pe = std::min<int64_t>(pc, p0 + 64);
 #pragma GCC unroll 4  // +2-5% on one thread (2026-12-07)
     for (int64_t p = p0; p < pe; ++p, b += 128) {
@@ -140,8 +175,14 @@ void kernel(float* y, int64_t ldy, const uint16_t* xp, int64_t ldx, const uint16
         for (int j = 0; j < 4; ++j) a[m][j] = _mm512_dpbf16_ps(a[m][j], xv, bv[j]);
       }
     }
+    if (r && pe < pc) {  // carry the sums into the next block's scale
+      const __m512 vr = _mm512_set1_ps(r[p0 / 64]);
+      for (int m = 0; m < MR; ++m)
+        for (int j = 0; j < 4; ++j) a[m][j] = _mm512_mul_ps(a[m][j], vr);
+      continue;
+    }
     const __m512 vs = _mm512_set1_ps(s[p0 / 64]);
-    const bool add = acc || p0 > 0;
+    const bool add = acc || (p0 > 0 && !r);
     for (int j = 0; j < 4; ++j) {
       if (!mk[j]) break;
       for (int m = 0; m < MR; ++m) {
@@ -152,16 +193,18 @@ void kernel(float* y, int64_t ldy, const uint16_t* xp, int64_t ldx, const uint16
             add ? _mm512_fmadd_ps(v, vs, _mm512_maskz_loadu_ps(mk[j], d)) : _mm512_mul_ps(v, vs));
       }
     }
+    for (int m = 0; m < MR; ++m)
+      for (int j = 0; j < 4; ++j) a[m][j] = _mm512_setzero_ps();
   }
 }
 
 void kernel_any(int mr, float* y, int64_t ldy, const uint16_t* xp, int64_t ldx,
                 const uint16_t* panel, int64_t pc, int64_t nv, bool acc, const float* s,
-                float post) {
+                const float* r, float post) {
   static constexpr decltype(&kernel<1>) kernels[] = {kernel<1>, kernel<2>, kernel<3>,
                                                      kernel<4>, kernel<5>, kernel<6>};
   static_assert(std::size(kernels) == kMR);
-  kernels[std::min(mr, kMR) - 1](y, ldy, xp, ldx, panel, pc, nv, acc, s, post);
+  kernels[std::min(mr, kMR) - 1](y, ldy, xp, ldx, panel, pc, nv, acc, s, r, post);
 }
 
 // Rows [m0, m1) of x against weight rows [n0, n0 + nt) (one 128-row block).
@@ -171,18 +214,40 @@ void block_rows(float* y, int64_t ldy, const uint16_t* xb, int64_t ldx, int64_t 
   const int64_t K = w.cols, nt = std::min(kRows, w.rows - n0), sc = (K + 127) / 128;
   const auto* codes = static_cast<const uint8_t*>(w.data) + n0 * K;
   const float* s = w.scale_inv + (n0 / 128) * sc;
+  // The ratios of consecutive scales of this row of blocks, when every scale is finite and
+  // nonzero and the largest is at most 2³² times the smallest: the running sums then stay far
+  // inside FP32's range (terms below 2¹⁵, see gemm_fp8_bf16, so |sums| < 2⁴⁷·K), at the cost of
+  // one rounding per boundary (≤ 3 per kKc columns). Otherwise each block's sums go to y alone.
+  thread_local std::vector<float> ratio;
+  ratio.resize(size_t(sc));
+  float lo = std::numeric_limits<float>::infinity(), hi = 0.0f;
+  bool carry = true;
+  for (int64_t b = 0; b < sc; ++b) {
+    const float a = std::fabs(s[b]);
+    carry = carry && std::isfinite(a) && a > 0.0f;
+    lo = std::min(lo, a);
+    hi = std::max(hi, a);
+    if (b + 1 < sc) ratio[size_t(b)] = s[b] / s[b + 1];
+  }
+  carry = carry && hi <= std::ldexp(lo, 32);
   for (int64_t k0 = 0; k0 < ldx; k0 += kKc) {
     const int64_t kc = std::min(kKc, ldx - k0), pc = kc / 2;
+    Lines next;  // the block after this one: the next columns, else the next 128 rows
+    if (k0 + kKc < K)
+      next = {codes + k0 + kKc, nt, std::min(kKc, K - k0 - kKc)};
+    else if (n0 + kRows < w.rows)
+      next = {codes + kRows * K, std::min(kRows, w.rows - n0 - kRows), std::min(kKc, K)};
     if (has_nan)
-      convert_block<true>(buf, codes, K, nt, k0, kc);
+      convert_block<true>(buf, codes, K, nt, k0, kc, next);
     else
-      convert_block<false>(buf, codes, K, nt, k0, kc);
+      convert_block<false>(buf, codes, K, nt, k0, kc, next);
     const bool acc = accumulate || k0 > 0;
     for (int64_t j = 0; j * kNR < nt; ++j)
       for (int64_t m = m0; m < m1; m += kMR) {
         const int mr = int(std::min<int64_t>(kMR, m1 - m));
         kernel_any(mr, y + m * ldy + n0 + j * kNR, ldy, xb + m * ldx + k0, ldx, buf + j * pc * 128,
-                   pc, std::min(kNR, nt - j * kNR), acc, s + k0 / 128, post);
+                   pc, std::min(kNR, nt - j * kNR), acc, s + k0 / 128,
+                   carry ? ratio.data() + k0 / 128 : nullptr, post);
       }
   }
 }

@@ -160,7 +160,8 @@ void run_rows(float* C, int64_t ldc, const Pairs& A0, const uint32_t* panel, int
       DSV3_PLAIN(6)
       DSV3_PLAIN(7)
 #undef DSV3_PLAIN
-          default : break;
+      default:
+        break;
     }
     return;
   }

@@ -24,6 +24,7 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -200,6 +201,17 @@ inline void store32_bf16(uint16_t* d, const float* x, int64_t left, __m512 f, __
   _mm512_storeu_si512(d, (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
 }
 
+// max |p[i]| over i < n, NaN ignored (as std::max(m, |p[i]|) does; vmaxps returns its second
+// operand, the running maximum, when either is NaN). 16 lanes at a time: a scalar loop over the
+// K activations was ~2 µs of every decode GEMV call (a serial max chain), about 4% of a step.
+inline float abs_max(const float* p, int64_t n) {
+  const __m512 sign = _mm512_set1_ps(-0.0f);
+  __m512 m = _mm512_setzero_ps();
+  for (int64_t i = 0; i < n; i += 16)
+    m = _mm512_max_ps(_mm512_andnot_ps(sign, _mm512_maskz_loadu_ps(tail_mask16(n - i), p + i)), m);
+  return _mm512_reduce_max_ps(m);
+}
+
 // Work split of the decode GEMVs: 16-row units; a chunk streams at least ~32 KiB so that small
 // weights stay on one thread. fn(n, be, rb) runs rows [n, be) of row block rb.
 template <class Fn>
@@ -217,6 +229,84 @@ void split_rows(int64_t N, int64_t K, Fn&& fn) {
         }
       },
       min_units);
+}
+
+// ---- MLA's per-head products on kv_b_proj (gemv_fp8_rows / gemv_fp8_t_rows) ----
+//
+// Exact FP32 route (NaN codes patched), for one activation row on a few dozen weight rows: the
+// costs that matter are per row (a horizontal sum each) and per call, not the stream.
+
+// y[0..4) = Σ_k xs[k]·code(w[i·K + k])·2⁻⁸ for 4 rows of K codes from w; xs zero past K. Two
+// accumulators per row; the 4 row sums are reduced together (one shuffle tree for 4 rows instead
+// of a horizontal sum each).
+inline void rows4_nan(float* y, const float* xs, const uint8_t* w, int64_t K) {
+  for (const char *p = reinterpret_cast<const char*>(w) + kPrefetchBytes, *e = p + 4 * K; p < e;
+       p += 64)
+    _mm_prefetch(p, _MM_HINT_NTA);
+  __m512 a[4][2];
+  for (int i = 0; i < 4; ++i) a[i][0] = a[i][1] = _mm512_setzero_ps();
+  for (int64_t k = 0; k < K; k += 32) {
+    const __mmask32 m = __mmask32(mask64(K - k));
+    const __m512 x0 = _mm512_loadu_ps(xs + k), x1 = _mm512_loadu_ps(xs + k + 16);
+    for (int i = 0; i < 4; ++i) {
+      __m512 lo, hi;
+      widen32<true>(_mm256_maskz_loadu_epi8(m, w + i * K + k), lo, hi);
+      a[i][0] = _mm512_fmadd_ps(x0, lo, a[i][0]);
+      a[i][1] = _mm512_fmadd_ps(x1, hi, a[i][1]);
+    }
+  }
+  const __m512 s0 = _mm512_add_ps(a[0][0], a[0][1]), s1 = _mm512_add_ps(a[1][0], a[1][1]);
+  const __m512 s2 = _mm512_add_ps(a[2][0], a[2][1]), s3 = _mm512_add_ps(a[3][0], a[3][1]);
+  // Per 128-bit lane: (s0[0]+s0[2], s1[0]+s1[2], s0[1]+s0[3], s1[1]+s1[3]), the same for s2/s3,
+  // then (Σs0, Σs1, Σs2, Σs3) of the lane; the four lanes are summed last.
+  const __m512 t01 = _mm512_add_ps(_mm512_unpacklo_ps(s0, s1), _mm512_unpackhi_ps(s0, s1));
+  const __m512 t23 = _mm512_add_ps(_mm512_unpacklo_ps(s2, s3), _mm512_unpackhi_ps(s2, s3));
+  const __m512 u =
+      _mm512_add_ps(_mm512_shuffle_ps(t01, t23, 0x44), _mm512_shuffle_ps(t01, t23, 0xee));
+  const __m256 h = _mm256_add_ps(_mm512_castps512_ps256(u),
+                                 _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(u), 1)));
+  _mm_storeu_ps(y, _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1)));
+}
+
+// y[c0 + c] = Σ_{r<n} x[r]·W_eff[r0 + r, c0 + c] for the 32·G columns from c0 (fewer at the end of
+// the row), G ≤ 8 groups of 32 in 2G accumulators (registers: G is fixed here).
+template <int G>
+void t_rows_block(float* y, const float* x, const WeightView& w, int64_t r0, int64_t n,
+                  int64_t c0) {
+  const int64_t C = w.cols, sc = (C + 127) / 128;
+  const auto* wp = static_cast<const uint8_t*>(w.data) + c0;
+  __mmask32 mk[G];
+  for (int g = 0; g < G; ++g) {
+    const int64_t left = C - c0 - 32 * g;
+    mk[g] = left <= 0 ? __mmask32(0) : __mmask32(mask64(left));
+  }
+  __m512 a[2 * G];
+  for (int j = 0; j < 2 * G; ++j) a[j] = _mm512_setzero_ps();
+  for (int64_t r = 0; r < n; ++r) {
+    const int64_t row = r0 + r;
+    const float* s = w.scale_inv + (row / 128) * sc + c0 / 128;
+    const uint8_t* wr = wp + row * C;
+    _mm_prefetch(reinterpret_cast<const char*>(wr) + kPrefetchBytes, _MM_HINT_NTA);
+    if (G > 2) _mm_prefetch(reinterpret_cast<const char*>(wr) + kPrefetchBytes + 64, _MM_HINT_NTA);
+    if (G > 4) {
+      _mm_prefetch(reinterpret_cast<const char*>(wr) + kPrefetchBytes + 128, _MM_HINT_NTA);
+      _mm_prefetch(reinterpret_cast<const char*>(wr) + kPrefetchBytes + 192, _MM_HINT_NTA);
+    }
+    const __m512 f0 = _mm512_set1_ps(x[r] * s[0] * 256.0f);
+    const __m512 f1 = G > 4 ? _mm512_set1_ps(x[r] * s[1] * 256.0f) : f0;  // 128 | c0
+    for (int g = 0; g < G; ++g) {
+      __m512 lo, hi;
+      widen32<true>(_mm256_maskz_loadu_epi8(mk[g], wr + 32 * g), lo, hi);
+      const __m512 f = g < 4 ? f0 : f1;
+      a[2 * g] = _mm512_fmadd_ps(f, lo, a[2 * g]);
+      a[2 * g + 1] = _mm512_fmadd_ps(f, hi, a[2 * g + 1]);
+    }
+  }
+  for (int g = 0; g < G; ++g) {
+    const int64_t c = c0 + 32 * g;
+    _mm512_mask_storeu_ps(y + c, tail_mask16(C - c), a[2 * g]);
+    _mm512_mask_storeu_ps(y + c + 16, tail_mask16(C - c - 16), a[2 * g + 1]);
+  }
 }
 
 }  // namespace
@@ -273,27 +363,46 @@ void gemv_fp8_bf16(float* y, const float* x, int64_t M, const WeightView& w, boo
   // The weights are BF16 values 2⁻¹²⁰ too small; x·scale carries 2^e back, e ≤ 120 chosen so that
   // no x·scale·2^e overflows BF16, and the sums are multiplied by 2^(120-e) (1 unless |x·scale|
   // may reach 2⁵).
-  float xmax = 0.0f, smax = 0.0f;
-  for (int64_t i = 0; i < M * K; ++i) xmax = std::max(xmax, std::fabs(x[i]));
-  for (int64_t i = 0; i < nb * sc; ++i) smax = std::max(smax, std::fabs(w.scale_inv[i]));
-  int ex = 0;
-  const double amax = double(xmax) * double(smax);
-  if (std::isfinite(amax)) std::frexp(amax, &ex);  // amax < 2^ex
-  const int e = std::clamp(125 - ex, -7, 120);     // from -7 on, x·scale overflows FP32 itself
-  const __m512 p2 = _mm512_set1_ps(std::ldexp(1.0f, e));
-  const float post = std::ldexp(1.0f, 120 - e);
-  // xb[rb][m][Kp]: BF16 of x·scale(rb, k/128)·2^e; zero past K.
-  thread_local std::vector<uint16_t> xb;
-  if (xb.size() < size_t(nb * M * Kp)) xb.resize(size_t(nb * M * Kp));
-  for (int64_t rb = 0; rb < nb; ++rb)
-    for (int64_t m = 0; m < M; ++m)
-      for (int64_t k = 0; k < Kp; k += 32)
-        store32_bf16(xb.data() + (rb * M + m) * Kp + k, x + m * K + k, K - k,
-                     _mm512_set1_ps(w.scale_inv[rb * sc + k / 128]), p2);
-  const uint16_t* xbp = xb.data();
+  //
+  // Every thread makes its own setup (e, and x·scale of the row block it is in) when it first
+  // needs it, after asking for the start of its rows: the scales are a short read elsewhere in
+  // memory (a cache and TLB miss), and on a team of two the other thread used to wait for the
+  // master's setup of all row blocks before either started streaming. e depends on the call's
+  // x and scales only, so the result does not depend on the split.
+  static std::atomic<uint64_t> calls{0};
+  const uint64_t id = calls.fetch_add(1, std::memory_order_relaxed) + 1;
   const auto* wp = static_cast<const uint8_t*>(w.data);
   split_rows(N, K, [&](int64_t n, int64_t be, int64_t rb) {
-    const uint16_t* xr = xbp + rb * M * Kp;
+    struct Setup {
+      uint64_t id = 0;
+      int64_t rb = -1;
+      int e = 120;
+      std::vector<uint16_t> xb;  // [M][Kp]: BF16 of x·scale(rb, k/128)·2^e; zero past K
+    };
+    thread_local Setup st;
+    if (st.id != id) {
+      const char* p = reinterpret_cast<const char*>(wp + n * K);
+      const char* pe = p + std::min<int64_t>((be - n) * K, kPrefetchBytes);
+      for (; p < pe; p += 64) _mm_prefetch(p, _MM_HINT_NTA);
+      const float xmax = abs_max(x, M * K), smax = abs_max(w.scale_inv, nb * sc);
+      int ex = 0;
+      const double amax = double(xmax) * double(smax);
+      if (std::isfinite(amax)) std::frexp(amax, &ex);  // amax < 2^ex
+      st.e = std::clamp(125 - ex, -7, 120);            // from -7 on, x·scale overflows FP32 itself
+      st.id = id;
+      st.rb = -1;
+      if (st.xb.size() < size_t(M * Kp)) st.xb.resize(size_t(M * Kp));
+    }
+    if (st.rb != rb) {
+      const __m512 p2 = _mm512_set1_ps(std::ldexp(1.0f, st.e));
+      for (int64_t m = 0; m < M; ++m)
+        for (int64_t k = 0; k < Kp; k += 32)
+          store32_bf16(st.xb.data() + m * Kp + k, x + m * K + k, K - k,
+                       _mm512_set1_ps(w.scale_inv[rb * sc + k / 128]), p2);
+      st.rb = rb;
+    }
+    const float post = std::ldexp(1.0f, 120 - st.e);
+    const uint16_t* xr = st.xb.data();
     int64_t m = 0;
     for (; m + 2 <= M; m += 2)
       rows_bf16_any<2>(has_nan, y + m * N, N, xr + m * Kp, Kp, wp, K, n, be, accumulate, post);
@@ -312,8 +421,13 @@ void gemv_fp8_rows(float* y, const float* x, const WeightView& w, int64_t n0, in
   for (int64_t n = n0; n < n1;) {
     const int64_t rb = n / 128, be = std::min(n1, rb * 128 + 128);
     const float* s = w.scale_inv + rb * sc;
-    for (int64_t k = 0; k < Kp; ++k) xs[size_t(k)] = k < K ? x[k] * s[k / 128] * 256.0f : 0.0f;
-    rows<1, true>(y, 0, xs.data(), Kp, wp, K, n - n0, be - n0, false);
+    for (int64_t k = 0; k < Kp; k += 16)  // 16 columns lie in one scale block
+      _mm512_storeu_ps(xs.data() + k,
+                       _mm512_mul_ps(_mm512_maskz_loadu_ps(tail_mask16(K - k), x + k),
+                                     _mm512_set1_ps(s[k / 128] * 256.0f)));
+    int64_t r = n - n0;
+    for (; r + 4 <= be - n0; r += 4) rows4_nan(y + r, xs.data(), wp + r * K, K);
+    if (r < be - n0) rows<1, true>(y, 0, xs.data(), Kp, wp, K, r, be - n0, false);
     n = be;
   }
 }
@@ -321,32 +435,14 @@ void gemv_fp8_rows(float* y, const float* x, const WeightView& w, int64_t n0, in
 void gemv_fp8_t_rows(float* y, const float* x, const WeightView& w, int64_t r0, int64_t n) {
   DSV3_ASSERT(0 <= r0 && 0 <= n && r0 + n <= w.rows, "gemv_fp8_t_rows: rows [{}, {}) of {}", r0,
               r0 + n, w.rows);
-  const int64_t C = w.cols, sc = (C + 127) / 128;
-  const auto* wp = static_cast<const uint8_t*>(w.data);
-  // Columns in blocks of 256 (two scale blocks, 16 accumulators) while the rows stream by.
+  const int64_t C = w.cols;
+  // Columns in blocks of 256 (two scale blocks, 16 accumulators) while the rows stream by; a last
+  // block of at most 128 columns takes 8.
   for (int64_t c0 = 0; c0 < C; c0 += 256) {
-    const int64_t groups = std::min<int64_t>(8, (C - c0 + 31) / 32);  // of 32 columns
-    __m512 a[16];
-    for (int j = 0; j < 16; ++j) a[j] = _mm512_setzero_ps();
-    for (int64_t r = 0; r < n; ++r) {
-      const int64_t row = r0 + r;
-      const float* s = w.scale_inv + (row / 128) * sc;
-      const uint8_t* wr = wp + row * C + c0;
-      _mm_prefetch(reinterpret_cast<const char*>(wr) + kPrefetchBytes, _MM_HINT_NTA);
-      for (int64_t g = 0; g < groups; ++g) {
-        const int64_t c = c0 + 32 * g;
-        const __m512 f = _mm512_set1_ps(x[r] * s[c / 128] * 256.0f);
-        __m512 lo, hi;
-        widen32<true>(_mm256_maskz_loadu_epi8(__mmask32(mask64(C - c)), wr + 32 * g), lo, hi);
-        a[2 * g] = _mm512_fmadd_ps(f, lo, a[2 * g]);
-        a[2 * g + 1] = _mm512_fmadd_ps(f, hi, a[2 * g + 1]);
-      }
-    }
-    for (int64_t g = 0; g < groups; ++g) {
-      const int64_t c = c0 + 32 * g;
-      _mm512_mask_storeu_ps(y + c, tail_mask16(C - c), a[2 * g]);
-      _mm512_mask_storeu_ps(y + c + 16, tail_mask16(C - c - 16), a[2 * g + 1]);
-    }
+    if (C - c0 > 128)
+      t_rows_block<8>(y, x, w, r0, n, c0);
+    else
+      t_rows_block<4>(y, x, w, r0, n, c0);
   }
 }
 

@@ -191,6 +191,22 @@ size_t LinearWeight::stored_bytes() const {
   return n;
 }
 
+void linear_prefetch(const LinearWeight& w) {
+  const WeightView& v = w.view();
+  const int64_t bytes = v.rows * v.cols * int64_t(dtype_size(v.dtype));
+  if (!v.data || bytes <= 0) return;
+  const int64_t head = std::min<int64_t>(bytes, 4096);
+  const char* front = static_cast<const char*>(v.data);
+  for (int64_t b = 0; b < head; b += 64) _mm_prefetch(front + b, _MM_HINT_T0);
+  if (region_threads() > 1)
+    for (int64_t b = bytes - head; b < bytes; b += 64) _mm_prefetch(front + b, _MM_HINT_T0);
+  if (v.dtype == DType::F8_E4M3 && v.scale_inv) {
+    const char* sp = reinterpret_cast<const char*>(v.scale_inv);
+    const int64_t sb = ((v.rows + 127) / 128) * ((v.cols + 127) / 128) * 4;
+    for (int64_t b = 0; b < sb; b += 64) _mm_prefetch(sp + b, _MM_HINT_T0);
+  }
+}
+
 int64_t linear_gemv_max_m(Compute c) {
   return c == Compute::BF16 ? kGemvMaxM_BF16 : kGemvMaxM_F32;
 }

@@ -70,6 +70,11 @@ class LinearWeight {
 void linear_forward(float* y, const float* x, int64_t M, const LinearWeight& w,
                     bool accumulate = false);
 
+// Asks the memory system for the start of w's decode product ahead of the call (its first and,
+// on a team of two, last 4 KiB, and the FP8 block scales): a decode step is a chain of short
+// GEMVs, each of which would otherwise begin with a wait for DRAM. Only a hint; no effect on y.
+void linear_prefetch(const LinearWeight& w);
+
 // Largest M that linear_forward treats as decode (FP32 products on the stored weight).
 int64_t linear_gemv_max_m(Compute c);
 
@@ -107,6 +112,9 @@ struct DenseWeight {
   int64_t out() const { return rows; }
   int64_t in() const { return cols; }
 };
+// (FP64 reference weights: no decode path to prefetch for.)
+template <typename S>
+void linear_prefetch(const DenseWeight<S>&) {}
 
 // C[M,N] = alpha · op(A)[M,K] · op(B)[K,N] + beta · C, row-major with leading dimensions.
 void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
