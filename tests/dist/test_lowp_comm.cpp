@@ -209,26 +209,10 @@ TEST(LowpComm, Bf16CombineEqualsTheRoundedFp32Combine) {
   EXPECT_TRUE(plan.R == 0 || rounded > 0);
 }
 
-// One scratch dir for the job (rank 0's pid), made by rank 0.
-std::string job_dir(const std::string& name) {
-  int64_t pid = g_comm->rank() == 0 ? int64_t(::getpid()) : 0;
-  g_comm->all_reduce(&pid, 1, DType::I64, dist::ReduceOp::Max);
-  const std::string d =
-      (fs::temp_directory_path() / ("dsv3-test-lowp-comm-" + name + "-" +
-                                    std::to_string(g_comm->size()) + "-" + std::to_string(pid)))
-          .string();
-  if (g_comm->rank() == 0) {
-    fs::remove_all(d);
-    fs::create_directories(d);
-  }
-  g_comm->barrier();
-  return d;
-}
-
 TEST(LowpComm, Fp8ExpertParallelRunTracksOneProcess) {
   const int P = g_comm->size();
   if (P == 1) GTEST_SKIP() << "needs mpirun -np 2 or 4";
-  const std::string root = job_dir("fp8");
+  const std::string root = job_dir("lowp-comm-fp8");
   train::TrainConfig c;
   if (g_comm->rank() == 0) train::testing::write_corpus(root + "/corpus");
   g_comm->barrier();

@@ -24,22 +24,6 @@ using namespace dsv3::train;
 
 namespace {
 
-// One scratch dir for the job (rank 0's pid), made by rank 0.
-std::string job_dir(const std::string& name) {
-  int64_t pid = g_comm->rank() == 0 ? int64_t(::getpid()) : 0;
-  g_comm->all_reduce(&pid, 1, DType::I64, dist::ReduceOp::Max);
-  const std::string d =
-      (fs::temp_directory_path() / ("dsv3-test-dist-" + name + "-" +
-                                    std::to_string(g_comm->size()) + "-" + std::to_string(pid)))
-          .string();
-  if (g_comm->rank() == 0) {
-    fs::remove_all(d);
-    fs::create_directories(d);
-  }
-  g_comm->barrier();
-  return d;
-}
-
 TrainConfig dist_config(const std::string& root) {
   TrainConfig c;
   if (g_comm->rank() == 0) dsv3::train::testing::write_corpus(root + "/corpus");
@@ -82,7 +66,7 @@ bool agree(bool ok) {
 TEST(DistTrain, LayoutsMatchOneProcessAndResumeExactly) {
   const int P = g_comm->size();
   if (P == 1) GTEST_SKIP() << "needs mpirun -np 2 or 4";
-  const std::string root = job_dir("layouts");
+  const std::string root = job_dir("dist-layouts");
   TrainConfig cfg = dist_config(root);
   // The reference: one process, the same global batch (rank 0 runs it; the tokenizer it trains
   // is reused by every run below).
@@ -171,7 +155,7 @@ TEST(DistTrain, LayoutsMatchOneProcessAndResumeExactly) {
 // Refused before any work, with the same message on every rank (rank 0 prints it in dsv3 train).
 TEST(DistTrain, BadLayoutsAreRefused) {
   const int P = g_comm->size();
-  const std::string root = job_dir("layouts-bad");
+  const std::string root = job_dir("dist-layouts-bad");
   TrainConfig cfg = dist_config(root);
   RunOptions r;
   r.run_dir = root + "/run";
