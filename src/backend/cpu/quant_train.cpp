@@ -27,22 +27,31 @@ inline __mmask16 tail_mask(int64_t n) {
   return n >= 16 ? __mmask16(0xffff) : __mmask16((1u << n) - 1);
 }
 
+// |a| (non-negative) rounded to nearest even with M mantissa bits, on the float's bits (a carry
+// moves into the exponent), or below min_normal (the format's subnormals) to a multiple of
+// quantum, a power of two. Shared by the E4M3 (M = 3) and E5M6 (M = 6) codecs below.
+template <int M>
+inline __m512 round_mantissa_v(__m512 a, float min_normal, float quantum) {
+  constexpr int kShift = 23 - M;
+  const __m512i ab = _mm512_castps_si512(a);
+  const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(ab, kShift), _mm512_set1_epi32(1));
+  const __m512i rn = _mm512_and_si512(
+      _mm512_add_epi32(ab, _mm512_add_epi32(_mm512_set1_epi32((1 << (kShift - 1)) - 1), lsb)),
+      _mm512_set1_epi32(int(~((1u << kShift) - 1))));
+  const __m512 qs =
+      _mm512_mul_ps(_mm512_roundscale_ps(_mm512_mul_ps(a, _mm512_set1_ps(1.0f / quantum)),
+                                         _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC),
+                    _mm512_set1_ps(quantum));
+  const __mmask16 sub = _mm512_cmp_ps_mask(a, _mm512_set1_ps(min_normal), _CMP_LT_OQ);
+  return _mm512_mask_blend_ps(sub, _mm512_castsi512_ps(rn), qs);
+}
+
 // E4M3 value of v (see the file comment); NaN where v is NaN or ±Inf.
 inline __m512 e4m3_round_v(__m512 v) {
   const __m512i bits = _mm512_castps_si512(v);
   const __m512i sign = _mm512_and_si512(bits, _mm512_set1_epi32(int(0x80000000u)));
   const __m512 a = _mm512_abs_ps(v);
-  const __m512i ab = _mm512_castps_si512(a);
-  const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(ab, 20), _mm512_set1_epi32(1));
-  const __m512i rn =
-      _mm512_and_si512(_mm512_add_epi32(ab, _mm512_add_epi32(_mm512_set1_epi32(0x7ffff), lsb)),
-                       _mm512_set1_epi32(int(0xfff00000u)));
-  const __m512 qs =
-      _mm512_mul_ps(_mm512_roundscale_ps(_mm512_mul_ps(a, _mm512_set1_ps(512.0f)),
-                                         _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC),
-                    _mm512_set1_ps(1.0f / 512.0f));
-  const __mmask16 sub = _mm512_cmp_ps_mask(a, _mm512_set1_ps(1.0f / 64.0f), _CMP_LT_OQ);
-  __m512 q = _mm512_mask_blend_ps(sub, _mm512_castsi512_ps(rn), qs);
+  __m512 q = round_mantissa_v<3>(a, 1.0f / 64.0f, 1.0f / 512.0f);
   q = _mm512_min_ps(q, _mm512_set1_ps(kE4M3Max));
   q = _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(q), sign));
   const __mmask16 bad = _mm512_cmp_ps_mask(a, _mm512_set1_ps(INFINITY), _CMP_NLT_UQ);
@@ -298,18 +307,7 @@ inline __m256i e5m6_encode_v(__m512 v) {
   const __m512i sign =
       _mm512_and_si512(_mm512_castps_si512(v), _mm512_set1_epi32(int(0x80000000u)));
   const __m512 a = _mm512_min_ps(_mm512_abs_ps(v), _mm512_set1_ps(kE5M6Max));
-  const __m512i ab = _mm512_castps_si512(a);
-  const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(ab, 17), _mm512_set1_epi32(1));
-  const __m512i rn =
-      _mm512_and_si512(_mm512_add_epi32(ab, _mm512_add_epi32(_mm512_set1_epi32(0xffff), lsb)),
-                       _mm512_set1_epi32(int(0xfffe0000u)));
-  const __m512 qs =
-      _mm512_mul_ps(_mm512_roundscale_ps(_mm512_mul_ps(a, _mm512_set1_ps(0x1p20f)),
-                                         _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC),
-                    _mm512_set1_ps(0x1p-20f));
-  const __mmask16 sub = _mm512_cmp_ps_mask(a, _mm512_set1_ps(0x1p-14f), _CMP_LT_OQ);
-  __m512 q = _mm512_min_ps(_mm512_mask_blend_ps(sub, _mm512_castsi512_ps(rn), qs),
-                           _mm512_set1_ps(kE5M6Max));
+  __m512 q = _mm512_min_ps(round_mantissa_v<6>(a, 0x1p-14f, 0x1p-20f), _mm512_set1_ps(kE5M6Max));
   q = _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(q), sign));
   return _mm512_cvtps_ph(q, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
 }
