@@ -90,21 +90,33 @@ TEST(Precision, ExactResumeInBf16AndFp8) {
   }
 }
 
+// The default model with a 512-token vocabulary at a seeded initialization (seed printed), and
+// n random tokens drawn from the same seed.
+struct AtInit {
+  model::ModelConfig c;
+  ParamStore store;
+  std::vector<int32_t> tokens;
+  AtInit(uint64_t seed, int64_t n) : c(config()), store(c), tokens(size_t(n)) {
+    std::printf("seed %llu\n", (unsigned long long)seed);
+    store.init_random(seed);
+    Rng rng(seed);
+    for (auto& t : tokens) t = int32_t(rng.below(512));
+  }
+  static model::ModelConfig config() {
+    nlohmann::json mj = default_model_json();
+    mj["vocab_size"] = 512;
+    return model::parse_config(mj.dump(), "default");
+  }
+};
+
 // One forward of the default model at initialization: the objective in BF16 and FP8 is close to
 // FP32's (the GEMM inputs' rounding only), and each precision is deterministic.
 TEST(Precision, ForwardLossCloseToFp32AtInit) {
-  nlohmann::json mj = default_model_json();
-  mj["vocab_size"] = 512;
-  const model::ModelConfig c = model::parse_config(mj.dump(), "default");
-  ParamStore store(c);
-  const uint64_t seed = 3;
-  std::printf("seed %llu\n", (unsigned long long)seed);
-  store.init_random(seed);
-  Rng rng(seed);
   const int64_t B = 2, T = 48;
-  std::vector<int32_t> tokens(size_t(B * T));
-  for (auto& t : tokens) t = int32_t(rng.below(512));
-  TrainModel m(c, store.layout(), store.params(), store.grads());
+  AtInit init(3, B * T);
+  ParamStore& store = init.store;
+  const std::vector<int32_t>& tokens = init.tokens;
+  TrainModel m(init.c, store.layout(), store.params(), store.grads());
   TrainOptions o;
   o.mtp_lambda = 0.3;
   double loss[3];
@@ -130,18 +142,11 @@ TEST(Precision, ForwardLossCloseToFp32AtInit) {
 // memory. The default model (dense and MoE layers, MTP), 400 tokens (the Wgrad's token split
 // between threads), with and without recompute.
 TEST(Precision, LowpStorageGivesTheSameWeightGradients) {
-  nlohmann::json mj = default_model_json();
-  mj["vocab_size"] = 512;
-  const model::ModelConfig c = model::parse_config(mj.dump(), "default");
-  ParamStore store(c);
-  const uint64_t seed = 9;
-  std::printf("seed %llu\n", (unsigned long long)seed);
-  store.init_random(seed);
-  Rng rng(seed);
   const int64_t B = 4, T = 100;
-  std::vector<int32_t> tokens(size_t(B * T));
-  for (auto& t : tokens) t = int32_t(rng.below(512));
-  TrainModel m(c, store.layout(), store.params(), store.grads());
+  AtInit init(9, B * T);
+  ParamStore& store = init.store;
+  const std::vector<int32_t>& tokens = init.tokens;
+  TrainModel m(init.c, store.layout(), store.params(), store.grads());
   for (const bool recompute : {false, true})
     for (const cpu::Precision p : {cpu::Precision::BF16, cpu::Precision::FP8}) {
       TrainOptions o;
