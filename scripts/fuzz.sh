@@ -7,6 +7,7 @@
 #   scripts/fuzz.sh                     every target for 30 s
 #   scripts/fuzz.sh 20 fuzz_config      one target for 20 s
 #   DSV3_FUZZ_RUNS=1000000 scripts/fuzz.sh 0   every target for 10^6 inputs (docs/reliability.md)
+#   DSV3_FUZZ_JOBS=1 scripts/fuzz.sh     one target at a time (default: as many as cores)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
