@@ -7,6 +7,7 @@
 
 #include "backend/cpu/linear_lowp.hpp"
 #include "backend/cpu/vmath.hpp"
+#include "backend/cpu/vreduce.hpp"
 #include "core/error.hpp"
 #include "core/parallel.hpp"
 #include "core/profile.hpp"
@@ -21,7 +22,7 @@ void embedding_forward(S* out, const typename W<S>::Table& table, const int32_t*
   for (int64_t n = 0; n < N; ++n)
     DSV3_CHECK(tokens[n] >= 0 && tokens[n] < V,
                "token id {} at position {} is outside the vocabulary [0, {})", tokens[n], n, V);
-  parallel_for(N, [&](int64_t b, int64_t e) {
+  parallel_for_balanced(N, [&](int64_t b, int64_t e) {
     for (int64_t n = b; n < e; ++n) {
       if constexpr (std::is_same_v<S, float>)
         to_f32(out + n * D,
@@ -71,7 +72,8 @@ double head_cross_entropy(S* dxn, S* dW, const S* xn, const typename W<S>::Lin& 
         if (dxn) std::fill_n(l, V, S(0));
         continue;
       }
-      S mx = *std::max_element(l, l + V), sum = 0;
+      const S mx = cpu::max_ps(l, V);
+      S sum = 0;
       const S target_logit = l[tgt];
       // With dxn, keep exp(l - mx) to turn it into the softmax gradient.
       sum = cpu::exp_shift_sum(dxn ? l : nullptr, l, V, mx);

@@ -14,6 +14,7 @@
 #include "backend/cpu/gemv_fp8.hpp"
 #include "backend/cpu/ops.hpp"
 #include "backend/cpu/vmath.hpp"
+#include "backend/cpu/vreduce.hpp"
 #include "core/error.hpp"
 #include "core/parallel.hpp"
 #include "core/profile.hpp"
@@ -94,7 +95,7 @@ void attend_naive(S* attn, S* lse, const S* q, int64_t B, int64_t T, int64_t sta
   const int64_t H = d.H, Dq = d.Dq(), Dkv = d.Dkv(), Dv = d.Dv, Sk = start + T;
   const int64_t blocks = (T + kQueryBlock - 1) / kQueryBlock, tbmax = std::min(T, kQueryBlock);
   S* tiles = grow(s.tile, size_t(omp_get_max_threads() * tbmax * Sk));
-  parallel_for(B * H * blocks, [&](int64_t tb, int64_t te) {
+  parallel_for_balanced(B * H * blocks, [&](int64_t tb, int64_t te) {
     S* sc = tiles + omp_get_thread_num() * tbmax * Sk;
     for (int64_t task = tb; task < te; ++task) {
       const int64_t b = task / (H * blocks), h = task / blocks % H,
@@ -109,8 +110,7 @@ void attend_naive(S* attn, S* lse, const S* q, int64_t B, int64_t T, int64_t sta
       for (int64_t t = 0; t < rows; ++t) {
         S* p = sc + t * keys;
         const int64_t valid = start + t0 + t + 1;  // causal: positions 0..start+t0+t
-        S mx = p[0];
-        for (int64_t j = 1; j < valid; ++j) mx = std::max(mx, p[j]);
+        const S mx = cpu::max_ps(p, valid);
         const S sum = cpu::exp_shift_sum(p, p, valid, mx);
         const S inv = S(1) / sum;
         for (int64_t j = 0; j < valid; ++j) p[j] *= inv;
@@ -133,7 +133,7 @@ void attend_naive_backward(S* dq, S* dkvup, S* dkpe_heads, const S* dattn, const
   const int64_t T = d.T, H = d.H, Dq = d.Dq(), Dkv = d.Dkv(), Dv = d.Dv, Dn = d.Dn, Dr = d.Dr,
                 R = d.R, N = d.N();
   S* tiles = grow(s.tile, size_t(omp_get_max_threads() * 2 * T * T));
-  parallel_for(d.B * H, [&](int64_t tb, int64_t te) {
+  parallel_for_balanced(d.B * H, [&](int64_t tb, int64_t te) {
     S* p = tiles + omp_get_thread_num() * 2 * T * T;
     S* dp = p + T * T;
     for (int64_t task = tb; task < te; ++task) {
@@ -159,8 +159,7 @@ void attend_naive_backward(S* dq, S* dkvup, S* dkpe_heads, const S* dattn, const
       for (int64_t t = 0; t < T; ++t) {
         const S* pr = p + t * T;
         S* dr = dp + t * T;
-        S dot = 0;
-        for (int64_t j = 0; j <= t; ++j) dot += pr[j] * dr[j];
+        const S dot = cpu::dot_ps(pr, dr, t + 1);
         for (int64_t j = 0; j <= t; ++j) dr[j] = pr[j] * (dr[j] - dot) * S(d.scale);
         std::fill(dr + t + 1, dr + T, S(0));
       }
@@ -499,7 +498,7 @@ void mla_backward_input(S* dx, const MlaW<G<S>>& dw, const S* dout, const S* x, 
   S* dkv = grow(gs.dkv, size_t(N * (R + Dr)));
   cpu::rmsnorm_backward(dkv, dw.kv_a_norm, dckv, a.kv.data(), w.kv_a_norm, a.kv_rstd.data(), N, R,
                         R + Dr, R);
-  parallel_for(N, [&](int64_t b, int64_t e) {
+  parallel_for_balanced(N, [&](int64_t b, int64_t e) {
     for (int64_t i = b; i < e; ++i) {
       S* dst = dkv + i * (R + Dr) + R;
       for (int64_t j = 0; j < Dr; ++j) dst[j] = dkpe_h[i * Dr + j];

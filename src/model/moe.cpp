@@ -13,6 +13,7 @@
 #include "backend/cpu/gemv.hpp"
 #include "backend/cpu/linear_lowp.hpp"
 #include "backend/cpu/ops.hpp"
+#include "backend/cpu/vreduce.hpp"
 #include "core/error.hpp"
 #include "core/parallel.hpp"
 #include "core/profile.hpp"
@@ -174,7 +175,7 @@ void moe_router_forward(MoeActs<S>& a, const S* x, const MoeW<W<S>>& w, const Mo
   S* fsel = grow(s.sel, size_t(N * (E + G)));
   int32_t* isel = grow(s.isel, size_t(N * (E + G)));
   const S rsf = S(d.routed_scaling_factor);
-  parallel_for(
+  parallel_for_balanced(
       N,
       [&](int64_t nb, int64_t ne) {
         for (int64_t n = nb; n < ne; ++n) {
@@ -248,7 +249,7 @@ int64_t sort_pairs(const Rows<S>& r, const MoeDims& d, MoeActs<S>& a, std::vecto
     slot[i] = j;
   }
   S* xg = grow(xg_buf, size_t(pairs * D));
-  parallel_for(pairs, [&](int64_t b, int64_t e) {
+  parallel_for_balanced(pairs, [&](int64_t b, int64_t e) {
     for (int64_t j = b; j < e; ++j) std::copy_n(r.x + (order[j] / K) * D, D, xg + j * D);
   });
   return pairs;
@@ -295,7 +296,7 @@ void routed_forward(S* out_rows, const Rows<S>& r, const MoeW<W<S>>& w, const Mo
     for_each_expert(offsets, r.experts, s.eorder, routed);
   }
   ps.emplace(&StepProfile::moe_permute_s);
-  parallel_for(r.n, [&](int64_t tb, int64_t te) {
+  parallel_for_balanced(r.n, [&](int64_t tb, int64_t te) {
     for (int64_t t = tb; t < te; ++t)
       for (int64_t k = 0; k < K; ++k) {
         if (slot[t * K + k] < 0) continue;
@@ -322,7 +323,7 @@ void routed_backward_input(S* dx_rows, S* dw_slots, const S* dout_rows, const Ro
   std::optional<ProfileScope> ps(std::in_place, &StepProfile::moe_permute_s);
   S* dyg = grow(gs.dyg, size_t(pairs * D));
   S* xg = grow(gs.xg, size_t(pairs * D));
-  parallel_for(r.n, [&](int64_t tb, int64_t te) {
+  parallel_for_balanced(r.n, [&](int64_t tb, int64_t te) {
     for (int64_t t = tb; t < te; ++t)
       for (int64_t k = 0; k < K; ++k) {
         const int64_t j = slot[t * K + k];
@@ -334,15 +335,11 @@ void routed_backward_input(S* dx_rows, S* dw_slots, const S* dout_rows, const Ro
         const S* go = dout_rows + t * D;
         S* dy = dyg + j * D;
         const S gk = r.gate[t * K + k];
-        S dot = 0;
-        for (int64_t i = 0; i < D; ++i) {
-          dot += go[i] * yt[i];
-          dy[i] = gk * go[i];
-        }
-        dw_slots[t * K + k] = dot;
+        for (int64_t i = 0; i < D; ++i) dy[i] = gk * go[i];
+        dw_slots[t * K + k] = cpu::dot_ps(go, yt, D);
       }
   });
-  parallel_for(pairs, [&](int64_t b, int64_t e) {
+  parallel_for_balanced(pairs, [&](int64_t b, int64_t e) {
     for (int64_t j = b; j < e; ++j) std::copy_n(r.x + (order[j] / K) * D, D, xg + j * D);
   });
   ps.reset();
@@ -358,7 +355,7 @@ void routed_backward_input(S* dx_rows, S* dw_slots, const S* dout_rows, const Ro
                           a.g.data() + b * F, a.u.data() + b * F, dg + b * F, du + b * F, m, D, F);
   });
   ps.emplace(&StepProfile::moe_permute_s);
-  parallel_for(r.n, [&](int64_t tb, int64_t te) {
+  parallel_for_balanced(r.n, [&](int64_t tb, int64_t te) {
     for (int64_t t = tb; t < te; ++t)
       for (int64_t k = 0; k < K; ++k) {
         if (slot[t * K + k] < 0) continue;

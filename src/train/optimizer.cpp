@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstring>
 
+#include "backend/cpu/vreduce.hpp"
 #include "core/error.hpp"
 #include "core/parallel.hpp"
 
@@ -242,9 +243,7 @@ double grad_sq_sum(const float* grads, size_t n) {
   parallel_for(blocks, [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) {
       const size_t lo = size_t(b * kNormBlock), hi = std::min(n, lo + size_t(kNormBlock));
-      double s = 0;
-      for (size_t i = lo; i < hi; ++i) s += double(grads[i]) * double(grads[i]);
-      partial[size_t(b)] = s;
+      partial[size_t(b)] = cpu::sumsq_pd(grads + lo, int64_t(hi - lo));
     }
   });
   double total = 0;

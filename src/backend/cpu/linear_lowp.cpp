@@ -139,7 +139,7 @@ void wgrad(float* dW, const float* dy, int64_t M, int64_t in, int64_t out, bool 
     gemm_lowp_a32(t == 0 ? dW : part + (t - 1) * out * in, in, out, dy + k0 * out, out, true, fp8,
                   xb, t == 0);
   }
-  parallel_for(out, [&](int64_t r0, int64_t r1) {
+  parallel_for_balanced(out, [&](int64_t r0, int64_t r1) {
     for (int t = 1; t < parts; ++t)
       for (int64_t r = r0; r < r1; ++r) {
         const float* src = part + (t - 1) * out * in + r * in;

@@ -123,7 +123,7 @@ float e5m6_decode(uint16_t h) {
 
 void bf16_rows(uint16_t* q, int64_t ldq, const float* x, int64_t ldx, int64_t rows, int64_t cols) {
   check("bf16_rows", ldq, cols);
-  parallel_for(
+  parallel_for_balanced(
       rows,
       [&](int64_t r0, int64_t r1) {
         for (int64_t r = r0; r < r1; ++r) {
@@ -141,7 +141,7 @@ void bf16_rows(uint16_t* q, int64_t ldq, const float* x, int64_t ldx, int64_t ro
 
 void bf16_pairs(uint32_t* p, int64_t ldp, const float* x, int64_t ldx, int64_t rows, int64_t cols) {
   DSV3_CHECK(ldp >= cols, "bf16_pairs: leading dimension {} < {}", ldp, cols);
-  parallel_for(
+  parallel_for_balanced(
       (rows + 1) / 2,
       [&](int64_t k0, int64_t k1) {
         for (int64_t kp = k0; kp < k1; ++kp) {
@@ -162,7 +162,7 @@ void fp8_rows(uint16_t* q, int64_t ldq, float* scale, const float* x, int64_t ld
               int64_t cols) {
   check("fp8_rows", ldq, cols);
   const int64_t tiles = quant_tiles(cols);
-  parallel_for(
+  parallel_for_balanced(
       rows,
       [&](int64_t r0, int64_t r1) {
         for (int64_t r = r0; r < r1; ++r) {
