@@ -97,7 +97,8 @@ TEST(GemmFp8Packed, RouteAgainstLoop) {
   for (int threads : {1, 2}) {
     set_num_threads(threads);
     for (auto [N, K] : shapes)
-      for (int64_t M : {1, 7, 48, 130})
+      for (int64_t M : {1, 7, 48, 130}) {
+        if (M == 130 && N * K > 100000) continue;  // the plain loop's time
         for (bool acc : {false, true})
           for (bool nan : {false, true}) {
             const uint64_t seed = 9300 + uint64_t(N * 31 + K * 7 + M);
@@ -112,6 +113,7 @@ TEST(GemmFp8Packed, RouteAgainstLoop) {
             linear_forward_path(y.data(), x.data(), M, lw, acc, LinearPath::Fp8Packed);
             ASSERT_EQ(check(w, x, y0, y, M, acc), 0);
           }
+      }
   }
   set_num_threads(2);
   // Two weights of different shapes at once on two threads, as the MoE runs its experts.
