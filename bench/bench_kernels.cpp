@@ -75,9 +75,11 @@ class CacheFlusher {
 
 // The old prefill route, for comparison: oneDNN's BF16 matmul on a copy of the weight
 // dequantized to BF16 and packed at setup (weights descriptor "any"), x rounded to BF16 per call
-// as linear_forward does. Returns the best seconds of `reps` calls (setup not timed).
-double packed_bf16_seconds(const cpu::WeightView& v, const std::vector<float>& x, int64_t M,
-                           std::vector<float>& y, int reps) {
+// as linear_forward does. Returns the best seconds of `reps` calls (setup not timed), warm and
+// with the caches flushed before each call.
+std::pair<double, double> packed_bf16_seconds(const cpu::WeightView& v, const std::vector<float>& x,
+                                              int64_t M, std::vector<float>& y, int reps,
+                                              CacheFlusher& flusher) {
   using dt = dnnl::memory::data_type;
   using tag = dnnl::memory::format_tag;
   const int64_t N = v.rows, K = v.cols;
@@ -100,7 +102,14 @@ double packed_bf16_seconds(const cpu::WeightView& v, const std::vector<float>& x
     st.wait();
   };
   run();
-  return bench::best_seconds(reps, run);
+  double cold = 1e30;
+  for (int r = 0; r < reps; ++r) {
+    flusher.flush();
+    bench::Timer t;
+    run();
+    cold = std::min(cold, t.seconds());
+  }
+  return {bench::best_seconds(reps, run), cold};
 }
 
 const char* dtype_label(DType d) {
@@ -223,14 +232,22 @@ int main(int argc, char** argv) {
       // (a 512-token prompt routes 48 tokens to each of 64 experts on average); FP8 also beside
       // the packed BF16 copy it was multiplied from until 2026-12-07 (packed_bf16_seconds).
       j.begin_array("prefill_bf16");
-      const std::pair<Shape, int64_t> prefill_cases[] = {{kShapes[0], 512},
-                                                         {kShapes[1], 512},
-                                                         {kShapes[2], 512},
-                                                         {{512, 1024}, 48},
-                                                         {{1024, 512}, 48}};
+      // FP8 also at the M between, where linear_path switches from gemm_fp8_bf16 ("gemm") to
+      // the weight packed per call for oneDNN ("fp8_packed"): both timed warm and cold.
+      struct PrefillCase {
+        Shape s;
+        int64_t M;
+        bool fp8_only;  // the M sweep
+      };
+      const PrefillCase prefill_cases[] = {
+          {kShapes[0], 512, false}, {kShapes[1], 512, false}, {kShapes[2], 512, false},
+          {{512, 1024}, 48, false}, {{1024, 512}, 48, false}, {kShapes[0], 128, true},
+          {kShapes[0], 256, true},  {{512, 1024}, 96, true},  {{512, 1024}, 128, true},
+          {{512, 1024}, 192, true}, {{512, 1024}, 256, true}, {{1024, 512}, 128, true}};
       if (all || only == "prefill")
         for (DType dt : {DType::BF16, DType::F8_E4M3})
-          for (const auto& [s, M] : prefill_cases) {
+          for (const auto& [s, M, fp8_only] : prefill_cases) {
+            if (fp8_only && dt != DType::F8_E4M3) continue;
             const Stored w = make_weight(dt, s, 8);
             const cpu::LinearWeight lw(w.view, cpu::Compute::BF16);
             // Random activations: constant ones ran both routes ~15% faster (less switching
@@ -251,9 +268,28 @@ int main(int argc, char** argv) {
                 .field("gflops", flop / t / 1e9, 1)
                 .field("pct_of_bf16_dot_peak", 100.0 * flop / t / 1e9 / dot_bf16, 1);
             if (dt == DType::F8_E4M3) {
-              const double tp = packed_bf16_seconds(w.view, x, M, y, std::max(3, reps / 3));
+              const cpu::LinearPath chosen = cpu::linear_path(M, lw);
+              j.field("path", chosen == cpu::LinearPath::Fp8Packed ? "fp8_packed" : "gemm");
+              for (auto [p, name] : {std::pair{cpu::LinearPath::Gemm, "gemm"},
+                                     std::pair{cpu::LinearPath::Fp8Packed, "fp8_packed"}}) {
+                auto run = [&] { cpu::linear_forward_path(y.data(), x.data(), M, lw, false, p); };
+                run();
+                const double tw = bench::best_seconds(std::max(3, reps / 3), run);
+                double tc = 1e30;
+                for (int r = 0; r < std::max(3, reps / 3); ++r) {
+                  flusher.flush();
+                  bench::Timer tm;
+                  run();
+                  tc = std::min(tc, tm.seconds());
+                }
+                j.field((std::string(name) + "_gflops").c_str(), flop / tw / 1e9, 1)
+                    .field((std::string(name) + "_cold_gflops").c_str(), flop / tc / 1e9, 1);
+              }
+              const auto [tp, tpc] =
+                  packed_bf16_seconds(w.view, x, M, y, std::max(3, reps / 3), flusher);
               j.field("packed_bf16_copy_ms", tp * 1e3, 3)
                   .field("packed_bf16_copy_gflops", flop / tp / 1e9, 1)
+                  .field("packed_bf16_copy_cold_gflops", flop / tpc / 1e9, 1)
                   .field("speed_vs_packed_copy", tp / t, 3);
             }
             j.end_object();

@@ -96,11 +96,15 @@ struct Lines {  // rows × bytes of codes at w, row stride K
   int64_t rows = 0, bytes = 0;
 };
 
-template <bool kNan>
+//
+// kScaled (gemm_fp8_pack_bf16): the values are code·scale rounded to BF16 (s: this block's row
+// of scales), through FP16 and FP32 (fp8_simd.hpp: exact for subnormal codes), and only the
+// panels holding rows below rows_out (nt rounded up to a panel) are written.
+template <bool kNan, bool kScaled = false>
 void convert_block(uint16_t* buf, const uint8_t* w, int64_t K, int64_t nt, int64_t k0, int64_t kc,
-                   const Lines& next) {
+                   const Lines& next, const float* s = nullptr, int64_t rows_out = kRows) {
   const int64_t pc = kc / 2;
-  for (int64_t r0 = 0; r0 < kRows; r0 += 16) {
+  for (int64_t r0 = 0; r0 < rows_out; r0 += 16) {
     uint16_t* pan = buf + (r0 / kNR) * pc * 128 + (r0 % kNR) * 2;
     const bool in = r0 + 16 < nt;  // the next group: this block's, else next's first
     const uint8_t* gw = in ? w + (r0 + 16) * K + k0 : next.w;
@@ -113,9 +117,24 @@ void convert_block(uint16_t* buf, const uint8_t* w, int64_t K, int64_t nt, int64
                      _MM_HINT_T0);
       const int64_t k = k0 + c;
       const __mmask32 km = K - k >= 32 ? ~__mmask32(0) : __mmask32((1u << (K - k)) - 1);
+      // kScaled: widen32's values are 2⁻⁸ of the codes'; sf = 2⁸·scale, or two steps where that
+      // overflows.
+      const float sk = kScaled ? s[k / 128] : 0.0f, sf = sk * 256.0f;
+      const bool two = kScaled && std::isinf(sf) && !std::isinf(sk);
       __m512i t[16];
       for (int i = 0; i < 16; ++i) {
-        if (r0 + i < nt) {
+        if (kScaled && r0 + i < nt) {
+          __m512 lo, hi;
+          fp8_simd::widen32<kNan>(_mm256_maskz_loadu_epi8(km, w + (r0 + i) * K + k), lo, hi);
+          if (two) {
+            lo = _mm512_mul_ps(_mm512_mul_ps(lo, _mm512_set1_ps(256.0f)), _mm512_set1_ps(sk));
+            hi = _mm512_mul_ps(_mm512_mul_ps(hi, _mm512_set1_ps(256.0f)), _mm512_set1_ps(sk));
+          } else {
+            lo = _mm512_mul_ps(lo, _mm512_set1_ps(sf));
+            hi = _mm512_mul_ps(hi, _mm512_set1_ps(sf));
+          }
+          t[i] = (__m512i)_mm512_cvtne2ps_pbh(hi, lo);
+        } else if (r0 + i < nt) {
           __m512i v = _mm512_cvtepi8_epi16(_mm256_maskz_loadu_epi8(km, w + (r0 + i) * K + k));
           v = _mm512_and_si512(_mm512_slli_epi16(v, 4), _mm512_set1_epi16(short(0x87f0)));
           if constexpr (kNan) {
@@ -266,6 +285,28 @@ float finite_absmax(const float* x, int64_t n) {
 
 }  // namespace
 
+void gemm_fp8_pack_bf16(uint16_t* dst, const WeightView& w, bool has_nan) {
+  const int64_t N = w.rows, K = w.cols, kp = fp8_pack_cols(K), sc = (K + 127) / 128;
+  if (N <= 0 || K <= 0) return;
+  DSV3_ASSERT(w.dtype == DType::F8_E4M3 && w.scale_inv, "gemm_fp8_pack_bf16: not an FP8 weight");
+  const auto* codes = static_cast<const uint8_t*>(w.data);
+  parallel_for((N + kRows - 1) / kRows, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t n0 = b * kRows, nt = std::min(kRows, N - n0);
+      Lines next;  // the next block's first rows
+      if (n0 + kRows < N)
+        next = {codes + (n0 + kRows) * K, std::min<int64_t>(16, N - n0 - kRows), K};
+      uint16_t* d = dst + n0 * kp;
+      const int64_t rows_out = (nt + kNR - 1) / kNR * kNR;
+      const float* s = w.scale_inv + b * sc;
+      if (has_nan)
+        convert_block<true, true>(d, codes + n0 * K, K, nt, 0, kp, next, s, rows_out);
+      else
+        convert_block<false, true>(d, codes + n0 * K, K, nt, 0, kp, next, s, rows_out);
+    }
+  });
+}
+
 void gemm_fp8_bf16(float* y, int64_t ldy, const float* x, int64_t M, const WeightView& w,
                    bool has_nan, bool accumulate) {
   const int64_t N = w.rows, K = w.cols;
@@ -313,13 +354,17 @@ void gemm_fp8_bf16(float* y, int64_t ldy, const float* x, int64_t M, const Weigh
       std::clamp<int64_t>((threads + nb - 1) / nb, 1, std::max<int64_t>(1, M / (4 * kMR)));
   const int64_t mstep = (M + mparts - 1) / mparts;
   parallel_for(nb * mparts, [&](int64_t i0, int64_t i1) {
-    thread_local std::vector<uint16_t> buf;  // one converted block: kRows × kKc BF16
-    if (buf.size() < size_t(kRows * kKc)) buf.resize(size_t(kRows * kKc));
+    // One converted block: kRows × kKc BF16, at a 64-byte boundary (malloc's 16 split every
+    // vector load of the kernel over two cache lines).
+    thread_local std::vector<uint16_t> buf;
+    if (buf.size() < size_t(kRows * kKc + 32)) buf.resize(size_t(kRows * kKc + 32));
+    auto* bp = reinterpret_cast<uint16_t*>((reinterpret_cast<uintptr_t>(buf.data()) + 63) &
+                                           ~uintptr_t(63));
     for (int64_t i = i0; i < i1; ++i) {
       const int64_t rb = i / mparts, part = i % mparts;
       const int64_t m0 = part * mstep, m1 = std::min(M, m0 + mstep);
       if (m0 < m1)
-        block_rows(y, ldy, xbp, ldx, m0, m1, w, rb * kRows, has_nan, accumulate, buf.data(), post);
+        block_rows(y, ldy, xbp, ldx, m0, m1, w, rb * kRows, has_nan, accumulate, bp, post);
     }
   });
 }

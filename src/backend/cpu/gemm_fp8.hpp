@@ -22,4 +22,16 @@ namespace dsv3::cpu {
 void gemm_fp8_bf16(float* y, int64_t ldy, const float* x, int64_t M, const WeightView& w,
                    bool has_nan, bool accumulate);
 
+// The columns of a packed weight (gemm_fp8_pack_bf16): K rounded up to 32, as oneDNN pads it.
+inline int64_t fp8_pack_cols(int64_t K) {
+  return (K + 31) / 32 * 32;
+}
+
+// Writes code·scale_inv of an FP8 weight [N, K], each rounded to BF16 (NaN codes to NaN when
+// has_nan), as Wᵀ [K, N] in oneDNN's blocked layout BA16a64b2a (what its brgemm matmul picks for
+// BF16 weights): 64-column panels of Wᵀ (64 rows of W) of fp8_pack_cols(K) rows, each 16 of
+// its rows as 8 pairs × 64 columns × 2; rows past K and columns past N zero. dst holds
+// fp8_pack_cols(K) × (N rounded up to 64) values. Splits 128-row blocks over the pool.
+void gemm_fp8_pack_bf16(uint16_t* dst, const WeightView& w, bool has_nan);
+
 }  // namespace dsv3::cpu

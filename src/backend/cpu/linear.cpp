@@ -11,7 +11,11 @@
 //                     copies each K×N block it needs into its VNNI form in its scratchpad, in
 //                     cache, per call.
 //   large M, FP8 weight and Compute::BF16: gemm_fp8.cpp's vdpbf16ps GEMM (128×512 blocks of the
-//                     weight converted one at a time into a buffer in L2, scales on the sums).
+//                     weight converted one at a time into a buffer in L2, scales on the sums);
+//                     from kFp8PackMinM rows, the weight converted whole (code·scale rounded to
+//                     BF16) into this thread's buffer in oneDNN's packed layout, per call, and
+//                     one oneDNN matmul on it: the buffer is transient (2 bytes per parameter of
+//                     the largest FP8 weight, per thread that runs one), not a second copy.
 //   large M, other storage/compute pairs (FP8 under Compute::F32, or F32 under Compute::BF16;
 //                     and FP8 at skinny M): the output rows go in tiles of kTileRows; each thread
 //                     converts a tile of the stored weight to the compute dtype (FP8 codes · block
@@ -65,6 +69,13 @@ constexpr int64_t kGemvMaxM_F32 = 2;
 // Beyond 32 rows oneDNN (not measured further: prefill chunks are hundreds of rows).
 constexpr int64_t kGemvMaxM_FP8 = 8;
 constexpr int64_t kSkinnyMaxM = 32;
+// FP8 weights under Compute::BF16 from this many rows: the weight converted whole per call into
+// oneDNN's packed layout (fp8_packed_forward) instead of gemm_fp8_bf16. bench_kernels' prefill
+// sweep (1 and 2 threads, warm and cold weights, 2026-12-08, docs/benchmarks.md): the packed
+// route was 4-23% faster from M = 192 (one case 5% slower: 32000 × 1024 warm on one thread),
+// within -7..+8% at 96-128, and 1-11% slower at 48 (converting and writing the whole weight
+// costs more there than oneDNN's kernel gains over gemm_fp8_bf16's).
+constexpr int64_t kFp8PackMinM = 192;
 // Output rows per converted tile on the tiled path: one FP8 scale block; a BF16 tile of K = 2816
 // is 704 KiB, within a core's L2.
 constexpr int64_t kTileRows = 128;
@@ -87,6 +98,7 @@ struct PrimKey {
   bool acc;
   int threads;
   int64_t ldy;  // row stride of the output (N, or more for a tile of a wider output)
+  bool packed;  // weight in oneDNN's blocked layout BA16a64b2a (gemm_fp8_pack_bf16), else "ba"
   bool operator==(const PrimKey&) const = default;
 };
 struct PrimKeyHash {
@@ -95,7 +107,8 @@ struct PrimKeyHash {
     h = h * 1000003u ^ std::hash<int64_t>()(k.N);
     h = h * 1000003u ^ std::hash<int64_t>()(k.K);
     h = h * 1000003u ^ std::hash<int64_t>()(k.ldy);
-    return (h * 31u + size_t(k.dt) * 2u + size_t(k.acc)) * 257u + size_t(k.threads);
+    return ((h * 31u + size_t(k.dt) * 2u + size_t(k.acc)) * 257u + size_t(k.threads)) * 2u +
+           size_t(k.packed);
   }
 };
 
@@ -126,8 +139,14 @@ class PrimCache {
       po.append_sum(1.0f);
       attr.set_post_ops(po);
     }
-    memory::desc src({k.M, k.K}, k.dt, tag::ab), wmd({k.K, k.N}, k.dt, tag::ba);
+    memory::desc src({k.M, k.K}, k.dt, tag::ab),
+        wmd({k.K, k.N}, k.dt, k.packed ? tag::BA16a64b2a : tag::ba);
     memory::desc dst({k.M, k.N}, mdt::f32, memory::dims{k.ldy, 1});
+    // The packed route writes the layout itself (gemm_fp8_pack_bf16): its size says the padding.
+    DSV3_ASSERT(
+        !k.packed || wmd.get_size() == size_t(fp8_pack_cols(k.K) * ((k.N + 63) / 64 * 64) * 2),
+        "oneDNN's BA16a64b2a [{}, {}] is {} bytes, not what gemm_fp8_pack_bf16 writes", k.K, k.N,
+        wmd.get_size());
     dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(src, wmd, dst), attr, engine());
     CachedMatmul m{dnnl::matmul(pd), pd.scratchpad_desc().get_size()};
     std::unique_lock lock(mu_);
@@ -227,12 +246,14 @@ std::vector<float> dequantize(const WeightView& w) {
 namespace {
 
 // Runs the cached matmul y[M, N] (row stride ldy) (+)= src[M, K] · Wᵀ, W [N, K] row-major.
+// packed: W is Wᵀ in layout BA16a64b2a (gemm_fp8_pack_bf16).
 void run_matmul(float* y, int64_t ldy, const void* src, const void* W, int64_t M, int64_t N,
-                int64_t K, mdt dt, bool acc) {
+                int64_t K, mdt dt, bool acc, bool packed = false) {
   const int threads = omp_in_parallel() ? 1 : omp_get_max_threads();
-  const CachedMatmul& mm = prim_cache().get({M, N, K, dt, acc, threads, ldy});
+  const CachedMatmul& mm = prim_cache().get({M, N, K, dt, acc, threads, ldy, packed});
   memory src_m(memory::desc({M, K}, dt, tag::ab), engine(), const_cast<void*>(src));
-  memory w_m(memory::desc({K, N}, dt, tag::ba), engine(), const_cast<void*>(W));
+  memory w_m(memory::desc({K, N}, dt, packed ? tag::BA16a64b2a : tag::ba), engine(),
+             const_cast<void*>(W));
   memory dst_m(memory::desc({M, N}, mdt::f32, memory::dims{ldy, 1}), engine(), y);
   std::unordered_map<int, memory> args = {
       {DNNL_ARG_SRC, src_m}, {DNNL_ARG_WEIGHTS, w_m}, {DNNL_ARG_DST, dst_m}};
@@ -246,6 +267,22 @@ void run_matmul(float* y, int64_t ldy, const void* src, const void* W, int64_t M
   dnnl::stream& s = thread_stream();
   mm.prim.execute(s, args);
   s.wait();
+}
+
+// FP8 under Compute::BF16 from kFp8PackMinM rows (see the file comment): the weight converted
+// whole into this thread's buffer in oneDNN's blocked layout, then oneDNN's matmul on it.
+void fp8_packed_forward(float* y, const uint16_t* xb, int64_t M, const WeightView& v, bool has_nan,
+                        bool acc) {
+  const int64_t N = v.rows, K = v.cols;
+  const size_t n = size_t(fp8_pack_cols(K) * ((N + 63) / 64 * 64));
+  // The packed weight; grows to the largest, reused. At a 64-byte boundary: malloc's 16 would
+  // split every vector load of oneDNN's kernel over two cache lines.
+  thread_local std::vector<uint16_t> wp;
+  if (wp.size() < n + 32) wp.resize(n + 32);
+  auto* w =
+      reinterpret_cast<uint16_t*>((reinterpret_cast<uintptr_t>(wp.data()) + 63) & ~uintptr_t(63));
+  gemm_fp8_pack_bf16(w, v, has_nan);
+  run_matmul(y, N, xb, w, M, N, K, mdt::bf16, acc, true);
 }
 
 // The tiled path (see the file comment): tiles of kTileRows output rows over the threads, each
@@ -284,6 +321,8 @@ void tiled_forward(float* y, const float* x, const void* xb, int64_t M, const We
 LinearPath linear_path(int64_t M, const LinearWeight& w) {
   const DType dt = w.view().dtype;
   if (M <= linear_gemv_max_m(w.compute())) return LinearPath::Gemv;
+  if (dt == DType::F8_E4M3 && w.compute() == Compute::BF16 && M >= kFp8PackMinM)
+    return LinearPath::Fp8Packed;
   if (w.compute() != Compute::BF16 || dt == DType::F32 || M > kSkinnyMaxM) return LinearPath::Gemm;
   if (dt == DType::F8_E4M3) return M <= kGemvMaxM_FP8 ? LinearPath::Gemv : LinearPath::Gemm;
   return LinearPath::Skinny;
@@ -332,6 +371,17 @@ void linear_forward_path(float* y, const float* x, int64_t M, const LinearWeight
              dtype_name(v.dtype), N, K, bf16 ? "BF16" : "F32");
   if (skinny && v.dtype == DType::BF16) {
     gemm_skinny_bf16(y, x, M, v, accumulate);
+    return;
+  }
+  if (path == LinearPath::Fp8Packed) {
+    DSV3_CHECK(bf16 && v.dtype == DType::F8_E4M3,
+               "linear_forward: the packed FP8 route takes FP8 weights under Compute::BF16, not a "
+               "{} weight [{}, {}] under Compute::{}",
+               dtype_name(v.dtype), N, K, bf16 ? "BF16" : "F32");
+    thread_local std::vector<uint16_t> xp;  // [M, K] BF16 activations; grows, then reused
+    if (xp.size() < size_t(M * K)) xp.resize(size_t(M * K));
+    round_to_bf16(xp.data(), x, M, K);
+    fp8_packed_forward(y, xp.data(), M, v, im->fp8_has_nan, accumulate);
     return;
   }
   if (bf16 && !skinny && v.dtype == DType::F8_E4M3) {  // converts per block, in cache

@@ -81,9 +81,13 @@ int64_t linear_gemv_max_m(Compute c);
 // The kernels linear_forward chooses between by M (see linear.cpp): the GEMV (FP32 products on
 // the stored weight), the skinny BF16 GEMM (gemm_skinny.hpp: Compute::BF16 on BF16 or FP8
 // weights) and the GEMM (oneDNN). linear_path is linear_forward's choice; linear_forward_path runs
-// a given one (benchmarks and tests compare them at equal M). Skinny on a weight it does not
-// take (F32 storage or Compute::F32) is an error.
-enum class LinearPath { Gemv, Skinny, Gemm };
+// a given one (benchmarks and tests compare them at equal M). Fp8Packed: FP8 weights under
+// Compute::BF16, the weight converted whole per call into oneDNN's packed BF16 layout
+// (gemm_fp8_pack_bf16: code·scale rounded to BF16) in a per-thread buffer and oneDNN's matmul on
+// it; Gemm on an FP8 weight under Compute::BF16 is gemm_fp8_bf16 (exact codes, scales on the
+// sums). Skinny or Fp8Packed on a weight it does not take (F32 storage or Compute::F32; Fp8Packed:
+// anything but FP8 under Compute::BF16) is an error.
+enum class LinearPath { Gemv, Skinny, Gemm, Fp8Packed };
 LinearPath linear_path(int64_t M, const LinearWeight& w);
 void linear_forward_path(float* y, const float* x, int64_t M, const LinearWeight& w,
                          bool accumulate, LinearPath path);
