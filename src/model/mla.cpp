@@ -243,8 +243,9 @@ struct LatentBlocks {
 // scores [T, H, S] and valid [T, H] are the sequence's own scratch. Without `absorb` the caller
 // has filled qabs and applies W_UV to lat itself (attend_decode_batch: for all sequences at once).
 // The scores and the weighted latent sum run block by block on the cache in place; every score is
-// one dot product and every weighted sum one FMA chain over the positions in order, whatever the
-// blocks (gemm_small.hpp), so the results do not depend on them.
+// one dot product (latent and rope parts in one sum, gemm_small_nt2) and every weighted sum one
+// FMA chain over the positions in order, whatever the blocks (gemm_small.hpp), so the results do
+// not depend on them.
 // Asks for rows [r0, r1) of kv_b_proj ahead of their per-head product. A head's slices (W_UK or
 // W_UV: 64 rows of 256 here, 16 KiB as FP8) are too short for the hardware prefetchers, so every
 // head's product waited for its rows from DRAM one miss at a time: on the FP8 bench model they
@@ -279,10 +280,8 @@ void absorbed_decode_heads(float* attn, const float* q, int64_t T, int64_t start
     float* sc = scores + r0 * S;
     for (int64_t j = 0; j * bt < S; ++j) {
       const int64_t n = std::min(bt, S - j * bt), blk = kv.blocks[j];
-      cpu::gemm_small_nt(nh, n, R, scale, qabs + r0 * R, R, kv.lat + blk * bt * R, R, 0.0f,
-                         sc + j * bt, S);
-      cpu::gemm_small_nt(nh, n, Dr, scale, q + r0 * Dq + Dn, Dq, kv.pe + blk * bt * Dr, Dr, 1.0f,
-                         sc + j * bt, S);
+      cpu::gemm_small_nt2(nh, n, scale, R, qabs + r0 * R, R, kv.lat + blk * bt * R, R, Dr,
+                          q + r0 * Dq + Dn, Dq, kv.pe + blk * bt * Dr, Dr, sc + j * bt, S);
     }
     cpu::softmax_rows(sc, nh, S, valid + r0);
     for (int64_t j = 0; j * bt < S; ++j) {
