@@ -255,6 +255,84 @@ int64_t sort_pairs(const Rows<S>& r, const MoeDims& d, MoeActs<S>& a, std::vecto
   return pairs;
 }
 
+// out_rows[t] += Σ_k g·y[slot] over the valid slots of each row t, in k order.
+template <typename S>
+void combine(S* out_rows, const Rows<S>& r, const int32_t* slot, const S* y, int64_t K, int64_t D) {
+  parallel_for_balanced(r.n, [&](int64_t tb, int64_t te) {
+    for (int64_t t = tb; t < te; ++t)
+      for (int64_t k = 0; k < K; ++k) {
+        if (slot[t * K + k] < 0) continue;
+        const S gk = r.gate[t * K + k];
+        const S* src = y + int64_t(slot[t * K + k]) * D;
+        S* dst = out_rows + t * D;
+        for (int64_t i = 0; i < D; ++i) dst[i] += gk * src[i];
+      }
+  });
+}
+
+// Rows of a weight per piece of a one-token decode's split (a multiple of FP8's 128-row blocks):
+// 256 KiB of a BF16 weight of 512 columns, 512 KiB at 1,024.
+constexpr int64_t kPieceRows = 256;
+
+// One-token decode (r.n == 1) on several threads: the MLPs (shared, then every active routed
+// expert) go in two rounds of pieces of kPieceRows rows that the threads claim one at a time:
+// gate and up rows with their SwiGLU, then, after a join, down rows. With whole experts per
+// thread (the jobs below) the last job left one thread idle for up to an expert's 1.5-3 MB of
+// BF16 weights per layer; pieces bound that at one piece. Every output row is still one GEMV row
+// of the same kernel (linear_forward_rows), so the results are the whole-expert ones.
+void split_decode_forward(float* out, const Rows<float>& r, const MoeW<W<float>>& w,
+                          const MoeDims& d, const int32_t* offsets, const float* xg, float* g,
+                          float* u, float* y, float* sg, float* su, bool has_shared,
+                          MoeScratch<float>& s) {
+  const int64_t D = d.D, F = d.F, Fs = has_shared ? d.Fs : 0;
+  struct Mlp {
+    const MlpW<W<float>>* w;
+    const float* x;  // [D]
+    float *g, *u, *act;
+    float* y;  // [D]
+  };
+  std::vector<int64_t>& jobs = s.jobs;
+  jobs.clear();
+  float* act = grow(s.act, size_t(Fs + offsets[r.experts] * F));
+  thread_local std::vector<Mlp> mlps;  // grows once
+  mlps.clear();
+  // The shared MLP writes out itself (nothing else is in out yet); a routed expert its pair's y.
+  if (has_shared) mlps.push_back({&w.shared, r.x, sg, su, act, out});
+  for (int64_t e = 0; e < r.experts; ++e) {
+    const int64_t b = offsets[e];
+    if (offsets[e + 1] > b)
+      mlps.push_back({&w.experts[size_t(r.e0 + e)], xg + b * D, g + b * F, u + b * F,
+                      act + Fs + b * F, y + b * D});
+  }
+  const int64_t nm = int64_t(mlps.size());
+  const Mlp* ms = mlps.data();  // the master's list (mlps names each thread's own)
+  // Pieces: (mlp << 32) | first row.
+  auto pieces = [&](bool down) {
+    jobs.clear();
+    for (int64_t i = 0; i < nm; ++i) {
+      const int64_t rows = down ? ms[i].w->down.out() : ms[i].w->gate.out();
+      for (int64_t r0 = 0; r0 < rows; r0 += kPieceRows) jobs.push_back(i << 32 | r0);
+    }
+  };
+  pieces(false);
+  for (int64_t i = 0; i < nm; ++i) cpu::linear_prefetch(ms[i].w->gate);
+  parallel_jobs(int64_t(jobs.size()), [&](int64_t j, int) {
+    const Mlp& m = ms[jobs[size_t(j)] >> 32];
+    const int64_t r0 = jobs[size_t(j)] & 0xffffffff;
+    const int64_t r1 = std::min(m.w->gate.out(), r0 + kPieceRows);
+    cpu::linear_forward_rows(m.g, m.x, m.w->gate, r0, r1);
+    cpu::linear_forward_rows(m.u, m.x, m.w->up, r0, r1);
+    cpu::swiglu_forward(m.act + r0, m.g + r0, m.u + r0, 1, r1 - r0);
+  });
+  pieces(true);
+  for (int64_t i = 0; i < nm; ++i) cpu::linear_prefetch(ms[i].w->down);
+  parallel_jobs(int64_t(jobs.size()), [&](int64_t j, int) {
+    const Mlp& m = ms[jobs[size_t(j)] >> 32];
+    const int64_t r0 = jobs[size_t(j)] & 0xffffffff;
+    cpu::linear_forward_rows(m.y, m.act, m.w->down, r0, std::min(D, r0 + kPieceRows));
+  });
+}
+
 // out_rows[n, D] += Σ_k g·expert(x) over the valid slots of each row, in row order.
 // shared(): the shared experts' job when has_shared (decode runs it beside the routed experts).
 template <typename S, typename Shared>
@@ -275,6 +353,15 @@ void routed_forward(S* out_rows, const Rows<S>& r, const MoeW<W<S>>& w, const Mo
     mlp_forward(y + b * D, g + b * F, u + b * F, static_cast<S*>(nullptr), xg + b * D, m,
                 w.experts[size_t(r.e0 + e)]);
   };
+  if constexpr (std::is_same_v<S, float>) {
+    if (decode_jobs && r.n == 1 && !w.experts[size_t(r.e0)].gate.lowp()) {
+      split_decode_forward(out_rows, r, w, d, offsets, xg, g, u, y, a.sg.data(), a.su.data(),
+                           has_shared, s);
+      ps.emplace(&StepProfile::moe_permute_s);
+      combine(out_rows, r, slot, y, K, D);
+      return;
+    }
+  }
   if (decode_jobs) {
     std::vector<int64_t>& jobs = s.jobs;  // -1: the shared experts (the largest, taken first)
     jobs.clear();
@@ -296,16 +383,7 @@ void routed_forward(S* out_rows, const Rows<S>& r, const MoeW<W<S>>& w, const Mo
     for_each_expert(offsets, r.experts, s.eorder, routed);
   }
   ps.emplace(&StepProfile::moe_permute_s);
-  parallel_for_balanced(r.n, [&](int64_t tb, int64_t te) {
-    for (int64_t t = tb; t < te; ++t)
-      for (int64_t k = 0; k < K; ++k) {
-        if (slot[t * K + k] < 0) continue;
-        const S gk = r.gate[t * K + k];
-        const S* src = y + int64_t(slot[t * K + k]) * D;
-        S* dst = out_rows + t * D;
-        for (int64_t i = 0; i < D; ++i) dst[i] += gk * src[i];
-      }
-  });
+  combine(out_rows, r, slot, y, K, D);
 }
 
 // Backward input part over the rows: dx_rows[n, D] += the experts' input gradients, dw_slots

@@ -84,6 +84,7 @@ struct MoeScratch {
   std::vector<int32_t> isel;    // [N, E + G] orders per token
   std::vector<int32_t> eorder;  // [E] experts by descending load
   std::vector<int64_t> jobs;    // decode: shared (-1) and the active routed experts
+  std::vector<S> act;           // one-token decode: [Fs + pairs·F] SwiGLU outputs (routed_forward)
   // The expert-parallel group the MoE layers of this model run on (dist/expert_dispatch.hpp):
   // null or one rank, every expert runs here; else rank r runs experts [r·E/P, (r+1)·E/P).
   dist::Comm* ep = nullptr;

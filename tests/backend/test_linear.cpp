@@ -230,6 +230,40 @@ TEST(Linear, PrefetchIsOnlyAHint) {
   linear_prefetch(LinearWeight());
 }
 
+// linear_forward_rows: rows [n0, n1) in pieces (FP8: from scale-block starts) give linear_forward's
+// one-row values bit for bit, under both computes, and leave the other rows alone; the weights
+// have a NaN code too (the patching FP8 variant). Bad ranges are refused.
+TEST(Linear, RowsMatchTheWholeProduct) {
+  for (DType dt : {DType::F32, DType::BF16, DType::F8_E4M3})
+    for (Compute c : {Compute::BF16, Compute::F32})
+      for (auto [rows, cols] : {std::pair<int64_t, int64_t>{1, 1}, {300, 257}, {512, 1024}}) {
+        SCOPED_TRACE(testing::Message() << name(dt) << " " << rows << "x" << cols << " compute "
+                                        << (c == Compute::BF16 ? "bf16" : "f32"));
+        Stored w = make_weight(dt, rows, cols, 21);
+        if (dt == DType::F8_E4M3 && rows > 1) w.bytes[size_t(cols + 3)] = 0x7f;  // a NaN code
+        const LinearWeight lw(w.view, c);
+        const std::vector<float> x = random_vec(size_t(cols), 22);
+        std::vector<float> y0(static_cast<size_t>(rows)), y1(static_cast<size_t>(rows), -7.0f);
+        linear_forward(y0.data(), x.data(), 1, lw);
+        const int64_t step = dt == DType::F8_E4M3 ? 128 : 100;
+        for (int64_t n0 = 0; n0 < rows; n0 += step) {
+          const int64_t n1 = std::min(rows, n0 + step);
+          if (n0 > 0) EXPECT_EQ(y1[size_t(n0)], -7.0f) << "row " << n0 << " written early";
+          linear_forward_rows(y1.data(), x.data(), lw, n0, n1);
+        }
+        for (int64_t i = 0; i < rows; ++i) {
+          if (std::isnan(y0[size_t(i)])) {
+            EXPECT_TRUE(std::isnan(y1[size_t(i)])) << "row " << i;
+            continue;
+          }
+          EXPECT_EQ(y0[size_t(i)], y1[size_t(i)]) << "row " << i;
+        }
+        EXPECT_THROW(linear_forward_rows(y1.data(), x.data(), lw, 0, rows + 1), std::exception);
+        if (dt == DType::F8_E4M3 && rows > 64)
+          EXPECT_THROW(linear_forward_rows(y1.data(), x.data(), lw, 64, rows), std::exception);
+      }
+}
+
 // Several threads call linear_forward at once, on shared and on private weights, with M on both
 // sides of the GEMV/GEMM switch; every result must match the reference.
 TEST(Linear, ConcurrentCalls) {

@@ -336,6 +336,35 @@ void linear_forward(float* y, const float* x, int64_t M, const LinearWeight& w, 
   linear_forward_path(y, x, M, w, accumulate, linear_path(M, w));
 }
 
+// FP8 on the BF16 route: gemv_fp8_bf16 on the rows' own view picks its exponent e from the
+// rows' block scales rather than the whole weight's; e only moves the range the products are
+// summed in (a power of two, exact), so the sums are the same unless they reach FP32's
+// subnormal range.
+void linear_forward_rows(float* y, const float* x, const LinearWeight& w, int64_t n0, int64_t n1) {
+  const LinearWeight::Impl* im = w.impl();
+  DSV3_CHECK(im && !w.lowp(), "linear_forward_rows: empty weight or one with a training copy");
+  const WeightView& v = w.view();
+  DSV3_CHECK(0 <= n0 && n0 <= n1 && n1 <= v.rows, "linear_forward_rows: rows [{}, {}) of {}", n0,
+             n1, v.rows);
+  if (n0 == n1) return;
+  if (v.cols == 0) {
+    std::fill(y + n0, y + n1, 0.0f);
+    return;
+  }
+  if (v.dtype != DType::F8_E4M3) {
+    gemv_rows_m(y, v.rows, x, v.cols, 1, v, n0, n1, false);
+    return;
+  }
+  DSV3_CHECK(n0 % 128 == 0, "linear_forward_rows: FP8 rows from {} (not a scale block start)", n0);
+  const int64_t sc = (v.cols + 127) / 128;
+  const WeightView rows{v.dtype, n1 - n0, v.cols, static_cast<const uint8_t*>(v.data) + n0 * v.cols,
+                        v.scale_inv + (n0 / 128) * sc};
+  if (w.compute() == Compute::BF16)
+    gemv_fp8_bf16(y + n0, x, 1, rows, im->fp8_has_nan, false);
+  else
+    gemv_fp8(y + n0, x, 1, rows, im->fp8_has_nan, false);
+}
+
 void linear_forward_path(float* y, const float* x, int64_t M, const LinearWeight& w,
                          bool accumulate, LinearPath path) {
   if (w.lowp()) {

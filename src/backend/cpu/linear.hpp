@@ -70,6 +70,13 @@ class LinearWeight {
 void linear_forward(float* y, const float* x, int64_t M, const LinearWeight& w,
                     bool accumulate = false);
 
+// Rows [n0, n1) of a one-row decode product, y[n] = x·W[n]ᵀ for n in [n0, n1) (y is the full
+// [out] row), on the calling thread, with the kernels linear_forward uses at M = 1 (so the same
+// values, up to the range of FP8's BF16 route: see linear.cpp). For splitting a decode step's
+// products into pieces that threads claim one at a time. FP8 weights: n0 a multiple of 128 (a
+// scale block). Not for weights with a low-precision training copy set.
+void linear_forward_rows(float* y, const float* x, const LinearWeight& w, int64_t n0, int64_t n1);
+
 // Asks the memory system for the start of w's decode product ahead of the call (its first and,
 // on a team of two, last 4 KiB, and the FP8 block scales): a decode step is a chain of short
 // GEMVs, each of which would otherwise begin with a wait for DRAM. Only a hint; no effect on y.
