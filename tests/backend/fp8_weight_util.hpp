@@ -1,6 +1,9 @@
 // Test fixture shared by the FP8 kernel tests: a random E4M3 weight in the DeepSeek-V3 release
 // layout (codes [rows, cols], one scale_inv per 128×128 block) and its exact values in double.
 #pragma once
+#include <gtest/gtest.h>
+
+#include <cmath>
 #include <cstdint>
 #include <vector>
 
@@ -45,6 +48,28 @@ inline std::vector<float> normal_vector(Rng& rng, int64_t n) {
   std::vector<float> v(static_cast<size_t>(n));
   for (auto& x : v) x = float(rng.normal());
   return v;
+}
+
+// Checks y[M, N] (row-major) against y0 (when acc) plus Σ_k term(m, n, k) summed in double, within
+// 1e-5 of Σ|terms|; a NaN reference wants a NaN. Returns the failures (the first 5 reported).
+template <typename Term>
+int check_products(const std::vector<float>& y0, const std::vector<float>& y, int64_t M, int64_t N,
+                   int64_t K, bool acc, Term&& term) {
+  int fails = 0;
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t n = 0; n < N; ++n) {
+      const size_t i = size_t(m * N + n);
+      double ref = acc ? y0[i] : 0.0, mag = std::fabs(ref);
+      for (int64_t k = 0; k < K; ++k) {
+        const double p = term(m, n, k);
+        ref += p;
+        mag += std::fabs(p);
+      }
+      const bool ok = std::isnan(ref) ? std::isnan(y[i]) : std::fabs(y[i] - ref) <= 1e-5 * mag;
+      if (!ok && ++fails <= 5)
+        ADD_FAILURE() << "y[" << m << ", " << n << "] = " << y[i] << ", reference " << ref;
+    }
+  return fails;
 }
 
 }  // namespace dsv3::cpu::fp8_test

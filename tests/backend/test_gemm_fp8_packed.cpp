@@ -72,21 +72,9 @@ TEST(GemmFp8Packed, LayoutAgainstLoop) {
 int check(const Fp8Weight& w, const std::vector<float>& x, const std::vector<float>& y0,
           const std::vector<float>& y, int64_t M, bool acc) {
   const int64_t N = w.view.rows, K = w.view.cols;
-  int fails = 0;
-  for (int64_t m = 0; m < M; ++m)
-    for (int64_t n = 0; n < N; ++n) {
-      const size_t i = size_t(m * N + n);
-      double ref = acc ? y0[i] : 0.0, mag = std::fabs(ref);
-      for (int64_t k = 0; k < K; ++k) {
-        const double p = bf16d(f32_to_bf16(x[size_t(m * K + k)])) * bf16d(packed_value(w, n, k));
-        ref += p;
-        mag += std::fabs(p);
-      }
-      const bool ok = std::isnan(ref) ? std::isnan(y[i]) : std::fabs(y[i] - ref) <= 1e-5 * mag;
-      if (!ok && ++fails <= 5)
-        ADD_FAILURE() << "y[" << m << ", " << n << "] = " << y[i] << ", reference " << ref;
-    }
-  return fails;
+  return fp8_test::check_products(y0, y, M, N, K, acc, [&](int64_t m, int64_t n, int64_t k) {
+    return bf16d(f32_to_bf16(x[size_t(m * K + k)])) * bf16d(packed_value(w, n, k));
+  });
 }
 
 // Odd shapes (K not a multiple of 32 or 128, N not a multiple of 64), M across oneDNN's row

@@ -29,21 +29,9 @@ using fp8_test::normal_vector;
 int check(const Fp8Weight& w, const std::vector<float>& x, const std::vector<float>& y0,
           const std::vector<float>& y, int64_t M, bool acc) {
   const int64_t N = w.view.rows, K = w.view.cols;
-  int fails = 0;
-  for (int64_t m = 0; m < M; ++m)
-    for (int64_t n = 0; n < N; ++n) {
-      double ref = acc ? y0[size_t(m * N + n)] : 0.0, mag = std::fabs(ref);
-      for (int64_t k = 0; k < K; ++k) {
-        const double p = double(x[size_t(m * K + k)]) * w.at(n, k);
-        ref += p;
-        mag += std::fabs(p);
-      }
-      const float got = y[size_t(m * N + n)];
-      const bool ok = std::isnan(ref) ? std::isnan(got) : std::fabs(got - ref) <= 1e-5 * mag;
-      if (!ok && ++fails <= 5)
-        ADD_FAILURE() << "y[" << m << ", " << n << "] = " << got << ", reference " << ref;
-    }
-  return fails;
+  return fp8_test::check_products(y0, y, M, N, K, acc, [&](int64_t m, int64_t n, int64_t k) {
+    return double(x[size_t(m * K + k)]) * w.at(n, k);
+  });
 }
 
 TEST(GemvFp8, OddShapesAllCodes) {
