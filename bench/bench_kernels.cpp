@@ -122,18 +122,37 @@ int main(int argc, char** argv) {
   std::string threads_s = std::to_string(num_threads());
   int reps = 15;
   std::string only;
-  for (int i = 1; i + 1 < argc; i += 2) {
+  const char* usage =
+      "usage: bench_kernels [--threads N[,N...]] [--reps R] [--only gemv_m1|decode_batch|prefill]\n"
+      "  Times linear_forward's kernels (decode GEMV, batched decode, prefill GEMM) against the\n"
+      "  read bandwidth and FMA/BF16 peaks measured in the same run; prints JSON on stdout.\n"
+      "  --threads  thread counts to run, comma-separated (default: the OpenMP default)\n"
+      "  --reps     timed repetitions per figure (default 15)\n"
+      "  --only     one section (the peaks it does not need are skipped)\n";
+  for (int i = 1; i < argc; i += 2) {
     const std::string a = argv[i];
+    if (a == "--help" || a == "-h") {
+      std::fputs(usage, stdout);
+      return 0;
+    }
+    if (a != "--threads" && a != "--reps" && a != "--only") {
+      std::fprintf(stderr, "bench_kernels: unknown flag %s\n%s", a.c_str(), usage);
+      return 2;
+    }
+    if (i + 1 >= argc) {
+      std::fprintf(stderr, "bench_kernels: %s needs a value\n%s", a.c_str(), usage);
+      return 2;
+    }
     if (a == "--threads")
       threads_s = argv[i + 1];
     else if (a == "--reps")
       reps = std::stoi(argv[i + 1]);
-    else if (a == "--only")  // one section: gemv_m1, decode_batch or prefill (peaks skipped)
+    else  // --only: one section, gemv_m1, decode_batch or prefill (peaks skipped)
       only = argv[i + 1];
-    else {
-      std::fprintf(stderr, "unknown flag %s\n", a.c_str());
-      return 2;
-    }
+  }
+  if (!only.empty() && only != "gemv_m1" && only != "decode_batch" && only != "prefill") {
+    std::fprintf(stderr, "bench_kernels: --only %s is not a section\n%s", only.c_str(), usage);
+    return 2;
   }
   try {
     CacheFlusher flusher;
