@@ -43,6 +43,7 @@
 #include "backend/cpu/fp8_simd.hpp"
 #include "core/error.hpp"
 #include "core/parallel.hpp"
+#include "core/scratch.hpp"
 
 namespace dsv3::cpu {
 namespace {
@@ -357,9 +358,7 @@ void gemm_fp8_bf16(float* y, int64_t ldy, const float* x, int64_t M, const Weigh
     // One converted block: kRows × kKc BF16, at a 64-byte boundary (malloc's 16 split every
     // vector load of the kernel over two cache lines).
     thread_local std::vector<uint16_t> buf;
-    if (buf.size() < size_t(kRows * kKc + 32)) buf.resize(size_t(kRows * kKc + 32));
-    auto* bp = reinterpret_cast<uint16_t*>((reinterpret_cast<uintptr_t>(buf.data()) + 63) &
-                                           ~uintptr_t(63));
+    uint16_t* bp = grow_aligned64(buf, size_t(kRows * kKc));
     for (int64_t i = i0; i < i1; ++i) {
       const int64_t rb = i / mparts, part = i % mparts;
       const int64_t m0 = part * mstep, m1 = std::min(M, m0 + mstep);

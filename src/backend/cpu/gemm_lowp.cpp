@@ -186,19 +186,13 @@ void run_rows(float* C, int64_t ldc, const Pairs& A0, const uint32_t* panel, int
   }
 }
 
-// 64-byte aligned start of a panel buffer (aligned loads in the kernels).
-template <typename T>
-T* aligned64(T* p) {
-  return reinterpret_cast<T*>((reinterpret_cast<uintptr_t>(p) + 63) & ~uintptr_t(63));
-}
-
 uint32_t* alloc_panels(LowpPackedB& out, int64_t N, int64_t K, bool scaled) {
   out.n = N;
   out.k = K;
   out.scaled = scaled;
   const int64_t panels = (N + kNR - 1) / kNR, kpairs = lowp_pad_k(K) / 2;
   if (scaled) grow(out.scales, size_t(panels * quant_tiles(K) * kNR));
-  return aligned64(grow(out.raw, size_t(panels * kpairs * kNR + 16)));
+  return grow_aligned64(out.raw, size_t(panels * kpairs * kNR));  // aligned loads in the kernels
 }
 
 // Runs C[M, N] (+)= A·Bᵀ over packed B. Tasks are (row block, panel group), row-block-major;
@@ -250,7 +244,7 @@ void run_packed(float* C, int64_t ldc, int64_t M, const LowpPackedB& B, bool acc
 }  // namespace
 
 const uint32_t* LowpPackedB::panels() const {
-  return aligned64(raw.data());
+  return align64(raw.data());
 }
 
 void lowp_pack_b(LowpPackedB& out, const LowpOperand& B, const float* sb, int64_t N, int64_t K) {

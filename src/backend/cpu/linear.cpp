@@ -46,6 +46,7 @@
 #include "core/error.hpp"
 #include "core/parallel.hpp"
 #include "core/profile.hpp"
+#include "core/scratch.hpp"
 
 namespace dsv3::cpu {
 namespace {
@@ -278,9 +279,7 @@ void fp8_packed_forward(float* y, const uint16_t* xb, int64_t M, const WeightVie
   // The packed weight; grows to the largest, reused. At a 64-byte boundary: malloc's 16 would
   // split every vector load of oneDNN's kernel over two cache lines.
   thread_local std::vector<uint16_t> wp;
-  if (wp.size() < n + 32) wp.resize(n + 32);
-  auto* w =
-      reinterpret_cast<uint16_t*>((reinterpret_cast<uintptr_t>(wp.data()) + 63) & ~uintptr_t(63));
+  uint16_t* w = grow_aligned64(wp, n);
   gemm_fp8_pack_bf16(w, v, has_nan);
   run_matmul(y, N, xb, w, M, N, K, mdt::bf16, acc, true);
 }
@@ -402,18 +401,12 @@ void linear_forward_path(float* y, const float* x, int64_t M, const LinearWeight
     gemm_skinny_bf16(y, x, M, v, accumulate);
     return;
   }
-  if (path == LinearPath::Fp8Packed) {
-    DSV3_CHECK(bf16 && v.dtype == DType::F8_E4M3,
-               "linear_forward: the packed FP8 route takes FP8 weights under Compute::BF16, not a "
-               "{} weight [{}, {}] under Compute::{}",
-               dtype_name(v.dtype), N, K, bf16 ? "BF16" : "F32");
-    thread_local std::vector<uint16_t> xp;  // [M, K] BF16 activations; grows, then reused
-    if (xp.size() < size_t(M * K)) xp.resize(size_t(M * K));
-    round_to_bf16(xp.data(), x, M, K);
-    fp8_packed_forward(y, xp.data(), M, v, im->fp8_has_nan, accumulate);
-    return;
-  }
-  if (bf16 && !skinny && v.dtype == DType::F8_E4M3) {  // converts per block, in cache
+  const bool packed = path == LinearPath::Fp8Packed;
+  DSV3_CHECK(!packed || (bf16 && v.dtype == DType::F8_E4M3),
+             "linear_forward: the packed FP8 route takes FP8 weights under Compute::BF16, not a "
+             "{} weight [{}, {}] under Compute::{}",
+             dtype_name(v.dtype), N, K, bf16 ? "BF16" : "F32");
+  if (bf16 && !skinny && !packed && v.dtype == DType::F8_E4M3) {  // converts per block, in cache
     gemm_fp8_bf16(y, N, x, M, v, im->fp8_has_nan, accumulate);
     return;
   }
@@ -431,7 +424,9 @@ void linear_forward_path(float* y, const float* x, int64_t M, const LinearWeight
     if (xb.size() < size_t(M * K)) xb.resize(size_t(M * K));
     round_to_bf16(xb.data(), x, M, K);
   }
-  if (bf16 && v.dtype == DType::BF16)
+  if (packed)
+    fp8_packed_forward(y, xb.data(), M, v, im->fp8_has_nan, accumulate);
+  else if (bf16 && v.dtype == DType::BF16)
     run_matmul(y, N, xb.data(), v.data, M, N, K, mdt::bf16, accumulate);
   else
     tiled_forward(y, x, xb.data(), M, v, w.compute(), accumulate, skinny);
