@@ -40,6 +40,16 @@ inline __mmask16 tail_mask(int64_t left) {
   return left >= 16 ? __mmask16(0xFFFF) : left <= 0 ? __mmask16(0) : __mmask16((1u << left) - 1);
 }
 
+// The sum of v's 16 lanes, in lane order, through memory: _mm512_reduce_add_ps trips a GCC 12
+// maybe-uninitialized false positive.
+inline float hsum_ps(__m512 v) {
+  alignas(64) float lanes[16];
+  _mm512_store_ps(lanes, v);
+  float s = 0;
+  for (float x : lanes) s += x;
+  return s;
+}
+
 // dst[i] = exp(src[i] - shift) for i < n (dst may be src; nullptr: not stored); returns the sum.
 inline float exp_shift_sum(float* dst, const float* src, int64_t n, float shift) {
   const __m512 s = _mm512_set1_ps(shift);
@@ -50,12 +60,7 @@ inline float exp_shift_sum(float* dst, const float* src, int64_t n, float shift)
     acc = _mm512_mask_add_ps(acc, m, acc, e);
     if (dst) _mm512_mask_storeu_ps(dst + i, m, e);
   }
-  // Horizontal sum through memory (_mm512_reduce_add_ps trips the same GCC 12 warning).
-  alignas(64) float lanes[16];
-  _mm512_store_ps(lanes, acc);
-  float sum = 0;
-  for (float v : lanes) sum += v;
-  return sum;
+  return hsum_ps(acc);
 }
 
 inline double exp_shift_sum(double* dst, const double* src, int64_t n, double shift) {

@@ -17,17 +17,6 @@
 
 namespace dsv3::cpu {
 
-namespace detail {
-inline float hsum(__m512 v) {
-  // Through memory: _mm512_reduce_add_ps trips a GCC 12 maybe-uninitialized false positive.
-  alignas(64) float lanes[16];
-  _mm512_store_ps(lanes, v);
-  float s = 0;
-  for (float x : lanes) s += x;
-  return s;
-}
-}  // namespace detail
-
 // Σ a[i]·b[i], i < n.
 inline float dot_ps(const float* a, const float* b, int64_t n) {
   __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps();
@@ -40,7 +29,7 @@ inline float dot_ps(const float* a, const float* b, int64_t n) {
     const __mmask16 m = tail_mask(n - i);
     s0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, a + i), _mm512_maskz_loadu_ps(m, b + i), s0);
   }
-  return detail::hsum(_mm512_add_ps(s0, s1));
+  return hsum_ps(_mm512_add_ps(s0, s1));
 }
 
 inline double dot_ps(const double* a, const double* b, int64_t n) {
@@ -54,6 +43,7 @@ inline float max_ps(const float* a, int64_t n) {
   __m512 m = _mm512_set1_ps(-INFINITY);
   for (int64_t i = 0; i < n; i += 16)
     m = _mm512_mask_max_ps(m, tail_mask(n - i), m, _mm512_maskz_loadu_ps(tail_mask(n - i), a + i));
+  // Through memory, as hsum_ps: _mm512_reduce_max_ps trips the same GCC 12 warning here.
   alignas(64) float lanes[16];
   _mm512_store_ps(lanes, m);
   float r = lanes[0];
