@@ -291,8 +291,7 @@ void split_decode_forward(float* out, const Rows<float>& r, const MoeW<W<float>>
     float *g, *u, *act;
     float* y;  // [D]
   };
-  std::vector<int64_t>& jobs = s.jobs;
-  jobs.clear();
+  std::vector<int64_t>& jobs = s.jobs;  // filled by pieces() below
   float* act = grow(s.act, size_t(Fs + offsets[r.experts] * F));
   thread_local std::vector<Mlp> mlps;  // grows once
   mlps.clear();
@@ -353,16 +352,14 @@ void routed_forward(S* out_rows, const Rows<S>& r, const MoeW<W<S>>& w, const Mo
     mlp_forward(y + b * D, g + b * F, u + b * F, static_cast<S*>(nullptr), xg + b * D, m,
                 w.experts[size_t(r.e0 + e)]);
   };
-  if constexpr (std::is_same_v<S, float>) {
-    if (decode_jobs && r.n == 1 && !w.experts[size_t(r.e0)].gate.lowp()) {
+  bool split = false;  // a one-token decode step in pieces (split_decode_forward)
+  if constexpr (std::is_same_v<S, float>)
+    split = decode_jobs && r.n == 1 && !w.experts[size_t(r.e0)].gate.lowp();
+  if (split) {
+    if constexpr (std::is_same_v<S, float>)
       split_decode_forward(out_rows, r, w, d, offsets, xg, g, u, y, a.sg.data(), a.su.data(),
                            has_shared, s);
-      ps.emplace(&StepProfile::moe_permute_s);
-      combine(out_rows, r, slot, y, K, D);
-      return;
-    }
-  }
-  if (decode_jobs) {
+  } else if (decode_jobs) {
     std::vector<int64_t>& jobs = s.jobs;  // -1: the shared experts (the largest, taken first)
     jobs.clear();
     if (has_shared) jobs.push_back(-1);
